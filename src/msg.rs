@@ -1,0 +1,312 @@
+//! Messages between the threads: io loops and the control thread talk to the queue
+//! core with [`CoreMsg`]; the core answers io loops with [`LoopEvent`] and the control
+//! thread with [`ControlReply`].
+//!
+//! Invariants:
+//! - events for one loop travel on one FIFO channel, so a loop sees a [`RankBatch`]
+//!   before the join answers and pushes produced in the same core flush;
+//! - a [`RankBatch`] is built once per flush and shared by every loop (`Arc`), never one
+//!   message per player;
+//! - nothing here holds a lock; the only shared state is the `Arc` of a batch.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+
+/// Index of an io loop, 0-based.
+pub type LoopId = u16;
+/// A session's id within its loop: slot index in the low 32 bits, slot generation in
+/// the high 32 bits, so an event for a closed session never reaches its slot's next user.
+pub type SessionId = u64;
+/// Index of a queue in the core's queue table (stable for the process lifetime).
+pub type QueueId = u32;
+/// A player's id, as sent in `login`.
+pub type UserId = u64;
+/// A place's order key within its queue: priority-lane keys sort before normal-lane
+/// keys (see `queue::rank::place_key`), and within a lane by arrival.
+pub type PlaceKey = u64;
+
+/// Which connection a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnRef {
+    /// The loop owning the connection.
+    pub loop_id: LoopId,
+    /// The session within that loop.
+    pub session: SessionId,
+}
+
+/// Why a connection is kicked (the `reason` of a `kicked` push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another connection logged in as the same user.
+    DuplicateLogin,
+    /// No frame from the client for `idle_timeout_secs`.
+    IdleTimeout,
+    /// The client does not read what it is sent.
+    SlowConsumer,
+    /// The server is stopping.
+    Shutdown,
+    /// An operator removed the player.
+    Removed,
+}
+
+impl KickReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KickReason::DuplicateLogin => "duplicate_login",
+            KickReason::IdleTimeout => "idle_timeout",
+            KickReason::SlowConsumer => "slow_consumer",
+            KickReason::Shutdown => "shutdown",
+            KickReason::Removed => "removed",
+        }
+    }
+}
+
+/// Into the queue core.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// A `login` that passed ticket checks on its loop.
+    Join {
+        /// The connection logging in.
+        conn: ConnRef,
+        /// Request `seq`, echoed in the answer.
+        seq: u32,
+        /// The player.
+        user: UserId,
+        /// Queue name from the request.
+        queue: Box<str>,
+        /// Ticket asked for the priority lane.
+        prio: bool,
+    },
+    /// The connection of a logged-in player closed (not a `leave`): grace starts.
+    Disconnect {
+        /// The closed connection.
+        conn: ConnRef,
+        /// Its queue.
+        queue: QueueId,
+        /// Its player.
+        user: UserId,
+    },
+    /// The player gave up the place (`leave`).
+    Leave {
+        /// The connection that sent `leave`.
+        conn: ConnRef,
+        /// Its queue.
+        queue: QueueId,
+        /// Its player.
+        user: UserId,
+    },
+    /// A control API request; the answer goes to `reply`.
+    Control(ControlReq, Sender<ControlReply>),
+    /// Stop: the core flushes and its thread returns.
+    Shutdown,
+}
+
+/// A control API request the core answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlReq {
+    /// `POST /v1/queues/{q}/admit`.
+    Admit {
+        /// Queue name.
+        queue: String,
+        /// Most players to admit.
+        count: u64,
+    },
+    /// `PUT /v1/queues/{q}/rate`.
+    SetRate {
+        /// Queue name.
+        queue: String,
+        /// Players per second; 0 = manual only.
+        per_second: f64,
+    },
+    /// `PUT /v1/queues/{q}/capacity`.
+    SetCapacity {
+        /// Queue name.
+        queue: String,
+        /// Players the login server has online.
+        online: u64,
+        /// Players it can hold.
+        capacity: u64,
+    },
+    /// `POST /v1/queues/{q}/pause` (`true`) or `.../resume` (`false`).
+    Pause {
+        /// Queue name.
+        queue: String,
+        /// Paused after this call.
+        paused: bool,
+    },
+    /// `POST /v1/tokens/verify` after the signature, `exp` and `iss` checked out:
+    /// consume the `jti`.
+    ConsumeJti {
+        /// The token's `jti`.
+        jti: String,
+        /// The token's `exp` (unix seconds), to bound how long the used mark is kept.
+        exp: u64,
+    },
+    /// `GET /v1/stats` and `/metrics`.
+    Stats,
+}
+
+/// The core's answer to a [`ControlReq`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlReply {
+    /// Players admitted, in admission order.
+    Admitted(Vec<AdmittedUser>),
+    /// The request was applied.
+    Done,
+    /// Whether the `jti` was consumed now (false: already used).
+    Consumed(bool),
+    /// Per-queue counters.
+    Stats(Vec<QueueStats>),
+    /// No queue by that name.
+    UnknownQueue,
+    /// The request's values cannot be used.
+    Invalid(String),
+}
+
+/// One admitted player, as returned by `admit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmittedUser {
+    /// The player.
+    pub user: UserId,
+    /// Signed admission token.
+    pub token: String,
+    /// Token expiry, unix seconds.
+    pub expires_at: u64,
+}
+
+/// Counters of one queue, for `/v1/stats` and `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    /// Queue name.
+    pub name: String,
+    /// Players holding a place (both lanes, in grace included).
+    pub waiting: u64,
+    /// Of those, in the priority lane.
+    pub waiting_priority: u64,
+    /// Players admitted since start.
+    pub admitted_total: u64,
+    /// Players who left (leave, grace expiry) since start.
+    pub left_total: u64,
+    /// Measured admission rate, players/s.
+    pub admit_rate_per_s: f64,
+    /// Configured automatic rate, players/s.
+    pub target_rate_per_s: f64,
+    /// Automatic admission paused.
+    pub paused: bool,
+    /// Tokens issued, not yet used, not expired.
+    pub unused_tokens: u64,
+}
+
+/// From the core to one io loop.
+#[derive(Debug)]
+pub enum LoopEvent {
+    /// What changed in the queues since the previous batch; shared by all loops.
+    Ranks(Arc<RankBatch>),
+    /// Exact positions of this loop's sessions (periodic resync).
+    Resync(Vec<(SessionId, u64)>),
+    /// The answer to a [`CoreMsg::Join`].
+    Joined {
+        /// The session that sent `login`.
+        session: SessionId,
+        /// Request `seq`.
+        seq: u32,
+        /// The player (so a loop can release a place whose connection already closed).
+        user: UserId,
+        /// Outcome.
+        result: Result<JoinOk, JoinError>,
+    },
+    /// The session's player was admitted: push `admitted`.
+    Admitted {
+        /// The session.
+        session: SessionId,
+        /// Signed admission token.
+        token: String,
+        /// Token expiry, unix seconds.
+        expires_at: u64,
+    },
+    /// Push `kicked` and close.
+    Kick {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: KickReason,
+    },
+    /// The server drains: stop accepting, kick every session `shutdown`, stop the loop.
+    Shutdown,
+}
+
+/// A successful join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinOk {
+    /// The queue joined.
+    pub queue: QueueId,
+    /// The place's key, to follow [`RankBatch`]es.
+    pub key: PlaceKey,
+    /// Position now (1-based); 0 when admitted.
+    pub position: u64,
+    /// Players waiting in the queue now.
+    pub queue_len: u64,
+    /// Measured admission rate of the queue, players per second (0 = none yet).
+    pub rate_per_s: f64,
+    /// The user already held a place (or an unused admission).
+    pub resumed: bool,
+    /// Set when the user was already admitted and the token is still unused.
+    pub admitted: Option<(String, u64)>,
+}
+
+/// Why a join failed; each maps to a protocol error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The queue holds `max_waiting` players.
+    QueueFull,
+    /// No such queue and auto-create is off (or the name is invalid).
+    UnknownQueue,
+    /// The server is draining.
+    ShuttingDown,
+    /// The place vanished between the join and its answer (a bug if it ever shows).
+    Gone,
+}
+
+/// What changed in every queue since the previous batch.
+#[derive(Debug, Default)]
+pub struct RankBatch {
+    /// One entry per queue that changed.
+    pub queues: Vec<QueueDelta>,
+}
+
+/// What changed in one queue.
+#[derive(Debug, Default)]
+pub struct QueueDelta {
+    /// The queue.
+    pub queue: QueueId,
+    /// Keys of places that left (admitted, left, grace expired), sorted ascending.
+    pub departed: Vec<PlaceKey>,
+    /// Keys of places inserted ahead of existing ones (priority lane), sorted ascending.
+    pub inserted: Vec<PlaceKey>,
+    /// Players waiting after this batch.
+    pub queue_len: u64,
+    /// Measured admission rate after this batch, players/s.
+    pub rate_per_s: f64,
+}
+
+impl QueueDelta {
+    /// How far a place with key `key` moves: negative = forward. Both lists are sorted,
+    /// so this is two binary searches.
+    pub fn shift(&self, key: PlaceKey) -> i64 {
+        let ahead_gone = self.departed.partition_point(|&k| k < key) as i64;
+        let ahead_new = self.inserted.partition_point(|&k| k < key) as i64;
+        ahead_new - ahead_gone
+    }
+}
+
+/// Estimated wait in seconds for `position` at `rate_per_s`; `None` while no rate is known.
+pub fn eta_secs(position: u64, rate_per_s: f64) -> Option<u64> {
+    if rate_per_s > 0.0 && rate_per_s.is_finite() {
+        Some((position as f64 / rate_per_s).ceil() as u64)
+    } else {
+        None
+    }
+}

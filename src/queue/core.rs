@@ -1,0 +1,471 @@
+//! The queue core thread: the only owner of [`QueueState`]. It drains every pending
+//! message, applies them, and then flushes: one [`RankBatch`] shared by all loops, the
+//! join answers, the admissions and kicks, one doorbell ring per loop.
+//!
+//! Invariants:
+//! - per loop, a flush sends the rank batch first, then the resync, then join answers,
+//!   then admissions and kicks, so a loop applies a batch only to sessions whose
+//!   position predates it, and new sessions get positions computed at flush time;
+//! - join answers compute position at flush time, after every op of the round;
+//! - the core blocks only on its inbox (with the tick as timeout) and on a full loop
+//!   channel (back-pressure; loops never block on the core, so this cannot deadlock).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::state::{Applied, Event, Op, QueueState};
+use crate::doorbell::Bell;
+use crate::msg::{
+    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
+    QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
+};
+use crate::token::TokenSigner;
+
+/// Most messages applied before a flush, so answers keep flowing under a flood.
+const DRAIN_MAX: usize = 4096;
+/// Most players one control `admit` call may admit.
+pub const ADMIT_MAX: u64 = 100_000;
+
+/// The core's link to one io loop.
+#[derive(Debug)]
+pub struct LoopLink {
+    /// Events for the loop (bounded).
+    pub tx: Sender<LoopEvent>,
+    /// Wakes the loop after a flush.
+    pub bell: Bell,
+}
+
+/// Timing of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreTiming {
+    /// Housekeeping tick.
+    pub tick: Duration,
+    /// Exact position resync period.
+    pub resync: Duration,
+}
+
+/// A join waiting for its answer at the next flush.
+struct PendingJoin {
+    /// Who asked.
+    conn: ConnRef,
+    /// Request seq.
+    seq: u32,
+    /// The player.
+    user: UserId,
+    /// (queue, user, resumed) or why it failed.
+    outcome: Result<(QueueId, UserId, bool), JoinError>,
+}
+
+/// The queue core.
+pub struct Core {
+    /// All queue state.
+    state: QueueState,
+    /// Signs admission tokens.
+    signer: Arc<TokenSigner>,
+    /// Messages from loops and the control thread.
+    inbox: Receiver<CoreMsg>,
+    /// One link per io loop, by loop id.
+    loops: Vec<LoopLink>,
+    /// Loops sent something this flush (to ring).
+    rung: Vec<bool>,
+    /// Scratch for state machine events (reused).
+    events: Vec<Event>,
+    /// Per queue changes since the last flush (by queue id).
+    deltas: Vec<QueueDelta>,
+    /// Queues with changes since the last flush.
+    touched: Vec<QueueId>,
+    /// Joins to answer at flush.
+    joins: Vec<PendingJoin>,
+    /// Admissions and kicks to deliver at flush, in order.
+    direct: Vec<(usize, LoopEvent)>,
+    /// Timing.
+    timing: CoreTiming,
+    /// Set when the server drains (joins are refused by the loops, too).
+    draining: Arc<AtomicBool>,
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Core {
+    /// A core over `state`, fed by `inbox`, answering `loops`.
+    pub fn new(
+        state: QueueState,
+        signer: Arc<TokenSigner>,
+        inbox: Receiver<CoreMsg>,
+        loops: Vec<LoopLink>,
+        timing: CoreTiming,
+        draining: Arc<AtomicBool>,
+    ) -> Core {
+        let n = loops.len();
+        Core {
+            state,
+            signer,
+            inbox,
+            loops,
+            rung: vec![false; n],
+            events: Vec::new(),
+            deltas: Vec::new(),
+            touched: Vec::new(),
+            joins: Vec::new(),
+            direct: Vec::new(),
+            timing,
+            draining,
+        }
+    }
+
+    /// Runs until [`CoreMsg::Shutdown`] or every sender is gone.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.timing.tick;
+        let mut next_resync = Instant::now() + self.timing.resync;
+        let mut running = true;
+        while running {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.inbox.recv_timeout(timeout) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now_ms = unix_ms();
+            if let Some(msg) = first {
+                running = self.handle(msg, now_ms);
+                let mut n = 1;
+                while running && n < DRAIN_MAX {
+                    let Ok(msg) = self.inbox.try_recv() else {
+                        break;
+                    };
+                    running = self.handle(msg, now_ms);
+                    n += 1;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.apply(&Op::Tick, now_ms);
+                next_tick = now + self.timing.tick;
+            }
+            let resync = now >= next_resync;
+            if resync {
+                next_resync = now + self.timing.resync;
+            }
+            self.flush(now_ms, resync);
+        }
+        self.flush(unix_ms(), false);
+    }
+
+    /// Applies one message; false on shutdown.
+    fn handle(&mut self, msg: CoreMsg, now_ms: u64) -> bool {
+        match msg {
+            CoreMsg::Join {
+                conn,
+                seq,
+                user,
+                queue,
+                prio,
+            } => {
+                let outcome = if self.draining.load(Ordering::Relaxed) {
+                    Err(JoinError::ShuttingDown)
+                } else {
+                    let op = Op::Join {
+                        queue: queue.into_string(),
+                        user,
+                        prio,
+                        conn,
+                    };
+                    match self.apply(&op, now_ms) {
+                        Applied::Joined { queue, resumed } => {
+                            self.touch(queue);
+                            Ok((queue, user, resumed))
+                        }
+                        Applied::JoinFailed(e) => Err(e),
+                        other => unreachable!("join applied as {other:?}"),
+                    }
+                };
+                self.joins.push(PendingJoin {
+                    conn,
+                    seq,
+                    user,
+                    outcome,
+                });
+            }
+            CoreMsg::Disconnect { conn, queue, user } => {
+                self.apply(&Op::Disconnect { queue, user, conn }, now_ms);
+            }
+            CoreMsg::Leave { conn, queue, user } => {
+                self.apply(&Op::Leave { queue, user, conn }, now_ms);
+            }
+            CoreMsg::Control(req, reply) => {
+                let answer = self.control(req, now_ms);
+                // The control thread may have timed out and gone; nothing to do then.
+                let _ = reply.try_send(answer);
+            }
+            CoreMsg::Shutdown => return false,
+        }
+        true
+    }
+
+    /// Applies `op` and routes its events; returns the direct result.
+    fn apply(&mut self, op: &Op, now_ms: u64) -> Applied {
+        let applied = self.state.apply(op, now_ms, &mut self.events);
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.route(event, None);
+        }
+        self.events = events;
+        applied
+    }
+
+    /// Routes one state machine event; admissions are also collected into `admitted`.
+    fn route(&mut self, event: Event, admitted: Option<&mut Vec<AdmittedUser>>) {
+        match event {
+            Event::Departed { queue, key } => {
+                self.touch(queue);
+                self.deltas[queue as usize].departed.push(key);
+            }
+            Event::Inserted { queue, key } => {
+                self.touch(queue);
+                self.deltas[queue as usize].inserted.push(key);
+            }
+            Event::Admitted {
+                queue,
+                user,
+                conn,
+                jti,
+                iat,
+                exp,
+            } => {
+                let token = self.sign(queue, user, jti, iat, exp);
+                if let Some(list) = admitted {
+                    list.push(AdmittedUser {
+                        user,
+                        token: token.clone(),
+                        expires_at: exp,
+                    });
+                }
+                if let Some(conn) = conn {
+                    self.direct.push((
+                        conn.loop_id as usize,
+                        LoopEvent::Admitted {
+                            session: conn.session,
+                            token,
+                            expires_at: exp,
+                        },
+                    ));
+                }
+            }
+            Event::Kick { conn, reason } => {
+                self.direct.push((
+                    conn.loop_id as usize,
+                    LoopEvent::Kick {
+                        session: conn.session,
+                        reason,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn sign(&self, queue: QueueId, user: UserId, jti: u64, iat: u64, exp: u64) -> String {
+        let name = &self.state.queues()[queue as usize].name;
+        self.signer
+            .sign(user, name, &self.state.jti_text(jti), iat, exp)
+    }
+
+    fn touch(&mut self, queue: QueueId) {
+        let q = queue as usize;
+        while self.deltas.len() <= q {
+            self.deltas.push(QueueDelta {
+                queue: self.deltas.len() as QueueId,
+                ..QueueDelta::default()
+            });
+        }
+        if !self.touched.contains(&queue) {
+            self.touched.push(queue);
+        }
+    }
+
+    fn control(&mut self, req: ControlReq, now_ms: u64) -> ControlReply {
+        let id = |state: &QueueState, name: &str| state.queue_id(name);
+        let applied = match req {
+            ControlReq::Admit { queue, count } => {
+                let Some(queue) = id(&self.state, &queue) else {
+                    return ControlReply::UnknownQueue;
+                };
+                if count > ADMIT_MAX {
+                    return ControlReply::Invalid(format!("count must be at most {ADMIT_MAX}"));
+                }
+                let mut list = Vec::new();
+                self.state
+                    .apply(&Op::Admit { queue, count }, now_ms, &mut self.events);
+                let mut events = std::mem::take(&mut self.events);
+                for event in events.drain(..) {
+                    self.route(event, Some(&mut list));
+                }
+                self.events = events;
+                return ControlReply::Admitted(list);
+            }
+            ControlReq::SetRate { queue, per_second } => match id(&self.state, &queue) {
+                Some(queue) => self.apply(&Op::SetRate { queue, per_second }, now_ms),
+                None => Applied::UnknownQueue,
+            },
+            ControlReq::SetCapacity {
+                queue,
+                online,
+                capacity,
+            } => match id(&self.state, &queue) {
+                Some(queue) => self.apply(
+                    &Op::SetCapacity {
+                        queue,
+                        online,
+                        capacity,
+                    },
+                    now_ms,
+                ),
+                None => Applied::UnknownQueue,
+            },
+            ControlReq::Pause { queue, paused } => match id(&self.state, &queue) {
+                Some(queue) => self.apply(&Op::Pause { queue, paused }, now_ms),
+                None => Applied::UnknownQueue,
+            },
+            ControlReq::ConsumeJti { jti, exp } => self.apply(&Op::ConsumeJti { jti, exp }, now_ms),
+            ControlReq::Stats => return ControlReply::Stats(self.stats(now_ms)),
+        };
+        match applied {
+            Applied::Consumed(fresh) => ControlReply::Consumed(fresh),
+            Applied::UnknownQueue => ControlReply::UnknownQueue,
+            Applied::Invalid(why) => ControlReply::Invalid(why.to_string()),
+            _ => ControlReply::Done,
+        }
+    }
+
+    fn stats(&self, now_ms: u64) -> Vec<QueueStats> {
+        self.state
+            .queues()
+            .iter()
+            .map(|q| QueueStats {
+                name: q.name.clone(),
+                waiting: q.waiting(),
+                waiting_priority: q.waiting_priority(),
+                admitted_total: q.admitted_total,
+                left_total: q.left_total,
+                admit_rate_per_s: q.meter.rate(now_ms),
+                target_rate_per_s: q.pacer.rate_per_s,
+                paused: q.pacer.paused,
+                unused_tokens: q.unused_grants,
+            })
+            .collect()
+    }
+
+    fn send(&mut self, loop_id: usize, event: LoopEvent) {
+        if let Some(link) = self.loops.get(loop_id) {
+            // A loop that has stopped (shutdown) drops its receiver: nothing to deliver.
+            if link.tx.send(event).is_ok() {
+                self.rung[loop_id] = true;
+            }
+        }
+    }
+
+    /// Sends everything this round produced, then rings each loop once.
+    fn flush(&mut self, now_ms: u64, resync: bool) {
+        if resync {
+            for q in 0..self.state.queues().len() {
+                self.touch(q as QueueId);
+            }
+        }
+        if !self.touched.is_empty() {
+            let mut batch = RankBatch {
+                queues: Vec::with_capacity(self.touched.len()),
+            };
+            for &queue in &self.touched {
+                let delta = &mut self.deltas[queue as usize];
+                let q = &self.state.queues()[queue as usize];
+                let mut d = std::mem::take(delta);
+                delta.queue = queue;
+                d.departed.sort_unstable();
+                d.inserted.sort_unstable();
+                d.queue_len = q.waiting();
+                d.rate_per_s = q.meter.rate(now_ms);
+                batch.queues.push(d);
+            }
+            self.touched.clear();
+            let batch = Arc::new(batch);
+            for loop_id in 0..self.loops.len() {
+                self.send(loop_id, LoopEvent::Ranks(batch.clone()));
+            }
+        }
+        if resync {
+            let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
+            for (id, q) in self.state.queues().iter().enumerate() {
+                for (i, (_, user)) in q.iter().enumerate() {
+                    let place = self.state.place(id as QueueId, user).expect("indexed");
+                    if let Some(conn) = place.conn {
+                        if let Some(list) = per_loop.get_mut(conn.loop_id as usize) {
+                            list.push((conn.session, i as u64 + 1));
+                        }
+                    }
+                }
+            }
+            for (loop_id, list) in per_loop.into_iter().enumerate() {
+                self.send(loop_id, LoopEvent::Resync(list));
+            }
+        }
+        let joins = std::mem::take(&mut self.joins);
+        for join in joins {
+            let result = self.answer_join(&join, now_ms);
+            self.send(
+                join.conn.loop_id as usize,
+                LoopEvent::Joined {
+                    session: join.conn.session,
+                    seq: join.seq,
+                    user: join.user,
+                    result,
+                },
+            );
+        }
+        let direct = std::mem::take(&mut self.direct);
+        for (loop_id, event) in direct {
+            self.send(loop_id, event);
+        }
+        for (loop_id, rung) in self.rung.iter_mut().enumerate() {
+            if std::mem::take(rung) {
+                self.loops[loop_id].bell.ring();
+            }
+        }
+    }
+
+    fn answer_join(&self, join: &PendingJoin, now_ms: u64) -> Result<JoinOk, JoinError> {
+        let (queue, user, resumed) = join.outcome?;
+        let q = &self.state.queues()[queue as usize];
+        let rate_per_s = q.meter.rate(now_ms);
+        if let Some(place) = self.state.place(queue, user) {
+            return Ok(JoinOk {
+                queue,
+                key: place.key,
+                position: q.position(place.key),
+                queue_len: q.waiting(),
+                rate_per_s,
+                resumed,
+                admitted: None,
+            });
+        }
+        if let Some(grant) = self.state.grant(queue, user) {
+            let token = self.sign(queue, user, grant.jti, grant.iat, grant.exp);
+            return Ok(JoinOk {
+                queue,
+                key: 0,
+                position: 0,
+                queue_len: q.waiting(),
+                rate_per_s,
+                resumed,
+                admitted: Some((token, grant.exp)),
+            });
+        }
+        Err(JoinError::Gone)
+    }
+}

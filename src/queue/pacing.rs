@@ -1,0 +1,201 @@
+//! Automatic admission pacing and the measured admission rate of one queue.
+//!
+//! Invariants:
+//! - `Pacer::allowance` never returns more than the players waiting;
+//! - with a rate set, admissions over any window stay within rate x window + 1 second
+//!   of burst (credit is capped at one second's worth, and does not build while empty);
+//! - with a capacity report, online + used since the report + unused grants + the new
+//!   admissions never exceed the reported capacity.
+
+/// The login server's last load report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityReport {
+    /// Players online at the login server when it reported.
+    pub online: u64,
+    /// Players it can hold.
+    pub capacity: u64,
+    /// Tokens used (players gone online) since the report.
+    pub used_since: u64,
+}
+
+/// Decides how many players a queue admits automatically per tick.
+#[derive(Debug, Clone, Default)]
+pub struct Pacer {
+    /// Automatic admission rate, players/s; 0 = no rate-driven admission.
+    pub rate_per_s: f64,
+    /// Fractional admissions earned but not yet taken.
+    credit: f64,
+    /// Automatic admission stopped by an operator.
+    pub paused: bool,
+    /// Capacity-driven admission, once the login server has reported.
+    pub capacity: Option<CapacityReport>,
+}
+
+impl Pacer {
+    /// Records a load report from the login server.
+    pub fn report_capacity(&mut self, online: u64, capacity: u64) {
+        self.capacity = Some(CapacityReport {
+            online,
+            capacity,
+            used_since: 0,
+        });
+    }
+
+    /// A token of this queue was used: that player is now online.
+    pub fn token_used(&mut self) {
+        if let Some(c) = &mut self.capacity {
+            c.used_since += 1;
+        }
+    }
+
+    /// Players to admit now, `dt_ms` after the previous call, with `waiting` players in
+    /// the queue and `unused` admitted players who have not used their token yet.
+    pub fn allowance(&mut self, dt_ms: u64, waiting: u64, unused: u64) -> u64 {
+        let rate_driven = self.rate_per_s > 0.0;
+        if self.paused || (!rate_driven && self.capacity.is_none()) {
+            self.credit = 0.0;
+            return 0;
+        }
+        let mut n = waiting;
+        if rate_driven {
+            let burst = self.rate_per_s.max(1.0);
+            self.credit = (self.credit + self.rate_per_s * dt_ms as f64 / 1000.0).min(burst);
+            n = n.min(self.credit.floor() as u64);
+        }
+        if let Some(c) = self.capacity {
+            let busy = c.online + c.used_since + unused;
+            n = n.min(c.capacity.saturating_sub(busy));
+        }
+        if rate_driven {
+            self.credit -= n as f64;
+            if waiting == 0 {
+                self.credit = self.credit.min(1.0);
+            }
+        }
+        n
+    }
+}
+
+/// Seconds of history the measured rate averages over.
+const WINDOW_SECS: u64 = 60;
+
+/// Admissions per second, measured over the last minute.
+#[derive(Debug, Clone)]
+pub struct RateMeter {
+    /// Per-second buckets: (second, admissions in it), indexed by second % window.
+    buckets: [(u64, u64); WINDOW_SECS as usize],
+    /// Second of the first admission ever.
+    first_sec: Option<u64>,
+}
+
+impl Default for RateMeter {
+    fn default() -> Self {
+        RateMeter {
+            buckets: [(u64::MAX, 0); WINDOW_SECS as usize],
+            first_sec: None,
+        }
+    }
+}
+
+impl RateMeter {
+    /// Counts `n` admissions at `now_ms`.
+    pub fn record(&mut self, now_ms: u64, n: u64) {
+        let sec = now_ms / 1000;
+        let slot = &mut self.buckets[(sec % WINDOW_SECS) as usize];
+        if slot.0 != sec {
+            *slot = (sec, 0);
+        }
+        slot.1 += n;
+        self.first_sec.get_or_insert(sec);
+    }
+
+    /// Admissions per second over the last minute (or since the first admission, if
+    /// sooner); 0 when nothing was admitted in that window.
+    pub fn rate(&self, now_ms: u64) -> f64 {
+        let Some(first) = self.first_sec else {
+            return 0.0;
+        };
+        let sec = now_ms / 1000;
+        let recent: u64 = self
+            .buckets
+            .iter()
+            .filter(|(s, _)| *s != u64::MAX && *s <= sec && sec - *s < WINDOW_SECS)
+            .map(|(_, n)| n)
+            .sum();
+        let window = (sec.saturating_sub(first) + 1).min(WINDOW_SECS);
+        recent as f64 / window as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_admits_at_the_rate() {
+        let mut p = Pacer {
+            rate_per_s: 50.0,
+            ..Pacer::default()
+        };
+        let mut total = 0;
+        for _ in 0..100 {
+            total += p.allowance(10, 1_000, 0);
+        }
+        // 1 s of ticks at 50/s.
+        assert!((49..=51).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn credit_does_not_build_while_empty_or_paused() {
+        let mut p = Pacer {
+            rate_per_s: 10.0,
+            ..Pacer::default()
+        };
+        for _ in 0..1000 {
+            assert_eq!(p.allowance(10, 0, 0), 0);
+        }
+        assert!(p.allowance(10, 100, 0) <= 1);
+        p.paused = true;
+        assert_eq!(p.allowance(60_000, 100, 0), 0);
+        p.paused = false;
+        assert!(p.allowance(10, 100, 0) <= 1);
+    }
+
+    #[test]
+    fn capacity_bounds_admissions() {
+        let mut p = Pacer::default();
+        assert_eq!(p.allowance(10, 100, 0), 0, "manual until a report");
+        p.report_capacity(90, 100);
+        assert_eq!(p.allowance(10, 100, 0), 10);
+        // Those 10 are unused tokens now: no more room.
+        assert_eq!(p.allowance(10, 90, 10), 0);
+        // Two used: still counted (online at the login server), no room.
+        p.token_used();
+        p.token_used();
+        assert_eq!(p.allowance(10, 90, 8), 0);
+        // Login server reports two players went offline.
+        p.report_capacity(90, 100);
+        assert_eq!(p.allowance(10, 90, 8), 2);
+    }
+
+    #[test]
+    fn rate_and_capacity_take_the_smaller() {
+        let mut p = Pacer {
+            rate_per_s: 1000.0,
+            ..Pacer::default()
+        };
+        p.report_capacity(0, 3);
+        assert_eq!(p.allowance(1000, 100, 0), 3);
+    }
+
+    #[test]
+    fn meter_measures_recent_rate() {
+        let mut m = RateMeter::default();
+        assert_eq!(m.rate(5_000), 0.0);
+        for s in 0..10u64 {
+            m.record(s * 1000, 5);
+        }
+        assert!((m.rate(9_500) - 5.0).abs() < 1e-9);
+        assert_eq!(m.rate(200_000), 0.0);
+    }
+}

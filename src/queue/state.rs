@@ -1,0 +1,623 @@
+//! The queue state machine: every queue, the user index, admission pacing and issued
+//! admission grants. `apply(op, now) -> events`, nothing else: no sockets, no threads,
+//! no clock of its own, no randomness, so it can be tested against a model and, later,
+//! replayed from a write-ahead log of [`Op`]s.
+//!
+//! Invariants:
+//! - a (queue, user) pair holds at most one place, and a place is in exactly one lane;
+//! - position = 1 + places ahead (priority lane first, then arrival), counting players
+//!   in reconnect grace; positions only fall, except by a priority insertion;
+//! - admission takes the head: priority lane first, FIFO within a lane;
+//! - every change that moves positions emits `Departed` or `Inserted` with the place key.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::pacing::{Pacer, RateMeter};
+use super::rank::{place_key, split_key, Lane};
+use crate::msg::{ConnRef, JoinError, KickReason, PlaceKey, QueueId, UserId};
+
+/// One state change. Serializable so a log of them can rebuild the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// A player logs in to a queue (joins, or resumes its place).
+    Join {
+        /// Queue name (auto-created when allowed).
+        queue: String,
+        /// The player.
+        user: UserId,
+        /// Priority lane (ticket claim).
+        prio: bool,
+        /// The connection now holding the place.
+        conn: ConnRef,
+    },
+    /// The connection closed without `leave`: the place enters reconnect grace.
+    Disconnect {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+        /// The connection that closed (ignored if it no longer holds the place).
+        conn: ConnRef,
+    },
+    /// The player gives up the place.
+    Leave {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+        /// The connection that sent `leave` (ignored if it no longer holds the place).
+        conn: ConnRef,
+    },
+    /// Admit up to `count` players from the head now (manual admission).
+    Admit {
+        /// Queue.
+        queue: QueueId,
+        /// Most players.
+        count: u64,
+    },
+    /// Set the automatic admission rate.
+    SetRate {
+        /// Queue.
+        queue: QueueId,
+        /// Players per second, 0 = manual only.
+        per_second: f64,
+    },
+    /// The login server reports its load.
+    SetCapacity {
+        /// Queue.
+        queue: QueueId,
+        /// Players online at the login server.
+        online: u64,
+        /// Players it can hold.
+        capacity: u64,
+    },
+    /// Pause or resume automatic admission.
+    Pause {
+        /// Queue.
+        queue: QueueId,
+        /// Paused after this op.
+        paused: bool,
+    },
+    /// A token was presented to `/v1/tokens/verify`: consume its `jti` once.
+    ConsumeJti {
+        /// The `jti`.
+        jti: String,
+        /// Its `exp`, unix seconds.
+        exp: u64,
+    },
+    /// Housekeeping: automatic admission, grace and grant expiry.
+    Tick,
+}
+
+/// What an op did to the outside world; the core thread routes these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A place left its queue (admitted, left, grace expired).
+    Departed {
+        /// Queue.
+        queue: QueueId,
+        /// The place's key.
+        key: PlaceKey,
+    },
+    /// A place was inserted ahead of existing ones (priority lane).
+    Inserted {
+        /// Queue.
+        queue: QueueId,
+        /// The place's key.
+        key: PlaceKey,
+    },
+    /// A player was admitted; the core signs its token.
+    Admitted {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+        /// Its connection, if connected.
+        conn: Option<ConnRef>,
+        /// Grant number, unique for this state's lifetime.
+        jti: u64,
+        /// Issued at, unix seconds.
+        iat: u64,
+        /// Expires at, unix seconds.
+        exp: u64,
+    },
+    /// Close this connection with a `kicked` push.
+    Kick {
+        /// Connection.
+        conn: ConnRef,
+        /// Reason.
+        reason: KickReason,
+    },
+}
+
+/// The direct result of one op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Done, nothing to report.
+    Ok,
+    /// `Join` succeeded.
+    Joined {
+        /// The queue joined.
+        queue: QueueId,
+        /// The user already held a place or an unused grant.
+        resumed: bool,
+    },
+    /// `Join` failed.
+    JoinFailed(JoinError),
+    /// `ConsumeJti`: true when consumed now, false when used before.
+    Consumed(bool),
+    /// The op names a queue that does not exist.
+    UnknownQueue,
+    /// The op's values cannot be used.
+    Invalid(&'static str),
+}
+
+/// Static limits the state machine enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Milliseconds a disconnected player keeps the place.
+    pub reconnect_grace_ms: u64,
+    /// Admission token lifetime, seconds.
+    pub token_ttl_secs: u64,
+    /// Create unknown queues on join.
+    pub auto_create: bool,
+    /// `max_waiting` of auto-created queues.
+    pub auto_max_waiting: u64,
+}
+
+/// A place in a queue.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// Order key (lane + seq).
+    pub key: PlaceKey,
+    /// The connection holding it; `None` while in reconnect grace.
+    pub conn: Option<ConnRef>,
+    /// When grace ends, ms (meaningful while `conn` is `None`).
+    pub grace_deadline_ms: u64,
+}
+
+/// An admission that has not been used (verified) yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Grant number (rendered into the token's `jti`).
+    pub jti: u64,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Expires at, unix seconds.
+    pub exp: u64,
+}
+
+/// One named queue.
+#[derive(Debug)]
+pub struct Queue {
+    /// Name.
+    pub name: String,
+    /// Most players holding a place.
+    pub max_waiting: u64,
+    /// Priority lane (ahead of `normal`).
+    prio: Lane,
+    /// Normal lane.
+    normal: Lane,
+    /// Automatic admission pacing.
+    pub pacer: Pacer,
+    /// Measured admissions per second (for ETA).
+    pub meter: RateMeter,
+    /// Players admitted since start.
+    pub admitted_total: u64,
+    /// Players who left or whose grace expired since start.
+    pub left_total: u64,
+    /// Grants issued and neither used nor expired.
+    pub unused_grants: u64,
+}
+
+impl Queue {
+    fn new(name: String, max_waiting: u64) -> Queue {
+        Queue {
+            name,
+            max_waiting,
+            prio: Lane::default(),
+            normal: Lane::default(),
+            pacer: Pacer::default(),
+            meter: RateMeter::default(),
+            admitted_total: 0,
+            left_total: 0,
+            unused_grants: 0,
+        }
+    }
+
+    /// Players holding a place.
+    pub fn waiting(&self) -> u64 {
+        (self.prio.len() + self.normal.len()) as u64
+    }
+
+    /// Players in the priority lane.
+    pub fn waiting_priority(&self) -> u64 {
+        self.prio.len() as u64
+    }
+
+    /// 1-based position of the place with `key`.
+    pub fn position(&self, key: PlaceKey) -> u64 {
+        let (priority, seq) = split_key(key);
+        if priority {
+            self.prio.rank(seq) + 1
+        } else {
+            self.prio.len() as u64 + self.normal.rank(seq) + 1
+        }
+    }
+
+    /// The player at the head: (key, user).
+    fn head(&self) -> Option<(PlaceKey, UserId)> {
+        if let Some((seq, user)) = self.prio.front() {
+            return Some((place_key(true, seq), user));
+        }
+        self.normal
+            .front()
+            .map(|(seq, user)| (place_key(false, seq), user))
+    }
+
+    fn remove(&mut self, key: PlaceKey) -> Option<UserId> {
+        let (priority, seq) = split_key(key);
+        if priority {
+            self.prio.remove(seq)
+        } else {
+            self.normal.remove(seq)
+        }
+    }
+
+    /// Places in order: (key, user).
+    pub fn iter(&self) -> impl Iterator<Item = (PlaceKey, UserId)> + '_ {
+        let p = self.prio.iter().map(|(s, u)| (place_key(true, s), u));
+        let n = self.normal.iter().map(|(s, u)| (place_key(false, s), u));
+        p.chain(n)
+    }
+
+    /// Bytes held by the lanes (memory reports).
+    pub fn heap_bytes(&self) -> usize {
+        self.prio.heap_bytes() + self.normal.heap_bytes()
+    }
+}
+
+/// Every queue and everything about the players in them.
+#[derive(Debug)]
+pub struct QueueState {
+    /// Limits from config.
+    limits: Limits,
+    /// Queues by id (ids are indices, never reused).
+    queues: Vec<Queue>,
+    /// Queue ids by name.
+    names: HashMap<String, QueueId>,
+    /// Places by (queue, user).
+    places: HashMap<(QueueId, UserId), Place>,
+    /// Unused grants by (queue, user).
+    grants: HashMap<(QueueId, UserId), Grant>,
+    /// Owner of each unused grant, by grant number.
+    issued: HashMap<u64, (QueueId, UserId)>,
+    /// Grants in issue order, for expiry: (exp, jti).
+    grant_expiry: VecDeque<(u64, u64)>,
+    /// Consumed `jti`s with their `exp`, kept until they expire.
+    used: HashMap<String, u64>,
+    /// Consumed `jti`s in consumption order, for pruning: (exp, jti).
+    used_expiry: VecDeque<(u64, String)>,
+    /// Places entering grace, in deadline order: (deadline, queue, user, key).
+    grace: VecDeque<(u64, QueueId, UserId, PlaceKey)>,
+    /// Next grant number.
+    next_jti: u64,
+    /// Prefix making `jti`s unique across processes (32 hex digits in all).
+    jti_prefix: u64,
+    /// Last tick time, ms.
+    last_tick_ms: u64,
+}
+
+impl QueueState {
+    /// An empty state with the configured queues: (name, max_waiting, admit rate).
+    pub fn new(limits: Limits, queues: &[(String, u64, f64)], jti_prefix: u64) -> QueueState {
+        let mut state = QueueState {
+            limits,
+            queues: Vec::new(),
+            names: HashMap::new(),
+            places: HashMap::new(),
+            grants: HashMap::new(),
+            issued: HashMap::new(),
+            grant_expiry: VecDeque::new(),
+            used: HashMap::new(),
+            used_expiry: VecDeque::new(),
+            grace: VecDeque::new(),
+            next_jti: 1,
+            jti_prefix,
+            last_tick_ms: 0,
+        };
+        for (name, max_waiting, rate) in queues {
+            let id = state.create_queue(name.clone(), *max_waiting);
+            state.queues[id as usize].pacer.rate_per_s = *rate;
+        }
+        state
+    }
+
+    fn create_queue(&mut self, name: String, max_waiting: u64) -> QueueId {
+        let id = self.queues.len() as QueueId;
+        self.names.insert(name.clone(), id);
+        self.queues.push(Queue::new(name, max_waiting));
+        id
+    }
+
+    /// All queues, by id.
+    pub fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
+    /// The id of the queue named `name`.
+    pub fn queue_id(&self, name: &str) -> Option<QueueId> {
+        self.names.get(name).copied()
+    }
+
+    /// The place of `user` in `queue`.
+    pub fn place(&self, queue: QueueId, user: UserId) -> Option<&Place> {
+        self.places.get(&(queue, user))
+    }
+
+    /// The unused grant of `user` in `queue`.
+    pub fn grant(&self, queue: QueueId, user: UserId) -> Option<Grant> {
+        self.grants.get(&(queue, user)).copied()
+    }
+
+    /// The `jti` text of grant number `jti`.
+    pub fn jti_text(&self, jti: u64) -> String {
+        format!("{:016x}{:016x}", self.jti_prefix, jti)
+    }
+
+    /// Applies one op at time `now_ms` (unix ms); side effects go to `out`.
+    pub fn apply(&mut self, op: &Op, now_ms: u64, out: &mut Vec<Event>) -> Applied {
+        match op {
+            Op::Join {
+                queue,
+                user,
+                prio,
+                conn,
+            } => self.join(queue, *user, *prio, *conn, out),
+            Op::Disconnect { queue, user, conn } => {
+                let deadline = now_ms + self.limits.reconnect_grace_ms;
+                if let Some(place) = self.places.get_mut(&(*queue, *user)) {
+                    if place.conn == Some(*conn) {
+                        place.conn = None;
+                        place.grace_deadline_ms = deadline;
+                        self.grace.push_back((deadline, *queue, *user, place.key));
+                    }
+                }
+                Applied::Ok
+            }
+            Op::Leave { queue, user, conn } => {
+                let holds =
+                    matches!(self.places.get(&(*queue, *user)), Some(p) if p.conn == Some(*conn));
+                if holds {
+                    self.depart(*queue, *user, out);
+                    self.queues[*queue as usize].left_total += 1;
+                }
+                Applied::Ok
+            }
+            Op::Admit { queue, count } => {
+                if *queue as usize >= self.queues.len() {
+                    return Applied::UnknownQueue;
+                }
+                self.admit(*queue, *count, now_ms, out);
+                Applied::Ok
+            }
+            Op::SetRate { queue, per_second } => {
+                if !(per_second.is_finite() && *per_second >= 0.0) {
+                    return Applied::Invalid("per_second must be a finite number >= 0");
+                }
+                let Some(q) = self.queues.get_mut(*queue as usize) else {
+                    return Applied::UnknownQueue;
+                };
+                q.pacer.rate_per_s = *per_second;
+                Applied::Ok
+            }
+            Op::SetCapacity {
+                queue,
+                online,
+                capacity,
+            } => {
+                let Some(q) = self.queues.get_mut(*queue as usize) else {
+                    return Applied::UnknownQueue;
+                };
+                q.pacer.report_capacity(*online, *capacity);
+                Applied::Ok
+            }
+            Op::Pause { queue, paused } => {
+                let Some(q) = self.queues.get_mut(*queue as usize) else {
+                    return Applied::UnknownQueue;
+                };
+                q.pacer.paused = *paused;
+                Applied::Ok
+            }
+            Op::ConsumeJti { jti, exp } => self.consume(jti, *exp),
+            Op::Tick => {
+                self.tick(now_ms, out);
+                Applied::Ok
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        name: &str,
+        user: UserId,
+        prio: bool,
+        conn: ConnRef,
+        out: &mut Vec<Event>,
+    ) -> Applied {
+        let queue = match self.names.get(name) {
+            Some(&id) => id,
+            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
+                self.create_queue(name.to_string(), self.limits.auto_max_waiting)
+            }
+            None => return Applied::JoinFailed(JoinError::UnknownQueue),
+        };
+        if self.grants.contains_key(&(queue, user)) {
+            return Applied::Joined {
+                queue,
+                resumed: true,
+            };
+        }
+        if let Some(place) = self.places.get_mut(&(queue, user)) {
+            if let Some(old) = place.conn {
+                if old != conn {
+                    out.push(Event::Kick {
+                        conn: old,
+                        reason: KickReason::DuplicateLogin,
+                    });
+                }
+            }
+            place.conn = Some(conn);
+            return Applied::Joined {
+                queue,
+                resumed: true,
+            };
+        }
+        let q = &mut self.queues[queue as usize];
+        if q.waiting() >= q.max_waiting {
+            return Applied::JoinFailed(JoinError::QueueFull);
+        }
+        let key = if prio {
+            let key = place_key(true, q.prio.push(user));
+            out.push(Event::Inserted { queue, key });
+            key
+        } else {
+            place_key(false, q.normal.push(user))
+        };
+        self.places.insert(
+            (queue, user),
+            Place {
+                key,
+                conn: Some(conn),
+                grace_deadline_ms: 0,
+            },
+        );
+        Applied::Joined {
+            queue,
+            resumed: false,
+        }
+    }
+
+    /// Removes the place of `user` (which must exist) and reports the departure.
+    fn depart(&mut self, queue: QueueId, user: UserId, out: &mut Vec<Event>) -> Option<Place> {
+        let place = self.places.remove(&(queue, user))?;
+        let removed = self.queues[queue as usize].remove(place.key);
+        debug_assert_eq!(removed, Some(user));
+        out.push(Event::Departed {
+            queue,
+            key: place.key,
+        });
+        Some(place)
+    }
+
+    /// Admits up to `count` players from the head of `queue`; returns how many.
+    fn admit(&mut self, queue: QueueId, count: u64, now_ms: u64, out: &mut Vec<Event>) -> u64 {
+        let iat = now_ms / 1000;
+        let exp = iat + self.limits.token_ttl_secs;
+        let mut admitted = 0;
+        while admitted < count {
+            let Some((_, user)) = self.queues[queue as usize].head() else {
+                break;
+            };
+            let place = self.depart(queue, user, out).expect("head has a place");
+            let jti = self.next_jti;
+            self.next_jti += 1;
+            self.grants.insert((queue, user), Grant { jti, iat, exp });
+            self.issued.insert(jti, (queue, user));
+            self.grant_expiry.push_back((exp, jti));
+            let q = &mut self.queues[queue as usize];
+            q.unused_grants += 1;
+            q.admitted_total += 1;
+            out.push(Event::Admitted {
+                queue,
+                user,
+                conn: place.conn,
+                jti,
+                iat,
+                exp,
+            });
+            admitted += 1;
+        }
+        if admitted > 0 {
+            self.queues[queue as usize].meter.record(now_ms, admitted);
+        }
+        admitted
+    }
+
+    fn consume(&mut self, jti: &str, exp: u64) -> Applied {
+        if self.used.contains_key(jti) {
+            return Applied::Consumed(false);
+        }
+        self.used.insert(jti.to_string(), exp);
+        self.used_expiry.push_back((exp, jti.to_string()));
+        let own = jti
+            .get(..16)
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+            .filter(|&p| p == self.jti_prefix)
+            .and_then(|_| jti.get(16..))
+            .and_then(|n| u64::from_str_radix(n, 16).ok());
+        if let Some(number) = own {
+            if let Some((queue, user)) = self.issued.remove(&number) {
+                if self.grants.get(&(queue, user)).map(|g| g.jti) == Some(number) {
+                    self.grants.remove(&(queue, user));
+                    let q = &mut self.queues[queue as usize];
+                    q.unused_grants -= 1;
+                    q.pacer.token_used();
+                }
+            }
+        }
+        Applied::Consumed(true)
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Vec<Event>) {
+        let dt_ms = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms;
+        // Reconnect grace expiry.
+        while let Some(&(deadline, queue, user, key)) = self.grace.front() {
+            if deadline > now_ms {
+                break;
+            }
+            self.grace.pop_front();
+            let expired = matches!(self.places.get(&(queue, user)),
+                Some(p) if p.key == key && p.conn.is_none() && p.grace_deadline_ms == deadline);
+            if expired {
+                self.depart(queue, user, out);
+                self.queues[queue as usize].left_total += 1;
+            }
+        }
+        // Grant expiry.
+        let now_s = now_ms / 1000;
+        while let Some(&(exp, jti)) = self.grant_expiry.front() {
+            if exp > now_s {
+                break;
+            }
+            self.grant_expiry.pop_front();
+            if let Some((queue, user)) = self.issued.remove(&jti) {
+                if self.grants.get(&(queue, user)).map(|g| g.jti) == Some(jti) {
+                    self.grants.remove(&(queue, user));
+                    self.queues[queue as usize].unused_grants -= 1;
+                }
+            }
+        }
+        while let Some((exp, _)) = self.used_expiry.front() {
+            if *exp > now_s {
+                break;
+            }
+            let (_, jti) = self.used_expiry.pop_front().expect("front exists");
+            self.used.remove(&jti);
+        }
+        // Automatic admission.
+        for id in 0..self.queues.len() {
+            let q = &mut self.queues[id];
+            let n = q.pacer.allowance(dt_ms, q.waiting(), q.unused_grants);
+            if n > 0 {
+                self.admit(id as QueueId, n, now_ms, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
