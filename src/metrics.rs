@@ -1,0 +1,246 @@
+//! `/metrics`: the io loops' counters and the core's queue counters rendered in the
+//! OpenMetrics text format (which Prometheus scrapes) with `prometheus-client`.
+//!
+//! Invariants:
+//! - a fresh `Registry` is built per scrape on the control thread from plain values:
+//!   the io loops never touch a registry, they only bump their own [`LoopStats`] atomics;
+//! - counters are registered without `_total`; `prometheus-client` appends it, so the
+//!   exposed names are exactly `queue_accepted_total`, `queue_admitted_total`, ...;
+//! - per-loop families carry one label `core` (the loop index), per-queue families one
+//!   label `queue` (the queue name).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::msg::QueueStats;
+use crate::stats::LoopStats;
+
+/// The `Content-Type` of [`render`]'s output (what `prometheus-client` documents for it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One label, `core` or `queue`.
+type Labels = [(&'static str, String); 1];
+/// An integer gauge family.
+type GaugeFamily = Family<Labels, Gauge<u64, AtomicU64>>;
+/// A floating-point gauge family.
+type RateFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+/// A counter family.
+type CounterFamily = Family<Labels, Counter>;
+/// Name, help and field of a per-loop counter.
+type LoopCounter = (&'static str, &'static str, fn(&LoopStats) -> &AtomicU64);
+/// Name, help and field of a per-queue value.
+type QueueValue = (&'static str, &'static str, fn(&QueueStats) -> u64);
+
+/// Registers a counter family named `name` (exposed as `name_total`), filled by `fill`.
+fn counters(registry: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&CounterFamily)) {
+    let family = CounterFamily::default();
+    fill(&family);
+    registry.register(name, help, family);
+}
+
+/// Registers an integer gauge family, filled by `fill`.
+fn gauges(registry: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&GaugeFamily)) {
+    let family = GaugeFamily::default();
+    fill(&family);
+    registry.register(name, help, family);
+}
+
+/// The whole exposition (ending in `# EOF`) for these loop counters, queue counters and,
+/// when the counting allocator is built in, its `(allocations, allocated bytes)`.
+pub fn render(loops: &[LoopStats], queues: &[QueueStats], alloc: Option<(u64, u64)>) -> String {
+    let mut registry = Registry::default();
+    let core = |i: usize| [("core", i.to_string())];
+    let queue = |q: &QueueStats| [("queue", q.name.clone())];
+
+    gauges(
+        &mut registry,
+        "queue_connections",
+        "Open player connections",
+        |f| {
+            for (i, l) in loops.iter().enumerate() {
+                f.get_or_create(&core(i))
+                    .set(LoopStats::get(&l.connections));
+            }
+        },
+    );
+    let loop_counters: [LoopCounter; 6] = [
+        ("queue_accepted", "Player connections accepted", |l| {
+            &l.accepted
+        }),
+        ("queue_logins", "Successful logins", |l| &l.logins),
+        ("queue_frames_in", "Frames read from clients", |l| {
+            &l.frames_in
+        }),
+        (
+            "queue_frames_out",
+            "Frames written to clients (responses and pushes)",
+            |l| &l.frames_out,
+        ),
+        (
+            "queue_pushes",
+            "Pushes sent (position, admitted, kicked)",
+            |l| &l.pushes,
+        ),
+        ("queue_errors", "Error responses sent", |l| &l.errors),
+    ];
+    for (name, help, field) in loop_counters {
+        counters(&mut registry, name, help, |f| {
+            for (i, l) in loops.iter().enumerate() {
+                f.get_or_create(&core(i))
+                    .inc_by(field(l).load(Ordering::Relaxed));
+            }
+        });
+    }
+
+    let queue_gauges: [QueueValue; 4] = [
+        (
+            "queue_waiting",
+            "Players holding a place (both lanes, grace included)",
+            |q| q.waiting,
+        ),
+        (
+            "queue_waiting_priority",
+            "Players holding a place in the priority lane",
+            |q| q.waiting_priority,
+        ),
+        (
+            "queue_paused",
+            "1 while automatic admission is paused",
+            |q| u64::from(q.paused),
+        ),
+        (
+            "queue_unused_tokens",
+            "Admission tokens issued, not yet used, not expired",
+            |q| q.unused_tokens,
+        ),
+    ];
+    for (name, help, field) in queue_gauges {
+        gauges(&mut registry, name, help, |f| {
+            for q in queues {
+                f.get_or_create(&queue(q)).set(field(q));
+            }
+        });
+    }
+    let queue_counters: [QueueValue; 2] = [
+        ("queue_admitted", "Players admitted", |q| q.admitted_total),
+        (
+            "queue_left",
+            "Players who left (leave, grace expiry)",
+            |q| q.left_total,
+        ),
+    ];
+    for (name, help, field) in queue_counters {
+        counters(&mut registry, name, help, |f| {
+            for q in queues {
+                f.get_or_create(&queue(q)).inc_by(field(q));
+            }
+        });
+    }
+    let rate = RateFamily::default();
+    for q in queues {
+        rate.get_or_create(&queue(q)).set(q.admit_rate_per_s);
+    }
+    registry.register(
+        "queue_admit_rate_per_s",
+        "Measured admission rate, players per second",
+        rate,
+    );
+
+    if let Some((allocations, bytes)) = alloc {
+        let c = Counter::<u64>::default();
+        c.inc_by(allocations);
+        registry.register(
+            "queue_server_allocations",
+            "Heap allocations since start",
+            c,
+        );
+        let c = Counter::<u64>::default();
+        c.inc_by(bytes);
+        registry.register(
+            "queue_server_allocated_bytes",
+            "Bytes allocated since start",
+            c,
+        );
+    }
+
+    let mut out = String::with_capacity(4096);
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(name: &str, waiting: u64, rate: f64, paused: bool) -> QueueStats {
+        QueueStats {
+            name: name.to_string(),
+            waiting,
+            waiting_priority: 2,
+            admitted_total: 30,
+            left_total: 4,
+            admit_rate_per_s: rate,
+            target_rate_per_s: 10.0,
+            paused,
+            unused_tokens: 5,
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_final_names() {
+        let loops: Vec<LoopStats> = (0..2).map(|_| LoopStats::default()).collect();
+        LoopStats::add(&loops[0].connections, 3);
+        LoopStats::add(&loops[1].connections, 4);
+        LoopStats::add(&loops[1].accepted, 9);
+        LoopStats::add(&loops[0].logins, 8);
+        LoopStats::add(&loops[0].frames_in, 100);
+        LoopStats::add(&loops[1].frames_out, 200);
+        LoopStats::add(&loops[0].pushes, 50);
+        LoopStats::add(&loops[1].errors, 1);
+        let queues = [queue("default", 12, 2.5, false), queue("w-1", 0, 0.0, true)];
+        let text = render(&loops, &queues, Some((7, 4096)));
+        for line in [
+            "# TYPE queue_connections gauge",
+            "queue_connections{core=\"0\"} 3",
+            "queue_connections{core=\"1\"} 4",
+            "# TYPE queue_accepted counter",
+            "queue_accepted_total{core=\"1\"} 9",
+            "queue_accepted_total{core=\"0\"} 0",
+            "queue_logins_total{core=\"0\"} 8",
+            "queue_frames_in_total{core=\"0\"} 100",
+            "queue_frames_out_total{core=\"1\"} 200",
+            "queue_pushes_total{core=\"0\"} 50",
+            "queue_errors_total{core=\"1\"} 1",
+            "queue_waiting{queue=\"default\"} 12",
+            "queue_waiting_priority{queue=\"default\"} 2",
+            "queue_admitted_total{queue=\"default\"} 30",
+            "queue_left_total{queue=\"w-1\"} 4",
+            "queue_admit_rate_per_s{queue=\"default\"} 2.5",
+            "queue_admit_rate_per_s{queue=\"w-1\"} 0.0",
+            "queue_paused{queue=\"w-1\"} 1",
+            "queue_paused{queue=\"default\"} 0",
+            "queue_unused_tokens{queue=\"default\"} 5",
+            "queue_server_allocations_total 7",
+            "queue_server_allocated_bytes_total 4096",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn no_allocator_no_queues() {
+        let loops = [LoopStats::default()];
+        let text = render(&loops, &[], None);
+        assert!(text.contains("queue_connections{core=\"0\"} 0"), "{text}");
+        assert!(!text.contains("queue_server_allocations"), "{text}");
+        assert!(!text.contains("queue=\""), "{text}");
+    }
+}
