@@ -1,0 +1,700 @@
+//! One io loop: a pinned thread running a monoio runtime (io_uring, or the legacy
+//! epoll driver where io_uring is unavailable) with its own SO_REUSEPORT listener. It
+//! owns its sessions ([`Shard`]), forwards queue operations to the core and applies the
+//! core's events: join answers, admissions, kicks and rank batches.
+//!
+//! Invariants:
+//! - everything here is touched by this loop's thread only (`Rc`, `Cell`, `RefCell`);
+//!   the only cross-thread traffic is the two channels and the stats atomics;
+//! - the loop never blocks on the core: `to_core` uses `try_send` and keeps what does
+//!   not fit in an ordered backlog, retried before any newer message and on each sweep;
+//! - the loop sleeps on its doorbell only after arming it and re-checking its channel;
+//! - position pushes are throttled per session to one per `push_interval_ms`, carrying
+//!   the latest value; deferred ones wait in `pending_push` (each session once).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use monoio::io::AsyncReadRent;
+
+use crate::config::Config;
+use crate::doorbell::{self, BellRx};
+use crate::msg::{ConnRef, CoreMsg, JoinError, KickReason, LoopEvent, LoopId, QueueId, SessionId};
+use crate::protocol::{self, Code};
+use crate::session::{self, Phase, Session};
+use crate::stats::LoopStats;
+use crate::token::TicketVerifier;
+use crate::wake::Notify;
+
+/// Capacity of a pooled write buffer.
+const WRITE_BUF_BYTES: usize = 4096;
+/// Most buffers kept in a loop's pool; beyond this they are freed.
+const POOL_MAX: usize = 1024;
+/// How often timeouts are checked and the core backlog retried.
+const SWEEP: Duration = Duration::from_millis(250);
+/// How long a stopping loop waits for its sessions to flush `kicked`.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+
+/// What an io loop needs from the config.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Largest frame body accepted.
+    pub max_frame_bytes: u32,
+    /// Connect-to-login limit.
+    pub login_timeout: Duration,
+    /// Silence limit after login.
+    pub idle_timeout: Duration,
+    /// Least time between position pushes to one session.
+    pub push_interval: Duration,
+    /// Outbound bytes limit per session.
+    pub max_outbound_bytes: usize,
+    /// `retry_after_secs` for `shutdown` kicks and SHUTTING_DOWN answers.
+    pub retry_after_secs: u64,
+    /// Logins per second on this loop; 0 = unlimited.
+    pub logins_per_sec: u32,
+    /// Login server address for `admitted` pushes.
+    pub login_addr: Option<String>,
+}
+
+impl LoopConfig {
+    /// The loop's part of `config`.
+    pub fn from_config(config: &Config) -> LoopConfig {
+        let s = &config.server;
+        LoopConfig {
+            max_frame_bytes: s.max_frame_bytes,
+            login_timeout: Duration::from_secs(s.login_timeout_secs),
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+            push_interval: Duration::from_millis(s.push_interval_ms),
+            max_outbound_bytes: s.max_outbound_bytes,
+            retry_after_secs: s.shutdown_retry_after_secs,
+            logins_per_sec: s.max_logins_per_sec_per_core,
+            login_addr: (!config.tokens.login_addr.is_empty())
+                .then(|| config.tokens.login_addr.clone()),
+        }
+    }
+}
+
+/// Everything one loop thread starts with.
+pub struct LoopSetup {
+    /// This loop's index.
+    pub id: LoopId,
+    /// Its own SO_REUSEPORT listener (non-blocking).
+    pub listener: std::net::TcpListener,
+    /// Events from the core.
+    pub events: Receiver<LoopEvent>,
+    /// Doorbell paired with `events`.
+    pub bell: BellRx,
+    /// Into the core.
+    pub core: Sender<CoreMsg>,
+    /// Counters of all loops (this loop writes `stats[id]`).
+    pub stats: Arc<Vec<LoopStats>>,
+    /// Login ticket checks.
+    pub tickets: Arc<TicketVerifier>,
+    /// Set while the server drains.
+    pub draining: Arc<AtomicBool>,
+    /// Loop settings.
+    pub cfg: LoopConfig,
+    /// Core to pin to, if any.
+    pub pin: Option<core_affinity::CoreId>,
+    /// Use the legacy (epoll) driver instead of io_uring.
+    pub legacy: bool,
+}
+
+/// A slot of the session table.
+struct Slot {
+    /// Bumped each time the slot is reused.
+    generation: u32,
+    /// The session living here, if any.
+    session: Option<Rc<Session>>,
+}
+
+/// The loop's own state, shared by its tasks.
+pub struct Shard {
+    /// Loop index.
+    pub id: LoopId,
+    /// Settings.
+    pub cfg: LoopConfig,
+    /// All loops' counters.
+    stats: Arc<Vec<LoopStats>>,
+    /// Session table.
+    slots: RefCell<Vec<Slot>>,
+    /// Free slot indexes.
+    free: RefCell<Vec<u32>>,
+    /// Live sessions.
+    live: Cell<usize>,
+    /// Write buffers not in use.
+    pool: RefCell<Vec<BytesMut>>,
+    /// Into the core.
+    core: Sender<CoreMsg>,
+    /// Messages the core inbox had no room for, oldest first.
+    backlog: RefCell<VecDeque<CoreMsg>>,
+    /// Ticket checks.
+    pub tickets: Arc<TicketVerifier>,
+    /// Server drains.
+    draining: Arc<AtomicBool>,
+    /// Per queue: (players waiting, measured admit rate), from rank batches.
+    queues: RefCell<Vec<(u64, f64)>>,
+    /// Sessions with a deferred position push.
+    pending_push: RefCell<Vec<SessionId>>,
+    /// Wakes the push flusher.
+    push_wake: Notify,
+    /// Wakes the acceptor to stop.
+    stop_accept: Notify,
+    /// Login token bucket: (tokens, last refill).
+    login_bucket: Cell<(f64, Instant)>,
+}
+
+impl Shard {
+    /// This loop's counters.
+    pub fn stats(&self) -> &LoopStats {
+        &self.stats[self.id as usize]
+    }
+
+    /// True while the server drains.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes one login from this loop's per-second budget; false when it is spent.
+    pub fn take_login(&self) -> bool {
+        let rate = f64::from(self.cfg.logins_per_sec);
+        if rate == 0.0 {
+            return true;
+        }
+        let (tokens, last) = self.login_bucket.get();
+        let now = Instant::now();
+        let tokens = (tokens + rate * now.duration_since(last).as_secs_f64()).min(rate);
+        if tokens >= 1.0 {
+            self.login_bucket.set((tokens - 1.0, now));
+            true
+        } else {
+            self.login_bucket.set((tokens, now));
+            false
+        }
+    }
+
+    /// The connection reference of a session of this loop.
+    pub fn conn(&self, session: SessionId) -> ConnRef {
+        ConnRef {
+            loop_id: self.id,
+            session,
+        }
+    }
+
+    /// A write buffer from the pool (allocates only when the pool is empty).
+    pub fn pool_get(&self) -> BytesMut {
+        self.pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(WRITE_BUF_BYTES))
+    }
+
+    /// Returns a cleared write buffer to the pool.
+    pub fn pool_put(&self, buf: BytesMut) {
+        let mut pool = self.pool.borrow_mut();
+        if buf.capacity() >= WRITE_BUF_BYTES
+            && buf.capacity() <= 4 * WRITE_BUF_BYTES
+            && pool.len() < POOL_MAX
+        {
+            pool.push(buf);
+        }
+    }
+
+    /// (players waiting, admit rate) of a queue as last reported.
+    pub fn queue_view(&self, queue: QueueId) -> (u64, f64) {
+        self.queues
+            .borrow()
+            .get(queue as usize)
+            .copied()
+            .unwrap_or((0, 0.0))
+    }
+
+    fn set_queue_view(&self, queue: QueueId, len: u64, rate: f64) {
+        let mut queues = self.queues.borrow_mut();
+        if queues.len() <= queue as usize {
+            queues.resize(queue as usize + 1, (0, 0.0));
+        }
+        queues[queue as usize] = (len, rate);
+    }
+
+    /// Sends to the core without blocking; keeps order through the backlog.
+    pub fn to_core(&self, msg: CoreMsg) {
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.is_empty() {
+            match self.core.try_send(msg) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(msg)) => backlog.push_back(msg),
+            }
+        } else {
+            backlog.push_back(msg);
+        }
+    }
+
+    fn retry_backlog(&self) {
+        let mut backlog = self.backlog.borrow_mut();
+        while let Some(msg) = backlog.pop_front() {
+            match self.core.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    backlog.push_front(msg);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => backlog.clear(),
+            }
+        }
+    }
+
+    /// Registers a new connection; `None` when the table cannot grow.
+    pub fn insert_session(&self, fd: i32) -> Option<Rc<Session>> {
+        let mut slots = self.slots.borrow_mut();
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                if slots.len() >= u32::MAX as usize {
+                    return None;
+                }
+                slots.push(Slot {
+                    generation: 0,
+                    session: None,
+                });
+                (slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let id = (u64::from(slot.generation) << 32) | u64::from(index);
+        let session = Rc::new(Session::new(id, fd));
+        slot.session = Some(session.clone());
+        self.live.set(self.live.get() + 1);
+        LoopStats::add(&self.stats().connections, 1);
+        LoopStats::add(&self.stats().accepted, 1);
+        Some(session)
+    }
+
+    /// The live session with this id.
+    pub fn session(&self, id: SessionId) -> Option<Rc<Session>> {
+        let slots = self.slots.borrow();
+        let slot = slots.get((id & 0xffff_ffff) as usize)?;
+        if u64::from(slot.generation) != id >> 32 {
+            return None;
+        }
+        slot.session.clone()
+    }
+
+    /// Drops a closed session from the table, telling the core its place is in grace.
+    pub fn release(&self, session: &Session) {
+        if !session.left.get() && session.holds_place.get() {
+            self.to_core(CoreMsg::Disconnect {
+                conn: self.conn(session.id),
+                queue: session.queue.get(),
+                user: session.user.get(),
+            });
+        }
+        self.forget(session);
+    }
+
+    /// Drops a session from the table without telling the core.
+    pub fn forget(&self, session: &Session) {
+        let index = (session.id & 0xffff_ffff) as u32;
+        let mut slots = self.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(index as usize) {
+            if slot.session.as_ref().is_some_and(|s| s.id == session.id) {
+                slot.session = None;
+                self.free.borrow_mut().push(index);
+                self.live.set(self.live.get() - 1);
+                self.stats().connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn for_each_session(&self, mut f: impl FnMut(&Rc<Session>)) {
+        // Collecting would allocate; iterate by index and re-borrow per slot so `f` may
+        // touch the table (e.g. `send` never does, but a kick may close).
+        let n = self.slots.borrow().len();
+        for i in 0..n {
+            let session = self.slots.borrow().get(i).and_then(|s| s.session.clone());
+            if let Some(session) = session {
+                f(&session);
+            }
+        }
+    }
+
+    /// A position changed: push now, or defer to keep one push per interval.
+    fn position_changed(&self, session: &Session, now: Instant) {
+        if session.position.get() == session.pushed_position.get() || session.push_pending.get() {
+            return;
+        }
+        if now.duration_since(session.last_push.get()) >= self.cfg.push_interval {
+            self.push_position(session, now);
+        } else {
+            session.push_pending.set(true);
+            self.pending_push.borrow_mut().push(session.id);
+            self.push_wake.notify();
+        }
+    }
+
+    fn push_position(&self, session: &Session, now: Instant) {
+        session.last_push.set(now);
+        LoopStats::add(&self.stats().pushes, 1);
+        session.send_position(self, 0);
+    }
+
+    fn handle_event(&self, event: LoopEvent) -> bool {
+        match event {
+            LoopEvent::Ranks(batch) => {
+                for delta in &batch.queues {
+                    self.set_queue_view(delta.queue, delta.queue_len, delta.rate_per_s);
+                }
+                if batch
+                    .queues
+                    .iter()
+                    .all(|d| d.departed.is_empty() && d.inserted.is_empty())
+                {
+                    // Only appends: nobody's position moved.
+                    return true;
+                }
+                let now = Instant::now();
+                self.for_each_session(|s| {
+                    if s.phase.get() != Phase::Waiting {
+                        return;
+                    }
+                    let Some(delta) = batch.queues.iter().find(|d| d.queue == s.queue.get()) else {
+                        return;
+                    };
+                    let shift = delta.shift(s.key.get());
+                    if shift != 0 {
+                        s.position
+                            .set(s.position.get().saturating_add_signed(shift));
+                        self.position_changed(s, now);
+                    }
+                });
+            }
+            LoopEvent::Resync(list) => {
+                let now = Instant::now();
+                for (id, position) in list {
+                    if let Some(s) = self.session(id) {
+                        if s.phase.get() == Phase::Waiting && s.position.get() != position {
+                            tracing::debug!(
+                                session = id,
+                                was = s.position.get(),
+                                position,
+                                "position resynced"
+                            );
+                            s.position.set(position);
+                            self.position_changed(&s, now);
+                        }
+                    }
+                }
+            }
+            LoopEvent::Joined {
+                session,
+                seq,
+                user,
+                result,
+            } => self.joined(session, seq, user, result),
+            LoopEvent::Admitted {
+                session,
+                token,
+                expires_at,
+            } => {
+                if let Some(s) = self.session(session) {
+                    if s.phase.get() == Phase::Waiting {
+                        s.phase.set(Phase::Admitted);
+                        s.holds_place.set(false);
+                        self.send_admitted(&s, &token, expires_at);
+                    }
+                }
+            }
+            LoopEvent::Kick { session, reason } => {
+                if let Some(s) = self.session(session) {
+                    // The core gave the place to another connection: nothing to release.
+                    s.holds_place.set(false);
+                    s.kick(self, reason, None);
+                }
+            }
+            LoopEvent::Shutdown => return false,
+        }
+        true
+    }
+
+    fn send_admitted(&self, s: &Session, token: &str, expires_at: u64) {
+        LoopStats::add(&self.stats().pushes, 1);
+        let addr = self.cfg.login_addr.as_deref();
+        s.send(self, 1, |out| {
+            protocol::encode_admitted(out, token, expires_at, addr)
+        });
+    }
+
+    fn joined(
+        &self,
+        id: SessionId,
+        seq: u32,
+        user: u64,
+        result: Result<crate::msg::JoinOk, JoinError>,
+    ) {
+        let Some(s) = self
+            .session(id)
+            .filter(|s| s.phase.get() == Phase::LoginPending)
+        else {
+            // The connection closed while its login was with the core.
+            if let Ok(ok) = result {
+                if ok.admitted.is_none() {
+                    self.to_core(CoreMsg::Disconnect {
+                        conn: self.conn(id),
+                        queue: ok.queue,
+                        user,
+                    });
+                }
+            }
+            return;
+        };
+        match result {
+            Ok(ok) => {
+                LoopStats::add(&self.stats().logins, 1);
+                s.queue.set(ok.queue);
+                self.set_queue_view(ok.queue, ok.queue_len, ok.rate_per_s);
+                let eta = crate::msg::eta_secs(ok.position, ok.rate_per_s);
+                let admitted = ok.admitted.is_some();
+                s.send(self, 1, |out| {
+                    protocol::encode_login_ok(
+                        out,
+                        seq,
+                        admitted,
+                        ok.position,
+                        ok.queue_len,
+                        eta,
+                        ok.resumed,
+                    )
+                });
+                if let Some((token, expires_at)) = ok.admitted {
+                    s.phase.set(Phase::Admitted);
+                    self.send_admitted(&s, &token, expires_at);
+                } else {
+                    s.key.set(ok.key);
+                    s.holds_place.set(true);
+                    s.position.set(ok.position);
+                    s.pushed_position.set(ok.position);
+                    s.last_push.set(Instant::now());
+                    s.phase.set(Phase::Waiting);
+                }
+                s.login_done();
+            }
+            Err(e) => {
+                let (code, msg) = match e {
+                    JoinError::QueueFull => (Code::QueueFull, "queue is full"),
+                    JoinError::UnknownQueue => (Code::UnknownQueue, "no such queue"),
+                    JoinError::ShuttingDown => (Code::ShuttingDown, "server is shutting down"),
+                    JoinError::Gone => (Code::Internal, "place lost, log in again"),
+                };
+                s.phase.set(Phase::Connected);
+                if code == Code::ShuttingDown {
+                    let retry = self.cfg.retry_after_secs;
+                    s.send(self, 1, |out| {
+                        protocol::encode_error_retry(out, "login", seq, code, msg, retry)
+                    });
+                    s.close();
+                } else {
+                    session::reply_error(self, &s, "login", seq, code, msg);
+                }
+                s.login_done();
+            }
+        }
+    }
+
+    /// Kicks idle sessions and closes those that never logged in.
+    fn sweep(&self) {
+        self.retry_backlog();
+        let now = Instant::now();
+        self.for_each_session(|s| match s.phase.get() {
+            Phase::Connected if now.duration_since(s.connected_at) >= self.cfg.login_timeout => {
+                s.close();
+            }
+            Phase::Waiting | Phase::Admitted
+                if now.duration_since(s.last_frame.get()) >= self.cfg.idle_timeout =>
+            {
+                s.kick(self, KickReason::IdleTimeout, None);
+            }
+            _ => {}
+        });
+    }
+
+    /// Sends deferred pushes that are due; returns the earliest next due time.
+    fn flush_pushes(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut pending = self.pending_push.borrow_mut();
+        pending.retain(|&id| {
+            let Some(s) = self.session(id) else {
+                return false;
+            };
+            if s.phase.get() != Phase::Waiting {
+                s.push_pending.set(false);
+                return false;
+            }
+            let due = s.last_push.get() + self.cfg.push_interval;
+            if due <= now {
+                s.push_pending.set(false);
+                if s.position.get() != s.pushed_position.get() {
+                    self.push_position(&s, now);
+                }
+                false
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                true
+            }
+        });
+        next
+    }
+}
+
+/// Starts the loop thread.
+pub fn spawn(setup: LoopSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("io-{}", setup.id))
+        .spawn(move || {
+            if let Some(core) = setup.pin {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(
+                        loop_id = setup.id,
+                        "could not pin io loop to core {}",
+                        core.id
+                    );
+                }
+            }
+            if setup.legacy {
+                match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                {
+                    Ok(mut rt) => rt.block_on(run(setup)),
+                    Err(e) => tracing::error!("io loop {}: cannot start runtime: {e}", setup.id),
+                }
+            } else {
+                match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .build()
+                {
+                    Ok(mut rt) => rt.block_on(run(setup)),
+                    Err(e) => {
+                        tracing::error!("io loop {}: cannot start io_uring runtime: {e}", setup.id)
+                    }
+                }
+            }
+        })
+}
+
+async fn run(setup: LoopSetup) {
+    let login_burst = f64::from(setup.cfg.logins_per_sec);
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        cfg: setup.cfg,
+        stats: setup.stats,
+        slots: RefCell::new(Vec::new()),
+        free: RefCell::new(Vec::new()),
+        live: Cell::new(0),
+        pool: RefCell::new(Vec::new()),
+        core: setup.core,
+        backlog: RefCell::new(VecDeque::new()),
+        tickets: setup.tickets,
+        draining: setup.draining,
+        queues: RefCell::new(Vec::new()),
+        pending_push: RefCell::new(Vec::new()),
+        push_wake: Notify::default(),
+        stop_accept: Notify::default(),
+        login_bucket: Cell::new((login_burst, Instant::now())),
+    });
+    let listener = match monoio::net::TcpListener::from_std(setup.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("io loop {}: listener: {e}", shard.id);
+            return;
+        }
+    };
+    let acceptor = monoio::spawn(accept(shard.clone(), listener));
+    monoio::spawn(sweeper(shard.clone()));
+    monoio::spawn(push_flusher(shard.clone()));
+    events(&shard, setup.events, setup.bell).await;
+
+    // Drain: stop accepting, kick everyone, give writers a moment to flush.
+    shard.stop_accept.notify();
+    acceptor.await;
+    let retry = shard.cfg.retry_after_secs;
+    shard.for_each_session(|s| s.kick(&shard, KickReason::Shutdown, Some(retry)));
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while shard.live.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shard.for_each_session(|s| s.abort());
+    shard.retry_backlog();
+    tracing::debug!(loop_id = shard.id, "io loop stopped");
+}
+
+async fn accept(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
+    loop {
+        monoio::select! {
+            _ = shard.stop_accept.wait() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    monoio::spawn(session::serve(shard.clone(), stream));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(loop_id = shard.id, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn events(shard: &Rc<Shard>, rx: Receiver<LoopEvent>, bell: BellRx) {
+    let (armed, bell) = bell.into_parts();
+    let mut bell = match monoio::net::UnixStream::from_std(bell) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("io loop {}: doorbell: {e}", shard.id);
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64];
+    loop {
+        while let Ok(event) = rx.try_recv() {
+            if !shard.handle_event(event) {
+                return;
+            }
+        }
+        doorbell::arm(&armed);
+        if !rx.is_empty() {
+            doorbell::disarm(&armed);
+            continue;
+        }
+        let (res, b) = bell.read(buf).await;
+        buf = b;
+        if let Err(e) = res {
+            tracing::error!("io loop {}: doorbell read: {e}", shard.id);
+            return;
+        }
+    }
+}
+
+async fn sweeper(shard: Rc<Shard>) {
+    loop {
+        monoio::time::sleep(SWEEP).await;
+        shard.sweep();
+    }
+}
+
+async fn push_flusher(shard: Rc<Shard>) {
+    loop {
+        match shard.flush_pushes() {
+            None => shard.push_wake.wait().await,
+            Some(due) => monoio::time::sleep(due.saturating_duration_since(Instant::now())).await,
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! queue-server: a thread-per-core login queue for online games.
+//!
+//! Players hold one TCP connection each (4-byte length + JSON frames) and watch their
+//! place move; login servers and operators drive admission over an HTTP control API;
+//! admitted players get a signed token. The map:
+//!
+//! - [`config`]: the embedded default config, file overlay, validation;
+//! - [`server`]: binds listeners, wires channels, starts and stops every thread;
+//! - [`io_loop`]: one pinned monoio runtime per core; owns its sessions, applies the
+//!   core's events and rank batches;
+//! - [`session`]: one connection: reader, writer, request handling;
+//! - [`frame`]: the 4-byte length framing, decided from the header alone;
+//! - [`protocol`]: envelope parsing, error codes, JSON encoders writing into buffers;
+//! - [`queue`]: the queue state machine ([`queue::state`]) and its thread ([`queue::core`]);
+//! - [`msg`]: the messages between loops, core and control thread;
+//! - [`doorbell`]: wakes a loop once per batch of core events;
+//! - [`wake`]: a loop-local task wake-up flag;
+//! - [`token`]: admission tokens (JWT EdDSA/HS256, JWKS) and login ticket checks;
+//! - [`control`]: the HTTP control API thread; [`metrics`]: Prometheus text;
+//! - [`stats`]: per-loop counters; [`alloc_count`]: the counting allocator.
+
+pub mod alloc_count;
+pub mod config;
+pub mod control;
+pub mod doorbell;
+pub mod frame;
+pub mod io_loop;
+pub mod metrics;
+pub mod msg;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod token;
+pub mod wake;

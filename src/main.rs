@@ -1,0 +1,98 @@
+//! The `queue-server` binary: flags, config, logging, signals. Everything else is in
+//! the library (`queue_server::server`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use queue_server::config::Config;
+use queue_server::server::ServerHandle;
+
+#[cfg(feature = "count-alloc")]
+#[global_allocator]
+static GLOBAL: queue_server::alloc_count::CountingAlloc = queue_server::alloc_count::CountingAlloc;
+
+#[cfg(not(feature = "count-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Thread-per-core login queue for online games.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file laid over the built-in default (config/default.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Number of io loops (threads), overrides server.cores.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Player port address, overrides server.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Control port address, overrides control.listen.
+    #[arg(long)]
+    control: Option<SocketAddr>,
+    /// Print the built-in default config and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.print_default_config {
+        print!("{}", queue_server::config::DEFAULT_TOML);
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(cores) = args.cores {
+        config.server.cores = cores;
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(control) = args.control {
+        config.control.listen = control;
+    }
+    config.validate()?;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    tracing::info!(
+        config = args.config.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string()),
+        loops = config.loop_count(),
+        queues = ?config.queues.list.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+        auth = ?config.auth.mode,
+        token_alg = ?config.tokens.alg,
+        grace_secs = config.server.reconnect_grace_secs,
+        idle_secs = config.server.idle_timeout_secs,
+        "starting"
+    );
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let server = ServerHandle::start(&config)?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "stopping: draining sessions");
+    }
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

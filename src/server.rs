@@ -1,0 +1,284 @@
+//! Builds and runs the whole server from a [`Config`]: binds the listeners, creates the
+//! channels and doorbells before any thread starts, starts the io loops, the queue core
+//! and the control thread, and stops them in order.
+//!
+//! Invariants:
+//! - every listener is bound (and every channel exists) before any loop runs, so a
+//!   bind error fails `start` with nothing left running;
+//! - stop order: draining flag (healthz 503, logins refused) -> loops kick everyone and
+//!   exit -> core flushes and exits -> control thread exits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{AuthMode, Config};
+use crate::control::{self, ControlContext};
+use crate::doorbell::{self, Bell};
+use crate::io_loop::{self, LoopConfig, LoopSetup};
+use crate::msg::{CoreMsg, LoopEvent};
+use crate::queue::core::{Core, CoreTiming, LoopLink};
+use crate::queue::state::{Limits, QueueState};
+use crate::stats::LoopStats;
+use crate::token::{TicketVerifier, TokenSigner};
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Token or ticket keys are unusable.
+    Keys(String),
+    /// A thread or doorbell could not be created.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
+            StartError::Keys(e) => write!(f, "keys: {e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// Where players connect.
+    pub player_addr: SocketAddr,
+    /// Where the control API listens.
+    pub control_addr: SocketAddr,
+    /// Per-loop counters.
+    pub stats: Arc<Vec<LoopStats>>,
+    /// Set while draining.
+    draining: Arc<AtomicBool>,
+    /// Stops the control thread.
+    control_stop: Arc<AtomicBool>,
+    /// Into the core.
+    core_tx: Sender<CoreMsg>,
+    /// Each loop's event channel and bell (for the shutdown signal).
+    loop_links: Vec<(Sender<LoopEvent>, Bell)>,
+    /// Loop threads.
+    loops: Vec<JoinHandle<()>>,
+    /// Queue core thread.
+    core: Option<JoinHandle<()>>,
+    /// Control thread.
+    control: Option<JoinHandle<()>>,
+}
+
+/// One SO_REUSEPORT listener on `addr`.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Binds `n` listeners sharing one port (the first picks it when `addr` has port 0).
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let bind_err = |source| StartError::Bind { addr, source };
+    let first = reuseport_listener(addr).map_err(bind_err)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(reuseport_listener(bound).map_err(bind_err)?);
+    }
+    Ok(listeners)
+}
+
+impl ServerHandle {
+    /// Starts everything; returns once all listeners are bound and threads running.
+    pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+        let (signer, generated) = TokenSigner::from_config(&config.tokens)
+            .map_err(|e| StartError::Keys(e.to_string()))?;
+        if generated {
+            tracing::warn!("no tokens.key configured: generated a signing key; admission tokens will not survive a restart");
+        }
+        let signer = Arc::new(signer);
+        let tickets = Arc::new(
+            TicketVerifier::from_config(&config.auth)
+                .map_err(|e| StartError::Keys(e.to_string()))?,
+        );
+        if config.auth.mode == AuthMode::None {
+            tracing::warn!("auth.mode = \"none\": any user_id is accepted (development only)");
+        }
+
+        let n = config.loop_count();
+        let listeners = bind_listeners(config.server.listen, n)?;
+        let player_addr = listeners[0].local_addr()?;
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if !cores.is_empty() && n > cores.len() {
+            tracing::warn!(
+                loops = n,
+                cores = cores.len(),
+                "more io loops than cores: pinning round-robin"
+            );
+        }
+        let pin = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
+        let legacy = !monoio::utils::detect_uring();
+        if legacy {
+            tracing::warn!("io_uring is not available here: io loops use the legacy epoll driver");
+        }
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let stats: Arc<Vec<LoopStats>> = Arc::new((0..n).map(|_| LoopStats::default()).collect());
+        let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
+        let mut links = Vec::with_capacity(n);
+        let mut loop_links = Vec::with_capacity(n);
+        let mut setups = Vec::with_capacity(n);
+        let loop_cfg = LoopConfig::from_config(config);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(config.core.loop_channel_capacity);
+            let (bell, bell_rx) = doorbell::pair()?;
+            loop_links.push((tx.clone(), bell.try_clone()?));
+            links.push(LoopLink { tx, bell });
+            setups.push(LoopSetup {
+                id: i as u16,
+                listener,
+                events: rx,
+                bell: bell_rx,
+                core: core_tx.clone(),
+                stats: stats.clone(),
+                tickets: tickets.clone(),
+                draining: draining.clone(),
+                cfg: loop_cfg.clone(),
+                pin: pin(i),
+                legacy,
+            });
+        }
+
+        let control_stop = Arc::new(AtomicBool::new(false));
+        let ctx = ControlContext {
+            core: core_tx.clone(),
+            signer: signer.clone(),
+            loops: stats.clone(),
+            draining: draining.clone(),
+            api_key: config.control.api_key.clone(),
+        };
+        let (control_addr, control) =
+            control::spawn(config.control.listen, ctx, control_stop.clone()).map_err(|source| {
+                StartError::Bind {
+                    addr: config.control.listen,
+                    source,
+                }
+            })?;
+
+        let queues: Vec<(String, u64, f64)> = config
+            .queues
+            .list
+            .iter()
+            .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
+            .collect();
+        let limits = Limits {
+            reconnect_grace_ms: config.server.reconnect_grace_secs * 1000,
+            token_ttl_secs: config.tokens.ttl_secs,
+            auto_create: config.queues.auto_create,
+            auto_max_waiting: config.queues.max_waiting,
+        };
+        let state = QueueState::new(limits, &queues, rand::random::<u64>());
+        let timing = CoreTiming {
+            tick: Duration::from_millis(config.core.tick_ms),
+            resync: Duration::from_secs(config.core.resync_secs),
+        };
+        let core = Core::new(state, signer, core_rx, links, timing, draining.clone());
+        let core_pin = pin(n);
+        let core = std::thread::Builder::new()
+            .name("queue-core".into())
+            .spawn(move || {
+                if let Some(c) = core_pin {
+                    core_affinity::set_for_current(c);
+                }
+                core.run();
+            })?;
+
+        let mut loops = Vec::with_capacity(n);
+        for setup in setups {
+            loops.push(io_loop::spawn(setup)?);
+        }
+        tracing::info!(
+            player = %player_addr,
+            control = %control_addr,
+            loops = n,
+            driver = if legacy { "legacy (epoll)" } else { "io_uring" },
+            "queue-server listening"
+        );
+        Ok(ServerHandle {
+            player_addr,
+            control_addr,
+            stats,
+            draining,
+            control_stop,
+            core_tx,
+            loop_links,
+            loops,
+            core: Some(core),
+            control: Some(control),
+        })
+    }
+
+    /// Starts draining without stopping: `/healthz` answers 503 and new logins get
+    /// SHUTTING_DOWN. [`ServerHandle::shutdown`] finishes the stop.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains and stops everything; returns when all threads have ended.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for (tx, bell) in &self.loop_links {
+            let _ = tx.send(LoopEvent::Shutdown);
+            bell.ring();
+        }
+        for handle in self.loops.drain(..) {
+            let _ = handle.join();
+        }
+        let _ = self.core_tx.send(CoreMsg::Shutdown);
+        if let Some(core) = self.core.take() {
+            let _ = core.join();
+        }
+        self.control_stop.store(true, Ordering::SeqCst);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.core.is_some() {
+            self.stop();
+        }
+    }
+}

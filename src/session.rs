@@ -1,0 +1,454 @@
+//! One player connection on an io loop: its state, its reader (frames in, answers
+//! out) and its writer (one write per batch of ready frames).
+//!
+//! Invariants:
+//! - exactly one response per request, in request order: while a `login` waits for the
+//!   queue core the reader handles no further frame of this connection;
+//! - every frame written goes through `Session::out`, which holds a pooled buffer only
+//!   while it has bytes to send; the writer swaps it out, writes it whole, clears it
+//!   and gives it back to the pool: no allocation per message in steady state;
+//! - a session in `Closing` accepts no new frames to send except what closes it, and
+//!   its socket is shut down once the writer has flushed (or at once when it cannot).
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+
+use crate::frame::{check_frame, HEADER_BYTES};
+use crate::io_loop::Shard;
+use crate::msg::{eta_secs, CoreMsg, KickReason, PlaceKey, QueueId, SessionId, UserId};
+use crate::protocol::{self, Cmd, Code, Request};
+use crate::stats::LoopStats;
+use crate::wake::Notify;
+
+/// First read buffer size: a whole steady-state request fits many times over.
+const READ_BUF_BYTES: usize = 512;
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected, no `login` yet.
+    Connected,
+    /// `login` sent to the queue core, answer not back yet.
+    LoginPending,
+    /// Holds a place and follows its position.
+    Waiting,
+    /// Admitted; the `admitted` push was (or is being) sent.
+    Admitted,
+    /// Going away: flushing what it was sent, then closed.
+    Closing,
+}
+
+/// One connection's state, shared by its reader, its writer and the loop's event task.
+pub struct Session {
+    /// Id within the loop (slot + generation).
+    pub id: SessionId,
+    /// The socket, for `shutdown(2)` from any task of the loop.
+    fd: i32,
+    /// Life cycle.
+    pub phase: Cell<Phase>,
+    /// Queue of the place (valid from `Waiting`).
+    pub queue: Cell<QueueId>,
+    /// Logged-in player (valid from `LoginPending`).
+    pub user: Cell<UserId>,
+    /// Order key of the place (valid in `Waiting`).
+    pub key: Cell<PlaceKey>,
+    /// Current position (valid in `Waiting`).
+    pub position: Cell<u64>,
+    /// Position last pushed or answered to the client.
+    pub pushed_position: Cell<u64>,
+    /// When the last position push went out.
+    pub last_push: Cell<Instant>,
+    /// Queued in the loop's deferred-push list.
+    pub push_pending: Cell<bool>,
+    /// When the connection was accepted (login timeout).
+    pub connected_at: Instant,
+    /// Last frame from the client (idle timeout).
+    pub last_frame: Cell<Instant>,
+    /// The player said `leave`: no disconnect to report.
+    pub left: Cell<bool>,
+    /// The core holds a place for this connection (disconnect must be reported).
+    pub holds_place: Cell<bool>,
+    /// Frames ready to be written (a pooled buffer, or empty with no capacity).
+    out: RefCell<BytesMut>,
+    /// Wakes the writer.
+    write_ready: Notify,
+    /// Wakes the reader when the login answer is in.
+    login_answered: Notify,
+}
+
+impl Session {
+    /// A session for a fresh connection.
+    pub fn new(id: SessionId, fd: i32) -> Session {
+        let now = Instant::now();
+        Session {
+            id,
+            fd,
+            phase: Cell::new(Phase::Connected),
+            queue: Cell::new(0),
+            user: Cell::new(0),
+            key: Cell::new(0),
+            position: Cell::new(0),
+            pushed_position: Cell::new(0),
+            last_push: Cell::new(now),
+            push_pending: Cell::new(false),
+            connected_at: now,
+            last_frame: Cell::new(now),
+            left: Cell::new(false),
+            holds_place: Cell::new(false),
+            out: RefCell::new(BytesMut::new()),
+            write_ready: Notify::default(),
+            login_answered: Notify::default(),
+        }
+    }
+
+    /// True once the session is going away.
+    pub fn closing(&self) -> bool {
+        self.phase.get() == Phase::Closing
+    }
+
+    /// Encodes frames into the outbound buffer with `f` and wakes the writer. A client
+    /// that lets more than `max_outbound_bytes` pile up is cut off (`slow_consumer`).
+    pub fn send(&self, shard: &Shard, frames: u64, f: impl FnOnce(&mut BytesMut)) {
+        if self.closing() {
+            return;
+        }
+        let over = {
+            let mut out = self.out.borrow_mut();
+            if out.capacity() == 0 {
+                *out = shard.pool_get();
+            }
+            f(&mut out);
+            out.len() > shard.cfg.max_outbound_bytes
+        };
+        LoopStats::add(&shard.stats().frames_out, frames);
+        if over {
+            tracing::debug!(session = self.id, "slow consumer cut off");
+            self.out.borrow_mut().clear();
+            self.abort();
+            return;
+        }
+        self.write_ready.notify();
+    }
+
+    /// Sends a `kicked` push and closes after it is flushed.
+    pub fn kick(&self, shard: &Shard, reason: KickReason, retry_after_secs: Option<u64>) {
+        LoopStats::add(&shard.stats().pushes, 1);
+        self.send(shard, 1, |out| {
+            protocol::encode_kicked(out, reason.as_str(), retry_after_secs)
+        });
+        self.close();
+    }
+
+    /// Closes once what is queued has been written.
+    pub fn close(&self) {
+        self.phase.set(Phase::Closing);
+        self.login_answered.notify();
+        self.write_ready.notify();
+    }
+
+    /// Closes now, dropping anything unsent.
+    pub fn abort(&self) {
+        self.phase.set(Phase::Closing);
+        // SAFETY: plain syscall on a descriptor this session owns until both halves drop.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        self.login_answered.notify();
+        self.write_ready.notify();
+    }
+
+    /// The login answer arrived: let the reader go on.
+    pub fn login_done(&self) {
+        self.login_answered.notify();
+    }
+
+    /// Sends a `position` frame (response when `seq` > 0 or a push) with the latest value.
+    pub fn send_position(&self, shard: &Shard, seq: u32) {
+        let (position, queue_len, eta) = self.view(shard);
+        self.pushed_position.set(position);
+        self.send(shard, 1, |out| {
+            protocol::encode_position(out, seq, position, queue_len, eta)
+        });
+    }
+
+    /// (position, queue_len, eta) as the client sees it now.
+    pub fn view(&self, shard: &Shard) -> (u64, u64, Option<u64>) {
+        let (queue_len, rate) = shard.queue_view(self.queue.get());
+        if self.phase.get() == Phase::Admitted {
+            return (0, queue_len, Some(0));
+        }
+        let position = self.position.get();
+        (position, queue_len, eta_secs(position, rate))
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let Some(session) = shard.insert_session(fd) else {
+        return;
+    };
+    let (rh, wh) = stream.into_split();
+    let writer = monoio::spawn(write_loop(shard.clone(), session.clone(), wh));
+    read_loop(&shard, &session, rh).await;
+    // The peer is gone or we are closing: stop the writer if it is stuck, then clean up.
+    if !session.closing() {
+        session.abort();
+    }
+    writer.await;
+    if session.phase.get() != Phase::LoginPending {
+        shard.release(&session);
+    } else {
+        // The core's answer is still coming; the event task releases the place then.
+        shard.forget(&session);
+    }
+}
+
+async fn write_loop<W: AsyncWriteRentExt>(shard: Rc<Shard>, session: Rc<Session>, mut wh: W) {
+    loop {
+        if session.out.borrow().is_empty() {
+            if session.closing() {
+                break;
+            }
+            session.write_ready.wait().await;
+            continue;
+        }
+        let buf = std::mem::take(&mut *session.out.borrow_mut());
+        let (res, mut buf) = wh.write_all(buf).await;
+        buf.clear();
+        shard.pool_put(buf);
+        if res.is_err() {
+            break;
+        }
+    }
+    // SAFETY: see `Session::abort`.
+    unsafe { libc::shutdown(session.fd, libc::SHUT_RDWR) };
+}
+
+async fn read_loop<R: AsyncReadRent>(shard: &Rc<Shard>, session: &Rc<Session>, mut rh: R) {
+    let max = shard.cfg.max_frame_bytes;
+    let mut buf = BytesMut::with_capacity(READ_BUF_BYTES);
+    loop {
+        loop {
+            if session.phase.get() == Phase::LoginPending {
+                session.login_answered.wait().await;
+                continue;
+            }
+            if session.closing() {
+                return;
+            }
+            match check_frame(&buf, max) {
+                Ok(Some(len)) => {
+                    handle_frame(shard, session, &buf[HEADER_BYTES..HEADER_BYTES + len]);
+                    buf.advance(HEADER_BYTES + len);
+                }
+                Ok(None) => {
+                    if buf.len() >= HEADER_BYTES {
+                        let need = HEADER_BYTES
+                            + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        buf.reserve(need - buf.len());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    reply_error(shard, session, "", 0, Code::BadFrame, &e.to_string());
+                    session.close();
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 64 {
+            buf.reserve(READ_BUF_BYTES);
+        }
+        // monoio reads at the buffer's start: hand it the spare tail only.
+        let filled = buf.len();
+        let (res, tail) = rh.read(buf.slice_mut(filled..)).await;
+        buf = tail.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Wire name of a command, for echoing in answers.
+fn cmd_name<'a>(cmd: &Cmd<'a>) -> &'a str {
+    match cmd {
+        Cmd::Login => "login",
+        Cmd::Heartbeat => "heartbeat",
+        Cmd::Position => "position",
+        Cmd::Leave => "leave",
+        Cmd::Unknown(name) => name,
+    }
+}
+
+/// Answers with an error; closes when the code says so.
+pub fn reply_error(shard: &Shard, session: &Session, cmd: &str, seq: u32, code: Code, msg: &str) {
+    LoopStats::add(&shard.stats().errors, 1);
+    session.send(shard, 1, |out| {
+        protocol::encode_error(out, cmd, seq, code, msg)
+    });
+    if code.closes() {
+        session.close();
+    }
+}
+
+fn handle_frame(shard: &Rc<Shard>, session: &Rc<Session>, body: &[u8]) {
+    LoopStats::add(&shard.stats().frames_in, 1);
+    session.last_frame.set(Instant::now());
+    let req = match protocol::parse_request(body) {
+        Ok(req) => req,
+        Err(e) => {
+            reply_error(shard, session, "", 0, Code::BadFrame, &e.to_string());
+            return;
+        }
+    };
+    let name = cmd_name(&req.cmd);
+    if req.ver != 1 {
+        reply_error(
+            shard,
+            session,
+            name,
+            req.seq,
+            Code::Unsupported,
+            "unsupported protocol version",
+        );
+        return;
+    }
+    let phase = session.phase.get();
+    match (&req.cmd, phase) {
+        (Cmd::Unknown(_), _) => {
+            reply_error(
+                shard,
+                session,
+                name,
+                req.seq,
+                Code::Unsupported,
+                "unknown cmd",
+            );
+        }
+        (Cmd::Login, Phase::Connected) => login(shard, session, &req),
+        (Cmd::Login, _) => {
+            reply_error(
+                shard,
+                session,
+                name,
+                req.seq,
+                Code::AlreadyLoggedIn,
+                "already logged in",
+            );
+        }
+        (_, Phase::Connected) => {
+            reply_error(
+                shard,
+                session,
+                name,
+                req.seq,
+                Code::NotLoggedIn,
+                "login first",
+            );
+        }
+        (Cmd::Heartbeat, _) => match protocol::parse_heartbeat(&req) {
+            Ok(ts) => {
+                let server_ms = crate::queue::core::unix_ms();
+                session.send(shard, 1, |out| {
+                    protocol::encode_heartbeat_ok(out, req.seq, ts, server_ms)
+                });
+            }
+            Err(e) => reply_error(
+                shard,
+                session,
+                name,
+                req.seq,
+                Code::BadFrame,
+                &e.to_string(),
+            ),
+        },
+        (Cmd::Position, _) => session.send_position(shard, req.seq),
+        (Cmd::Leave, _) => {
+            if phase == Phase::Waiting {
+                shard.to_core(CoreMsg::Leave {
+                    conn: shard.conn(session.id),
+                    queue: session.queue.get(),
+                    user: session.user.get(),
+                });
+            }
+            session.left.set(true);
+            session.send(shard, 1, |out| protocol::encode_leave_ok(out, req.seq));
+            session.close();
+        }
+    }
+}
+
+fn login(shard: &Rc<Shard>, session: &Rc<Session>, req: &Request<'_>) {
+    let data = match protocol::parse_login(req) {
+        Ok(data) => data,
+        Err(e) => {
+            reply_error(
+                shard,
+                session,
+                "login",
+                req.seq,
+                Code::BadFrame,
+                &e.to_string(),
+            );
+            return;
+        }
+    };
+    if shard.draining() {
+        let retry = shard.cfg.retry_after_secs;
+        LoopStats::add(&shard.stats().errors, 1);
+        session.send(shard, 1, |out| {
+            protocol::encode_error_retry(
+                out,
+                "login",
+                req.seq,
+                Code::ShuttingDown,
+                "server is shutting down",
+                retry,
+            )
+        });
+        session.close();
+        return;
+    }
+    if !shard.take_login() {
+        reply_error(
+            shard,
+            session,
+            "login",
+            req.seq,
+            Code::RateLimited,
+            "too many logins, retry later",
+        );
+        return;
+    }
+    let ticket = match shard.tickets.verify(data.ticket.as_deref(), data.user_id) {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            reply_error(
+                shard,
+                session,
+                "login",
+                req.seq,
+                Code::AuthFailed,
+                &e.to_string(),
+            );
+            return;
+        }
+    };
+    session.user.set(data.user_id);
+    session.phase.set(Phase::LoginPending);
+    shard.to_core(CoreMsg::Join {
+        conn: shard.conn(session.id),
+        seq: req.seq,
+        user: data.user_id,
+        queue: data.queue.as_ref().into(),
+        prio: ticket.prio,
+    });
+}
