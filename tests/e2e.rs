@@ -1,0 +1,488 @@
+//! End to end: a real server on 127.0.0.1:0, players over TCP, operators over HTTP.
+//! No timing assertions: waits are bounded by a generous deadline only to fail instead
+//! of hanging.
+
+mod common;
+
+use common::{start, start_cores, TestServer};
+use serde_json::{json, Value};
+
+/// Short push interval so pushes arrive quickly in tests.
+const FAST: &str = "[server]\npush_interval_ms = 20\n";
+
+fn admit(s: &TestServer, n: u64) -> Value {
+    let (status, body) = s.http(
+        "POST",
+        "/v1/queues/default/admit",
+        Some(json!({"count": n})),
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn login_then_positions_follow_leaves_and_admissions() {
+    let s = start(FAST);
+    let (mut a, la) = s.player(1);
+    let (mut b, lb) = s.player(2);
+    let (mut c, lc) = s.player(3);
+    assert_eq!(la["data"]["state"], "waiting");
+    assert_eq!(la["data"]["position"], 1);
+    assert_eq!(lb["data"]["position"], 2);
+    assert_eq!(lc["data"]["position"], 3);
+    assert_eq!(lc["data"]["queue_len"], 3);
+    assert_eq!(lc["data"]["resumed"], false);
+    assert_eq!(lc["data"]["eta_secs"], Value::Null, "nothing admitted yet");
+
+    // A leaves: B and C move up.
+    let left = a.request("leave", 7, json!({}));
+    assert_eq!(left["code"], 0);
+    a.expect_closed();
+    b.wait_position(1);
+    let push = c.wait_position(2);
+    assert_eq!(push["data"]["queue_len"], 2);
+
+    // B is admitted: C is now first, and an ETA is known.
+    admit(&s, 1);
+    let adm = b.next_cmd("admitted");
+    assert!(adm["data"]["token"].as_str().unwrap().len() > 20);
+    let push = c.wait_position(1);
+    assert!(push["data"]["eta_secs"].is_u64(), "{push}");
+    let pos = c.request("position", 9, json!({}));
+    assert_eq!(pos["data"]["position"], 1);
+    assert_eq!(pos["data"]["queue_len"], 1);
+}
+
+#[test]
+fn admitted_token_verifies_once_and_offline() {
+    let s = start(FAST);
+    let (mut p, _) = s.player(42);
+    let body = admit(&s, 5);
+    let list = body["admitted"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "only one player waiting: {body}");
+    assert_eq!(list[0]["user_id"], 42);
+    let pushed = p.next_cmd("admitted");
+    let token = pushed["data"]["token"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["token"], token.as_str());
+    assert_eq!(pushed["data"]["expires_at"], list[0]["expires_at"]);
+    assert_eq!(pushed["data"]["login_addr"], Value::Null);
+
+    // Offline: the JWKS public key verifies the signature and claims.
+    let (status, jwks) = s.http("GET", "/v1/keys", None);
+    assert_eq!(status, 200);
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.kid.as_deref(), key["kid"].as_str());
+    let dk = jsonwebtoken::DecodingKey::from_ed_components(key["x"].as_str().unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_issuer(&["queue-server"]);
+    let claims = jsonwebtoken::decode::<Value>(&token, &dk, &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "42");
+    assert_eq!(claims["queue"], "default");
+    assert!(claims["jti"].as_str().unwrap().len() >= 16);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        300
+    );
+
+    // Online: valid once, then already used.
+    let (status, first) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": token})));
+    assert_eq!(status, 200);
+    assert_eq!(first["valid"], true, "{first}");
+    assert_eq!(first["user_id"], 42);
+    assert_eq!(first["queue"], "default");
+    let (_, second) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": token})));
+    assert_eq!(second["valid"], false, "{second}");
+
+    // A tampered token is refused.
+    let mut bad = token.clone().into_bytes();
+    let last = bad.len() - 2;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    let (_, third) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": bad})));
+    assert_eq!(third["valid"], false, "{third}");
+}
+
+#[test]
+fn duplicate_login_kicks_the_older_connection_and_keeps_the_place() {
+    let s = start(FAST);
+    let (_a, _) = s.player(1);
+    let (mut old, first) = s.player(2);
+    assert_eq!(first["data"]["position"], 2);
+    let (_new, again) = s.player(2);
+    assert_eq!(again["data"]["position"], 2);
+    assert_eq!(again["data"]["resumed"], true);
+    let kicked = old.next_cmd("kicked");
+    assert_eq!(kicked["data"]["reason"], "duplicate_login");
+    old.expect_closed();
+    assert_eq!(s.queue_stats("default")["waiting"], 2);
+}
+
+#[test]
+fn reconnect_within_grace_resumes_the_place() {
+    let s = start(FAST);
+    let (_a, _) = s.player(1);
+    let (b, _) = s.player(2);
+    let (mut c, _) = s.player(3);
+    drop(b);
+    // B is in grace: C does not move, and B's place is still counted.
+    let (_b2, again) = s.player(2);
+    assert_eq!(again["data"]["resumed"], true);
+    assert_eq!(again["data"]["position"], 2);
+    assert_eq!(c.request("position", 2, json!({}))["data"]["position"], 3);
+}
+
+#[test]
+fn grace_expiry_releases_the_place() {
+    let s = start("[server]\npush_interval_ms = 20\nreconnect_grace_secs = 1\n");
+    let (b, _) = s.player(2);
+    let (mut c, _) = s.player(3);
+    drop(b);
+    c.wait_position(1);
+    let stats = s.wait_stats("default", "grace expiry", |q| q["waiting"] == 1);
+    assert_eq!(stats["left_total"], 1);
+    let (_b2, again) = s.player(2);
+    assert_eq!(again["data"]["resumed"], false);
+    assert_eq!(again["data"]["position"], 2);
+}
+
+#[test]
+fn idle_timeout_kicks_but_keeps_the_place() {
+    let s = start("[server]\nidle_timeout_secs = 1\n");
+    let (mut p, _) = s.player(5);
+    let kicked = p.next_cmd("kicked");
+    assert_eq!(kicked["data"]["reason"], "idle_timeout");
+    p.expect_closed();
+    let (_p2, again) = s.player(5);
+    assert_eq!(again["data"]["resumed"], true);
+}
+
+#[test]
+fn heartbeats_keep_a_connection_alive() {
+    let s = start("[server]\nidle_timeout_secs = 1\n");
+    let (mut p, _) = s.player(5);
+    for i in 0..6u32 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let hb = p.request("heartbeat", 10 + i, json!({"ts": 77}));
+        assert_eq!(hb["code"], 0, "{hb}");
+        assert_eq!(hb["data"]["ts"], 77);
+        assert!(hb["data"]["server_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+}
+
+#[test]
+fn login_timeout_closes_silent_connections() {
+    let s = start("[server]\nlogin_timeout_secs = 1\n");
+    let mut c = s.client();
+    assert!(c.recv().is_none(), "closed without a frame");
+}
+
+fn expect_error(c: &mut common::Client, code: u64, closes: bool) -> Value {
+    let v = c.next();
+    assert_eq!(v["code"], code, "{v}");
+    if closes {
+        c.expect_closed();
+    }
+    v
+}
+
+#[test]
+fn bad_frames_get_bad_frame_and_close() {
+    let s = start("");
+    // Not JSON.
+    let mut c = s.client();
+    c.send_body(b"hello");
+    expect_error(&mut c, 1, true);
+    // JSON but not an object.
+    let mut c = s.client();
+    c.send_body(b"[1,2]");
+    expect_error(&mut c, 1, true);
+    // Missing cmd.
+    let mut c = s.client();
+    c.send_body(br#"{"seq":1}"#);
+    expect_error(&mut c, 1, true);
+    // Ill-typed field.
+    let mut c = s.client();
+    c.send_body(br#"{"cmd":"login","seq":1,"data":{"user_id":"x"}}"#);
+    expect_error(&mut c, 1, true);
+    // Zero length.
+    let mut c = s.client();
+    c.send_raw(&[0, 0, 0, 0]);
+    expect_error(&mut c, 1, true);
+    // Over the limit: refused from the header alone, no body sent.
+    let mut c = s.client();
+    c.send_raw(&(1_000_000u32).to_be_bytes());
+    expect_error(&mut c, 1, true);
+}
+
+#[test]
+fn frames_split_byte_by_byte_and_batched_are_understood() {
+    let s = start("");
+    let mut c = s.client();
+    let login = json!({"cmd":"login","seq":1,"data":{"user_id":9}}).to_string();
+    let mut frame = (login.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(login.as_bytes());
+    for byte in frame {
+        c.send_raw(&[byte]);
+    }
+    assert_eq!(c.next()["code"], 0);
+    let mut many = Vec::new();
+    for seq in 2..12u32 {
+        let body = json!({"cmd":"heartbeat","seq":seq}).to_string();
+        many.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        many.extend_from_slice(body.as_bytes());
+    }
+    c.send_raw(&many);
+    for seq in 2..12u32 {
+        let v = c.next();
+        assert_eq!(v["seq"], seq, "answers in request order");
+        assert_eq!(v["cmd"], "heartbeat");
+    }
+}
+
+#[test]
+fn unsupported_already_logged_in_and_not_logged_in() {
+    let s = start("");
+    let mut c = s.client();
+    // Unknown cmd and unknown version: code 2, connection stays open.
+    c.send(&json!({"cmd":"dance","seq":3}));
+    let v = expect_error(&mut c, 2, false);
+    assert_eq!(v["seq"], 3);
+    assert_eq!(v["cmd"], "dance");
+    c.send(&json!({"cmd":"login","seq":4,"ver":2,"data":{"user_id":1}}));
+    expect_error(&mut c, 2, false);
+    // Still open: login works, a second login is code 7 and the connection stays.
+    assert_eq!(c.login(1)["code"], 0);
+    c.send(&json!({"cmd":"login","seq":5,"data":{"user_id":1}}));
+    expect_error(&mut c, 7, false);
+    assert_eq!(c.request("position", 6, json!({}))["code"], 0);
+
+    // Any other command before login: code 3 and closed.
+    let mut d = s.client();
+    d.send(&json!({"cmd":"position","seq":1}));
+    expect_error(&mut d, 3, true);
+}
+
+#[test]
+fn queue_full_and_unknown_queue() {
+    let s = start("[[queues.list]]\nname = \"default\"\nmax_waiting = 1\n");
+    let (_a, _) = s.player(1);
+    let mut b = s.client();
+    let v = b.login(2);
+    assert_eq!(v["code"], 5, "{v}");
+    b.expect_closed();
+    let mut c = s.client();
+    let v = c.request("login", 1, json!({"user_id": 3, "queue": "nope"}));
+    assert_eq!(v["code"], 6, "{v}");
+    c.expect_closed();
+}
+
+#[test]
+fn auto_create_makes_a_queue_on_first_login() {
+    let s = start("[queues]\nauto_create = true\n");
+    let mut c = s.client();
+    let v = c.request("login", 1, json!({"user_id": 3, "queue": "world-9"}));
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(s.queue_stats("world-9")["waiting"], 1);
+}
+
+#[test]
+fn login_rate_limit_per_core() {
+    let s = start("[server]\nmax_logins_per_sec_per_core = 1\n");
+    let (_a, _) = s.player(1);
+    let mut b = s.client();
+    let v = b.login(2);
+    assert_eq!(v["code"], 8, "{v}");
+    b.expect_closed();
+}
+
+#[test]
+fn draining_server_refuses_logins_with_retry_after() {
+    let s = start("");
+    let mut c = s.client();
+    s.handle.as_ref().unwrap().begin_drain();
+    let (status, _) = s.http("GET", "/healthz", None);
+    assert_eq!(status, 503);
+    let v = c.login(1);
+    assert_eq!(v["code"], 9, "{v}");
+    assert_eq!(v["data"]["retry_after_secs"], 10);
+    c.expect_closed();
+}
+
+#[test]
+fn shutdown_kicks_every_session() {
+    let mut s = start("");
+    let (mut a, _) = s.player(1);
+    let (status, _) = s.http("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    s.handle.take().unwrap().shutdown();
+    let kicked = a.next_cmd("kicked");
+    assert_eq!(kicked["data"]["reason"], "shutdown");
+    assert_eq!(kicked["data"]["retry_after_secs"], 10);
+    a.expect_closed();
+}
+
+#[test]
+fn two_cores_all_sessions_see_exact_positions() {
+    let s = start_cores(FAST, 2);
+    let mut players = Vec::new();
+    for user in 0..60u64 {
+        let (c, login) = s.player(user);
+        assert_eq!(login["data"]["position"], user + 1);
+        players.push(c);
+    }
+    let stats = &s.handle.as_ref().unwrap().stats;
+    let per_loop: Vec<u64> = stats
+        .iter()
+        .map(|l| l.connections.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert!(
+        per_loop.iter().all(|&n| n > 0),
+        "sessions on both loops: {per_loop:?}"
+    );
+
+    // Leaves from the middle and admissions from the head.
+    for user in [10u64, 20, 30] {
+        let c = &mut players[user as usize];
+        assert_eq!(c.request("leave", 2, json!({}))["code"], 0);
+    }
+    admit(&s, 5);
+    let gone = |u: u64| u < 5 || u == 10 || u == 20 || u == 30;
+    for user in 0..60u64 {
+        if gone(user) {
+            continue;
+        }
+        let ahead = (0..user).filter(|&u| !gone(u)).count() as u64;
+        let c = &mut players[user as usize];
+        // The push converges to the exact value...
+        c.wait_position(ahead + 1);
+        // ...and a query agrees.
+        let v = c.request("position", 3, json!({}));
+        assert_eq!(v["data"]["position"], ahead + 1, "user {user}");
+        assert_eq!(v["data"]["queue_len"], 52);
+    }
+}
+
+#[test]
+fn rate_driven_admission() {
+    let s = start(FAST);
+    let mut players: Vec<_> = (0..20u64).map(|u| s.player(u).0).collect();
+    let (status, _) = s.http(
+        "PUT",
+        "/v1/queues/default/rate",
+        Some(json!({"per_second": 200})),
+    );
+    assert_eq!(status, 200);
+    for p in &mut players {
+        p.next_cmd("admitted");
+    }
+    let stats = s.wait_stats("default", "all admitted", |q| q["admitted_total"] == 20);
+    assert_eq!(stats["waiting"], 0);
+    assert!(stats["admit_rate_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn pause_stops_rate_admission() {
+    let s = start(FAST);
+    let (_p, _) = s.player(1);
+    let (status, _) = s.http("POST", "/v1/queues/default/pause", None);
+    assert_eq!(status, 200);
+    s.http(
+        "PUT",
+        "/v1/queues/default/rate",
+        Some(json!({"per_second": 1000})),
+    );
+    let stats = s.queue_stats("default");
+    assert_eq!(stats["paused"], true);
+    // Manual admission still works while paused.
+    let body = admit(&s, 1);
+    assert_eq!(body["admitted"].as_array().unwrap().len(), 1);
+    let (status, _) = s.http("POST", "/v1/queues/default/resume", None);
+    assert_eq!(status, 200);
+    assert_eq!(s.queue_stats("default")["paused"], false);
+}
+
+#[test]
+fn capacity_driven_admission_keeps_within_capacity() {
+    let s = start(FAST);
+    let mut players: Vec<_> = (0..10u64).map(|u| s.player(u).0).collect();
+    // Login server: 0 online, room for 3.
+    let (status, _) = s.http(
+        "PUT",
+        "/v1/queues/default/capacity",
+        Some(json!({"online": 0, "capacity": 3})),
+    );
+    assert_eq!(status, 200);
+    let mut tokens = Vec::new();
+    for p in players.iter_mut().take(3) {
+        tokens.push(
+            p.next_cmd("admitted")["data"]["token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    s.wait_stats("default", "3 admitted", |q| q["admitted_total"] == 3);
+    // The three use their tokens: they are online now, still no room.
+    for t in &tokens {
+        let (_, v) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": t})));
+        assert_eq!(v["valid"], true);
+    }
+    // Another report: 1 online (two logged off), capacity 3: two more.
+    s.http(
+        "PUT",
+        "/v1/queues/default/capacity",
+        Some(json!({"online": 1, "capacity": 3})),
+    );
+    players[3].next_cmd("admitted");
+    players[4].next_cmd("admitted");
+    let stats = s.wait_stats("default", "5 admitted", |q| q["admitted_total"] == 5);
+    assert_eq!(stats["waiting"], 5);
+    // Full again (1 online + 2 unused = 3): later ticks admit nobody.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(s.queue_stats("default")["admitted_total"], 5);
+}
+
+#[test]
+fn control_api_errors_are_json() {
+    let s = start("");
+    let (status, body) = s.http("POST", "/v1/queues/nope/admit", Some(json!({"count": 1})));
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    let (status, body) = s.http(
+        "PUT",
+        "/v1/queues/default/rate",
+        Some(json!({"per_second": -1})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = s.http("GET", "/metrics", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn huge_declared_http_body_does_not_kill_the_server() {
+    use std::io::{Read, Write};
+    let s = start("");
+    let mut c = std::net::TcpStream::connect(s.control).unwrap();
+    c.set_read_timeout(Some(common::WAIT)).unwrap();
+    write!(
+        c,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000000\r\n\r\nab"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"));
+    drop(c);
+    // Still serving (the unpatched tiny_http aborted the process here).
+    for _ in 0..3 {
+        let (status, _) = s.http("GET", "/healthz", None);
+        assert_eq!(status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,97 @@
+//! The binary: starts on a config file, and on SIGTERM / SIGINT kicks every session
+//! `shutdown` and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Client;
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_and_signal(signal: i32) {
+    let player = free_port();
+    let control = free_port();
+    let dir = std::env::temp_dir().join(format!("qs-signal-{}-{signal}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{player}\"\nshutdown_retry_after_secs = 7\n[control]\nlisten = \"127.0.0.1:{control}\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        .args(["--cores", "2", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn queue-server");
+    // Wait for the "listening" log line.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + common::WAIT;
+    while !line.contains("listening") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "server exited early");
+        assert!(Instant::now() < deadline);
+    }
+    let addr = format!("127.0.0.1:{player}").parse().unwrap();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.login(1)["code"], 0);
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let kicked = c.next_cmd("kicked");
+    assert_eq!(kicked["data"]["reason"], "shutdown");
+    assert_eq!(kicked["data"]["retry_after_secs"], 7);
+    c.expect_closed();
+
+    let deadline = Instant::now() + common::WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    run_and_signal(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_drains_and_exits_zero() {
+    run_and_signal(libc::SIGINT);
+}
+
+#[test]
+fn bad_config_fails_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("qs-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "[server]\nidle_timeout_secs = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.idle_timeout_secs"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
