@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Number of io loops; 0 = one per available core.
     pub cores: usize,
+    /// io driver of the loops.
+    pub driver: Driver,
     /// Largest accepted frame body, bytes.
     pub max_frame_bytes: u32,
     /// Time allowed between connect and `login`, seconds.
@@ -83,6 +85,20 @@ pub struct AuthConfig {
     pub key: String,
     /// Expected `iss`; empty = not checked.
     pub issuer: String,
+}
+
+/// Which monoio driver the io loops run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Driver {
+    /// io_uring where it can be set up, else the legacy epoll driver.
+    #[serde(rename = "auto")]
+    Auto,
+    /// io_uring only.
+    #[serde(rename = "io_uring")]
+    IoUring,
+    /// The legacy epoll driver.
+    #[serde(rename = "legacy")]
+    Legacy,
 }
 
 /// Ticket checking mode.

@@ -32,6 +32,9 @@ use crate::stats::LoopStats;
 use crate::token::TicketVerifier;
 use crate::wake::Notify;
 
+/// Capacity of a pooled read buffer: a steady-state request fits many times over;
+/// a larger frame grows the buffer to fit (up to `max_frame_bytes` + header).
+pub const READ_BUF_BYTES: usize = 512;
 /// Capacity of a pooled write buffer.
 const WRITE_BUF_BYTES: usize = 4096;
 /// Most buffers kept in a loop's pool; beyond this they are freed.
@@ -104,6 +107,8 @@ pub struct LoopSetup {
     pub pin: Option<core_affinity::CoreId>,
     /// Use the legacy (epoll) driver instead of io_uring.
     pub legacy: bool,
+    /// When io_uring cannot be built on this thread, fall back to the legacy driver.
+    pub fallback: bool,
 }
 
 /// A slot of the session table.
@@ -130,6 +135,8 @@ pub struct Shard {
     live: Cell<usize>,
     /// Write buffers not in use.
     pool: RefCell<Vec<BytesMut>>,
+    /// Read buffers of closed connections, for the next ones.
+    read_pool: RefCell<Vec<BytesMut>>,
     /// Into the core.
     core: Sender<CoreMsg>,
     /// Messages the core inbox had no room for, oldest first.
@@ -202,6 +209,23 @@ impl Shard {
             && buf.capacity() <= 4 * WRITE_BUF_BYTES
             && pool.len() < POOL_MAX
         {
+            pool.push(buf);
+        }
+    }
+
+    /// A read buffer for a new connection (allocates only when the pool is empty).
+    pub fn read_buf_get(&self) -> BytesMut {
+        self.read_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_BUF_BYTES))
+    }
+
+    /// Returns a closed connection's read buffer to the pool.
+    pub fn read_buf_put(&self, mut buf: BytesMut) {
+        buf.clear();
+        let mut pool = self.read_pool.borrow_mut();
+        if buf.capacity() <= 4 * WRITE_BUF_BYTES && pool.len() < POOL_MAX {
             pool.push(buf);
         }
     }
@@ -553,9 +577,10 @@ impl Shard {
     }
 }
 
-/// Starts the loop thread.
+/// Starts the loop thread; returns once its runtime is up (or failed to come up).
 pub fn spawn(setup: LoopSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let handle = std::thread::Builder::new()
         .name(format!("io-{}", setup.id))
         .spawn(move || {
             if let Some(core) = setup.pin {
@@ -567,26 +592,43 @@ pub fn spawn(setup: LoopSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
                     );
                 }
             }
-            if setup.legacy {
-                match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()
-                {
-                    Ok(mut rt) => rt.block_on(run(setup)),
-                    Err(e) => tracing::error!("io loop {}: cannot start runtime: {e}", setup.id),
-                }
-            } else {
+            if !setup.legacy {
                 match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                     .enable_timer()
                     .build()
                 {
-                    Ok(mut rt) => rt.block_on(run(setup)),
+                    Ok(mut rt) => {
+                        let _ = ready_tx.send(Ok(()));
+                        return rt.block_on(run(setup));
+                    }
+                    Err(e) if setup.fallback => tracing::warn!(
+                        loop_id = setup.id,
+                        "io_uring runtime failed ({e}): using the legacy epoll driver"
+                    ),
                     Err(e) => {
-                        tracing::error!("io loop {}: cannot start io_uring runtime: {e}", setup.id)
+                        let _ = ready_tx.send(Err(format!("io_uring runtime: {e}")));
+                        return;
                     }
                 }
             }
-        })
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => {
+                    let _ = ready_tx.send(Ok(()));
+                    rt.block_on(run(setup));
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("legacy runtime: {e}")));
+                }
+            }
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other("io loop thread died while starting")),
+    }
 }
 
 async fn run(setup: LoopSetup) {
@@ -599,6 +641,7 @@ async fn run(setup: LoopSetup) {
         free: RefCell::new(Vec::new()),
         live: Cell::new(0),
         pool: RefCell::new(Vec::new()),
+        read_pool: RefCell::new(Vec::new()),
         core: setup.core,
         backlog: RefCell::new(VecDeque::new()),
         tickets: setup.tickets,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, Driver};
 use crate::control::{self, ControlContext};
 use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, LoopConfig, LoopSetup};
@@ -138,10 +138,20 @@ impl ServerHandle {
             );
         }
         let pin = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
-        let legacy = !monoio::utils::detect_uring();
-        if legacy {
-            tracing::warn!("io_uring is not available here: io loops use the legacy epoll driver");
-        }
+        let legacy = match config.server.driver {
+            Driver::Legacy => true,
+            Driver::IoUring => false,
+            Driver::Auto => {
+                let missing = !monoio::utils::detect_uring();
+                if missing {
+                    tracing::warn!(
+                        "io_uring is not available here: io loops use the legacy epoll driver"
+                    );
+                }
+                missing
+            }
+        };
+        let fallback = config.server.driver == Driver::Auto;
 
         let draining = Arc::new(AtomicBool::new(false));
         let stats: Arc<Vec<LoopStats>> = Arc::new((0..n).map(|_| LoopStats::default()).collect());
@@ -167,6 +177,7 @@ impl ServerHandle {
                 cfg: loop_cfg.clone(),
                 pin: pin(i),
                 legacy,
+                fallback,
             });
         }
 

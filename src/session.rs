@@ -27,8 +27,8 @@ use crate::protocol::{self, Cmd, Code, Request};
 use crate::stats::LoopStats;
 use crate::wake::Notify;
 
-/// First read buffer size: a whole steady-state request fits many times over.
-const READ_BUF_BYTES: usize = 512;
+/// Spare room a read is given at least (bytes).
+const READ_SPARE_BYTES: usize = 64;
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     };
     let (rh, wh) = stream.into_split();
     let writer = monoio::spawn(write_loop(shard.clone(), session.clone(), wh));
-    read_loop(&shard, &session, rh).await;
+    let buf = read_loop(&shard, &session, rh, shard.read_buf_get()).await;
+    shard.read_buf_put(buf);
     // The peer is gone or we are closing: stop the writer if it is stuck, then clean up.
     if !session.closing() {
         session.abort();
@@ -231,9 +232,14 @@ async fn write_loop<W: AsyncWriteRentExt>(shard: Rc<Shard>, session: Rc<Session>
     unsafe { libc::shutdown(session.fd, libc::SHUT_RDWR) };
 }
 
-async fn read_loop<R: AsyncReadRent>(shard: &Rc<Shard>, session: &Rc<Session>, mut rh: R) {
+/// Reads and handles frames until the connection ends; returns the read buffer.
+async fn read_loop<R: AsyncReadRent>(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    mut rh: R,
+    mut buf: BytesMut,
+) -> BytesMut {
     let max = shard.cfg.max_frame_bytes;
-    let mut buf = BytesMut::with_capacity(READ_BUF_BYTES);
     loop {
         loop {
             if session.phase.get() == Phase::LoginPending {
@@ -241,7 +247,7 @@ async fn read_loop<R: AsyncReadRent>(shard: &Rc<Shard>, session: &Rc<Session>, m
                 continue;
             }
             if session.closing() {
-                return;
+                return buf;
             }
             match check_frame(&buf, max) {
                 Ok(Some(len)) => {
@@ -259,19 +265,19 @@ async fn read_loop<R: AsyncReadRent>(shard: &Rc<Shard>, session: &Rc<Session>, m
                 Err(e) => {
                     reply_error(shard, session, "", 0, Code::BadFrame, &e.to_string());
                     session.close();
-                    return;
+                    return buf;
                 }
             }
         }
-        if buf.capacity() - buf.len() < 64 {
-            buf.reserve(READ_BUF_BYTES);
+        if buf.capacity() - buf.len() < READ_SPARE_BYTES {
+            buf.reserve(crate::io_loop::READ_BUF_BYTES);
         }
         // monoio reads at the buffer's start: hand it the spare tail only.
         let filled = buf.len();
         let (res, tail) = rh.read(buf.slice_mut(filled..)).await;
         buf = tail.into_inner();
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return buf,
             Ok(_) => {}
         }
     }

@@ -486,3 +486,16 @@ fn huge_declared_http_body_does_not_kill_the_server() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn legacy_epoll_driver_serves_the_same_protocol() {
+    let s = start_cores("[server]\ndriver = \"legacy\"\npush_interval_ms = 20\n", 2);
+    let mut players: Vec<_> = (1..=4u64).map(|u| s.player(u).0).collect();
+    assert_eq!(players[0].request("leave", 2, json!({}))["code"], 0);
+    admit(&s, 1);
+    players[1].next_cmd("admitted");
+    players[2].wait_position(1);
+    players[3].wait_position(2);
+    let hb = players[3].request("heartbeat", 5, json!({}));
+    assert_eq!(hb["data"]["ts"], Value::Null);
+}
