@@ -47,6 +47,12 @@ pub struct ServerConfig {
     pub driver: Driver,
     /// Largest accepted frame body, bytes.
     pub max_frame_bytes: u32,
+    /// Largest accepted frame body before login, bytes.
+    pub max_login_frame_bytes: u32,
+    /// Most open player connections, all loops together.
+    pub max_connections: u64,
+    /// Most open player connections from one IP address.
+    pub max_connections_per_ip: u32,
     /// Time allowed between connect and `login`, seconds.
     pub login_timeout_secs: u64,
     /// Time allowed without a client frame after login, seconds.
@@ -61,6 +67,8 @@ pub struct ServerConfig {
     pub max_logins_per_sec_per_core: u32,
     /// `retry_after_secs` sent with `kicked` `shutdown`.
     pub shutdown_retry_after_secs: u64,
+    /// Most time a stop waits for sessions to flush `kicked` `shutdown`, seconds.
+    pub drain_timeout_secs: u64,
 }
 
 /// `[control]`: the HTTP control port.
@@ -258,6 +266,18 @@ impl Config {
         let s = &self.server;
         if s.max_frame_bytes < 64 || s.max_frame_bytes > 16 * 1024 * 1024 {
             return Err(err("server.max_frame_bytes", "must be in 64..=16777216"));
+        }
+        if s.max_login_frame_bytes < 64 || s.max_login_frame_bytes > s.max_frame_bytes {
+            return Err(err(
+                "server.max_login_frame_bytes",
+                "must be in 64..=server.max_frame_bytes",
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
+        if s.max_connections_per_ip == 0 {
+            return Err(err("server.max_connections_per_ip", "must be at least 1"));
         }
         if s.cores > 1024 {
             return Err(err("server.cores", "must be at most 1024"));

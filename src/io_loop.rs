@@ -25,6 +25,7 @@ use monoio::io::AsyncReadRent;
 
 use crate::config::Config;
 use crate::doorbell::{self, BellRx};
+use crate::limits::ConnLimits;
 use crate::msg::{ConnRef, CoreMsg, JoinError, KickReason, LoopEvent, LoopId, QueueId, SessionId};
 use crate::protocol::{self, Code};
 use crate::session::{self, Phase, Session};
@@ -41,14 +42,16 @@ const WRITE_BUF_BYTES: usize = 4096;
 const POOL_MAX: usize = 1024;
 /// How often timeouts are checked and the core backlog retried.
 const SWEEP: Duration = Duration::from_millis(250);
-/// How long a stopping loop waits for its sessions to flush `kicked`.
-const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 /// What an io loop needs from the config.
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
     /// Largest frame body accepted.
     pub max_frame_bytes: u32,
+    /// Largest frame body accepted before login.
+    pub max_login_frame_bytes: u32,
+    /// Most time a stopping loop waits for sessions to flush `kicked` `shutdown`.
+    pub drain_timeout: Duration,
     /// Connect-to-login limit.
     pub login_timeout: Duration,
     /// Silence limit after login.
@@ -71,6 +74,8 @@ impl LoopConfig {
         let s = &config.server;
         LoopConfig {
             max_frame_bytes: s.max_frame_bytes,
+            max_login_frame_bytes: s.max_login_frame_bytes,
+            drain_timeout: Duration::from_secs(s.drain_timeout_secs),
             login_timeout: Duration::from_secs(s.login_timeout_secs),
             idle_timeout: Duration::from_secs(s.idle_timeout_secs),
             push_interval: Duration::from_millis(s.push_interval_ms),
@@ -99,6 +104,8 @@ pub struct LoopSetup {
     pub stats: Arc<Vec<LoopStats>>,
     /// Login ticket checks.
     pub tickets: Arc<TicketVerifier>,
+    /// Open-connection limits shared by all loops.
+    pub limits: Arc<ConnLimits>,
     /// Set while the server drains.
     pub draining: Arc<AtomicBool>,
     /// Loop settings.
@@ -143,6 +150,8 @@ pub struct Shard {
     backlog: RefCell<VecDeque<CoreMsg>>,
     /// Ticket checks.
     pub tickets: Arc<TicketVerifier>,
+    /// Open-connection limits shared by all loops.
+    pub limits: Arc<ConnLimits>,
     /// Server drains.
     draining: Arc<AtomicBool>,
     /// Per queue: (players waiting, measured admit rate), from rank batches.
@@ -645,6 +654,7 @@ async fn run(setup: LoopSetup) {
         core: setup.core,
         backlog: RefCell::new(VecDeque::new()),
         tickets: setup.tickets,
+        limits: setup.limits,
         draining: setup.draining,
         queues: RefCell::new(Vec::new()),
         pending_push: RefCell::new(Vec::new()),
@@ -669,7 +679,7 @@ async fn run(setup: LoopSetup) {
     acceptor.await;
     let retry = shard.cfg.retry_after_secs;
     shard.for_each_session(|s| s.kick(&shard, KickReason::Shutdown, Some(retry)));
-    let deadline = Instant::now() + DRAIN_WAIT;
+    let deadline = Instant::now() + shard.cfg.drain_timeout;
     while shard.live.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -683,9 +693,15 @@ async fn accept(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
         monoio::select! {
             _ = shard.stop_accept.wait() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    monoio::spawn(session::serve(shard.clone(), stream));
-                }
+                Ok((stream, peer)) => match shard.limits.acquire(peer.ip()) {
+                    Ok(()) => {
+                        monoio::spawn(session::serve(shard.clone(), stream, peer.ip()));
+                    }
+                    Err(refused) => {
+                        LoopStats::add(&shard.stats().refused, 1);
+                        monoio::spawn(session::refuse(stream, refused));
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(loop_id = shard.id, "accept failed: {e}");

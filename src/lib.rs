@@ -17,6 +17,7 @@
 //! - [`wake`]: a loop-local task wake-up flag;
 //! - [`token`]: admission tokens (JWT EdDSA/HS256, JWKS) and login ticket checks;
 //! - [`control`]: the HTTP control API thread; [`metrics`]: Prometheus text;
+//! - [`limits`]: open-connection limits (total, per IP) shared by the loops;
 //! - [`stats`]: per-loop counters; [`alloc_count`]: the counting allocator.
 
 pub mod alloc_count;
@@ -25,6 +26,7 @@ pub mod control;
 pub mod doorbell;
 pub mod frame;
 pub mod io_loop;
+pub mod limits;
 pub mod metrics;
 pub mod msg;
 pub mod protocol;

@@ -67,7 +67,7 @@ pub fn render(loops: &[LoopStats], queues: &[QueueStats], alloc: Option<(u64, u6
             }
         },
     );
-    let loop_counters: [LoopCounter; 6] = [
+    let loop_counters: [LoopCounter; 7] = [
         ("queue_accepted", "Player connections accepted", |l| {
             &l.accepted
         }),
@@ -86,6 +86,11 @@ pub fn render(loops: &[LoopStats], queues: &[QueueStats], alloc: Option<(u64, u6
             |l| &l.pushes,
         ),
         ("queue_errors", "Error responses sent", |l| &l.errors),
+        (
+            "queue_refused",
+            "Connections refused at accept by connection limits",
+            |l| &l.refused,
+        ),
     ];
     for (name, help, field) in loop_counters {
         counters(&mut registry, name, help, |f| {

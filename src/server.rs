@@ -21,6 +21,7 @@ use crate::config::{AuthMode, Config, Driver};
 use crate::control::{self, ControlContext};
 use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, LoopConfig, LoopSetup};
+use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
 use crate::queue::core::{Core, CoreTiming, LoopLink};
 use crate::queue::state::{Limits, QueueState};
@@ -154,6 +155,10 @@ impl ServerHandle {
         let fallback = config.server.driver == Driver::Auto;
 
         let draining = Arc::new(AtomicBool::new(false));
+        let limits = Arc::new(ConnLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
         let stats: Arc<Vec<LoopStats>> = Arc::new((0..n).map(|_| LoopStats::default()).collect());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
         let mut links = Vec::with_capacity(n);
@@ -173,6 +178,7 @@ impl ServerHandle {
                 core: core_tx.clone(),
                 stats: stats.clone(),
                 tickets: tickets.clone(),
+                limits: limits.clone(),
                 draining: draining.clone(),
                 cfg: loop_cfg.clone(),
                 pin: pin(i),

@@ -11,17 +11,19 @@
 //!   its socket is shut down once the writer has flushed (or at once when it cannot).
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::frame::{check_frame, HEADER_BYTES};
 use crate::io_loop::Shard;
+use crate::limits::Refused;
 use crate::msg::{eta_secs, CoreMsg, KickReason, PlaceKey, QueueId, SessionId, UserId};
 use crate::protocol::{self, Cmd, Code, Request};
 use crate::stats::LoopStats;
@@ -187,8 +189,22 @@ impl Session {
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Answers a connection over the connection limits with RATE_LIMITED and closes it.
+pub async fn refuse(mut stream: TcpStream, why: Refused) {
+    let mut out = BytesMut::with_capacity(128);
+    protocol::encode_error(&mut out, "", 0, Code::RateLimited, why.message());
+    let (_, _) = stream.write_all(out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one accepted connection from `ip` (already counted in the connection
+/// limits) until it closes, then releases it.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ip: IpAddr) {
+    serve_counted(&shard, stream).await;
+    shard.limits.release(ip);
+}
+
+async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let Some(session) = shard.insert_session(fd) else {
@@ -196,7 +212,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     };
     let (rh, wh) = stream.into_split();
     let writer = monoio::spawn(write_loop(shard.clone(), session.clone(), wh));
-    let buf = read_loop(&shard, &session, rh, shard.read_buf_get()).await;
+    let buf = read_loop(shard, &session, rh, shard.read_buf_get()).await;
     shard.read_buf_put(buf);
     // The peer is gone or we are closing: stop the writer if it is stuck, then clean up.
     if !session.closing() {
@@ -239,7 +255,6 @@ async fn read_loop<R: AsyncReadRent>(
     mut rh: R,
     mut buf: BytesMut,
 ) -> BytesMut {
-    let max = shard.cfg.max_frame_bytes;
     loop {
         loop {
             if session.phase.get() == Phase::LoginPending {
@@ -249,6 +264,12 @@ async fn read_loop<R: AsyncReadRent>(
             if session.closing() {
                 return buf;
             }
+            // A stranger may not make us buffer a full-size frame.
+            let max = if session.phase.get() == Phase::Connected {
+                shard.cfg.max_login_frame_bytes
+            } else {
+                shard.cfg.max_frame_bytes
+            };
             match check_frame(&buf, max) {
                 Ok(Some(len)) => {
                     handle_frame(shard, session, &buf[HEADER_BYTES..HEADER_BYTES + len]);

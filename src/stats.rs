@@ -26,6 +26,8 @@ pub struct LoopStats {
     pub pushes: AtomicU64,
     /// Error responses sent (any non-zero code).
     pub errors: AtomicU64,
+    /// Connections refused at accept (connection limits).
+    pub refused: AtomicU64,
 }
 
 impl LoopStats {
