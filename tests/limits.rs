@@ -75,7 +75,10 @@ fn connections_over_the_total_limit_get_rate_limited() {
     c.expect_closed();
     let stats = &s.handle.as_ref().unwrap().stats;
     assert_eq!(
-        stats.iter().map(|l| l.refused.load(Ordering::Relaxed)).sum::<u64>(),
+        stats
+            .iter()
+            .map(|l| l.refused.load(Ordering::Relaxed))
+            .sum::<u64>(),
         1
     );
 }
