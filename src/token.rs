@@ -259,6 +259,8 @@ struct ClaimsIn {
     jti: String,
     /// Expiry, unix seconds.
     exp: u64,
+    /// Issued at, unix seconds (a token from the future is not valid yet).
+    iat: u64,
 }
 
 /// The two header fields looked at before any signature check.
@@ -525,8 +527,14 @@ impl TokenSigner {
             .map_err(|e| fail(reason_of(&e)))?;
         let claims = data.claims;
         // `jsonwebtoken` accepts `exp == now`; RFC 7519 4.1.4 says "on or after" is expired.
-        if claims.exp <= unix_now() {
+        let now = unix_now();
+        if claims.exp <= now {
             return Err(fail("expired"));
+        }
+        // Our own clock issued it: anything stamped later than now (plus skew between
+        // restarts on different hosts) was not issued by this key holder as claimed.
+        if claims.iat > now + TICKET_LEEWAY_SECS {
+            return Err(fail("not_yet_valid"));
         }
         let user = claims.sub.parse::<u64>().map_err(|_| fail("malformed"))?;
         Ok(VerifiedToken {
@@ -784,6 +792,15 @@ mod tests {
         let t = other.sign(1, "q", "j", now(), now() + 300);
         assert_eq!(other.kid(), s.kid(), "same key, same derived kid");
         assert_eq!(s.verify(&t).unwrap_err().reason, "wrong_issuer");
+    }
+
+    #[test]
+    fn token_issued_in_the_future_rejected() {
+        let s = ed_signer();
+        let t = s.sign(1, "q", "j", now() + 3600, now() + 3900);
+        assert_eq!(s.verify(&t).unwrap_err().reason, "not_yet_valid");
+        let t = s.sign(1, "q", "j", now() + 5, now() + 300);
+        assert!(s.verify(&t).is_ok(), "small clock skew tolerated");
     }
 
     #[test]
