@@ -36,10 +36,15 @@ use crate::wake::Notify;
 /// Capacity of a pooled read buffer: a steady-state request fits many times over;
 /// a larger frame grows the buffer to fit (up to `max_frame_bytes` + header).
 pub const READ_BUF_BYTES: usize = 512;
-/// Capacity of a pooled write buffer.
-const WRITE_BUF_BYTES: usize = 4096;
-/// Most buffers kept in a loop's pool; beyond this they are freed.
-const POOL_MAX: usize = 1024;
+/// Capacity of a pooled write buffer: a few responses or pushes (a `position` push is
+/// about 90 bytes); larger batches grow it.
+const WRITE_BUF_BYTES: usize = 512;
+/// Most write buffers kept in a loop's pool (16 MiB at most): a rank batch can make
+/// every session of a loop push at once, and each needs a buffer until its write is
+/// done; sized so such bursts reuse buffers instead of allocating.
+const POOL_MAX: usize = 32 * 1024;
+/// Most time a closing session gets to flush before its socket is shut.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// How often timeouts are checked and the core backlog retried.
 const SWEEP: Duration = Duration::from_millis(250);
 
@@ -553,6 +558,7 @@ impl Shard {
             {
                 s.kick(self, KickReason::IdleTimeout, None);
             }
+            Phase::Closing if s.flush_overdue(now, CLOSE_FLUSH) => s.abort(),
             _ => {}
         });
     }
@@ -753,7 +759,14 @@ async fn push_flusher(shard: Rc<Shard>) {
     loop {
         match shard.flush_pushes() {
             None => shard.push_wake.wait().await,
-            Some(due) => monoio::time::sleep(due.saturating_duration_since(Instant::now())).await,
+            Some(due) => {
+                // A newly deferred session may be due sooner than `due`: wake for it too.
+                let sleep = monoio::time::sleep(due.saturating_duration_since(Instant::now()));
+                monoio::select! {
+                    _ = sleep => {},
+                    _ = shard.push_wake.wait() => {},
+                }
+            }
         }
     }
 }

@@ -97,6 +97,47 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// Descriptors kept for listeners, doorbells, the control port, files and logs.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one and returns the connections the
+/// process can really hold: `max_connections`, or fewer (with a warning) when the
+/// descriptor limit is lower, so the connection over it gets RATE_LIMITED instead of
+/// an accept error nobody sees.
+fn connection_budget(max_connections: u64, loops: usize) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    let fds = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return max_connections;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let usable = fds.saturating_sub(FD_RESERVE + 8 * loops as u64);
+    if usable < max_connections {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = fds,
+            usable,
+            "open-file limit is below server.max_connections: connections over {usable} get RATE_LIMITED"
+        );
+        return usable.max(1);
+    }
+    max_connections
+}
+
 /// Binds `n` listeners sharing one port (the first picks it when `addr` has port 0).
 fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
     let bind_err = |source| StartError::Bind { addr, source };
@@ -156,7 +197,7 @@ impl ServerHandle {
 
         let draining = Arc::new(AtomicBool::new(false));
         let limits = Arc::new(ConnLimits::new(
-            config.server.max_connections,
+            connection_budget(config.server.max_connections, n),
             config.server.max_connections_per_ip,
         ));
         let stats: Arc<Vec<LoopStats>> = Arc::new((0..n).map(|_| LoopStats::default()).collect());
@@ -228,7 +269,13 @@ impl ServerHandle {
                 if let Some(c) = core_pin {
                     core_affinity::set_for_current(c);
                 }
-                core.run();
+                // The core owns every queue: if it dies, no login or admission can be
+                // answered any more. Crash loudly so a supervisor restarts the server.
+                let run = std::panic::AssertUnwindSafe(|| core.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("queue core panicked: aborting the process");
+                    std::process::abort();
+                }
             })?;
 
         let mut loops = Vec::with_capacity(n);

@@ -77,6 +77,10 @@ pub struct Session {
     pub left: Cell<bool>,
     /// The core holds a place for this connection (disconnect must be reported).
     pub holds_place: Cell<bool>,
+    /// When the session started closing (flush deadline).
+    closing_since: Cell<Option<Instant>>,
+    /// The socket was shut down already.
+    aborted: Cell<bool>,
     /// Frames ready to be written (a pooled buffer, or empty with no capacity).
     out: RefCell<BytesMut>,
     /// Wakes the writer.
@@ -104,6 +108,8 @@ impl Session {
             last_frame: Cell::new(now),
             left: Cell::new(false),
             holds_place: Cell::new(false),
+            closing_since: Cell::new(None),
+            aborted: Cell::new(false),
             out: RefCell::new(BytesMut::new()),
             write_ready: Notify::default(),
             login_answered: Notify::default(),
@@ -131,9 +137,17 @@ impl Session {
         };
         LoopStats::add(&shard.stats().frames_out, frames);
         if over {
+            // Drop what it did not read, leave it only the `kicked` frame; the writer
+            // delivers that if the client ever reads again, the sweeper cuts the socket
+            // after `CLOSE_FLUSH` otherwise. Memory stays within the cap either way.
             tracing::debug!(session = self.id, "slow consumer cut off");
-            self.out.borrow_mut().clear();
-            self.abort();
+            {
+                let mut out = self.out.borrow_mut();
+                out.clear();
+                protocol::encode_kicked(&mut out, KickReason::SlowConsumer.as_str(), None);
+            }
+            LoopStats::add(&shard.stats().pushes, 1);
+            self.close();
             return;
         }
         self.write_ready.notify();
@@ -151,17 +165,28 @@ impl Session {
     /// Closes once what is queued has been written.
     pub fn close(&self) {
         self.phase.set(Phase::Closing);
+        if self.closing_since.get().is_none() {
+            self.closing_since.set(Some(Instant::now()));
+        }
         self.login_answered.notify();
         self.write_ready.notify();
     }
 
-    /// Closes now, dropping anything unsent.
+    /// Closes now, dropping anything unsent (also unblocks a writer stuck on a client
+    /// that does not read).
     pub fn abort(&self) {
-        self.phase.set(Phase::Closing);
-        // SAFETY: plain syscall on a descriptor this session owns until both halves drop.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
-        self.login_answered.notify();
-        self.write_ready.notify();
+        self.close();
+        if !self.aborted.replace(true) {
+            // SAFETY: plain syscall on a descriptor this session owns until both halves drop.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// True when a closing session has had `limit` to flush and has not finished.
+    pub fn flush_overdue(&self, now: Instant, limit: std::time::Duration) -> bool {
+        self.closing_since
+            .get()
+            .is_some_and(|since| now.duration_since(since) >= limit)
     }
 
     /// The login answer arrived: let the reader go on.
@@ -207,6 +232,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ip: IpAddr) {
 async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
+    // Bound the kernel's share of a slow reader too (default autotuning allows MBs).
+    let sndbuf = shard.cfg.max_outbound_bytes as libc::c_int;
+    // SAFETY: setsockopt on our own socket with a correctly sized int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&sndbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     let Some(session) = shard.insert_session(fd) else {
         return;
     };
@@ -214,10 +251,9 @@ async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream) {
     let writer = monoio::spawn(write_loop(shard.clone(), session.clone(), wh));
     let buf = read_loop(shard, &session, rh, shard.read_buf_get()).await;
     shard.read_buf_put(buf);
-    // The peer is gone or we are closing: stop the writer if it is stuck, then clean up.
-    if !session.closing() {
-        session.abort();
-    }
+    // End of input (or we are closing): answer what was asked, then close. A writer
+    // stuck on a client that does not read is cut by the sweeper (`flush_overdue`).
+    session.close();
     writer.await;
     if session.phase.get() != Phase::LoginPending {
         shard.release(&session);

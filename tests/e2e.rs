@@ -499,3 +499,29 @@ fn legacy_epoll_driver_serves_the_same_protocol() {
     let hb = players[3].request("heartbeat", 5, json!({}));
     assert_eq!(hb["data"]["ts"], Value::Null);
 }
+
+#[test]
+fn a_half_closed_client_still_gets_every_answer() {
+    let s = start("");
+    let mut c = s.client();
+    let mut batch = Vec::new();
+    for (seq, cmd, data) in [
+        (1, "login", json!({"user_id": 8})),
+        (2, "position", json!({})),
+        (3, "heartbeat", json!({"ts": 5})),
+    ] {
+        let body = json!({"cmd": cmd, "seq": seq, "data": data}).to_string();
+        batch.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        batch.extend_from_slice(body.as_bytes());
+    }
+    c.send_raw(&batch);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    for seq in 1..=3 {
+        let v = c.next();
+        assert_eq!(v["seq"], seq, "{v}");
+        assert_eq!(v["code"], 0, "{v}");
+    }
+    assert!(c.recv().is_none());
+    // The player disconnected without `leave`: the place is kept for the grace period.
+    assert_eq!(s.queue_stats("default")["waiting"], 1);
+}
