@@ -1,0 +1,423 @@
+//! `drain`: fill a queue with N players, then admit them through the control API at R
+//! per second. Reports admissions per second delivered (to the players' sockets), the
+//! lag from each admit call to the player's `admitted` push and to each `position`
+//! push, and checks that every player was admitted exactly once, that no position ever
+//! rose, and that every token verifies (`POST /v1/tokens/verify`, which also consumes it).
+//!
+//! Invariants:
+//! - admit calls follow a fixed schedule (`R * elapsed` players admitted by now),
+//!   whatever the server's speed: a slow server shows as lag, not as a lower target;
+//! - a `position` push showing position p to a player who logged in at p0 reflects the
+//!   first `p0 - p` admissions; its lag is measured from the admit call that made them;
+//! - players keep their connections alive with `heartbeat` every 10 s (idle timeout 30 s).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::io::Splitable;
+use serde::Deserialize;
+
+use super::{ns_since, BenchError, Common, Outcome, Phase};
+use crate::client::{self, share, Failure, Frame, FrameReader};
+use crate::hist::Latency;
+use crate::report::Tally;
+use crate::wire;
+
+/// Most players one admit call may take (the control API's limit).
+const ADMIT_MAX: u64 = 100_000;
+/// Time between admit calls when the schedule allows more.
+const ADMIT_PERIOD: Duration = Duration::from_millis(10);
+/// Keep-alive period of waiting players.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Flags of `drain`.
+#[derive(Clone, Debug)]
+pub struct DrainOpts {
+    /// Players.
+    pub users: u64,
+    /// Admissions per second through the control API.
+    pub admit_rate: f64,
+    /// How long to wait for the last `admitted` pushes after the last admit call.
+    pub settle: Duration,
+    /// Verify every token through the control API.
+    pub verify: bool,
+}
+
+/// What one client thread saw.
+#[derive(Default)]
+struct Seen {
+    /// Errors and counters.
+    tally: Tally,
+    /// `position` pushes: (user index, received ns, position).
+    pushes: Vec<(u64, u64, u64)>,
+    /// `admitted` pushes: (user index, token).
+    tokens: Vec<(u64, String)>,
+    /// Players of this thread logged in or failed.
+    settled: u64,
+    /// Sockets of this thread's players, shut down at the end so no read stays pending.
+    fds: Vec<i32>,
+    /// Player tasks still running.
+    live: u64,
+}
+
+/// Shared by the main thread and the client threads.
+struct Shared {
+    /// Time base of every `*_ns`.
+    epoch: Instant,
+    /// Position each player got at login (0: not logged in).
+    login_pos: Vec<AtomicU64>,
+    /// When each player's `admitted` push arrived, ns + 1 (0: not yet).
+    admitted_ns: Vec<AtomicU64>,
+    /// `admitted` pushes per player.
+    admitted_count: Vec<AtomicU32>,
+    /// Players with an `admitted` push.
+    admitted_total: AtomicU64,
+    /// Everyone logged in.
+    filled: Phase,
+    /// Main thread has finished measuring.
+    finished: Phase,
+    /// Players stop sending heartbeats.
+    stop: Arc<AtomicBool>,
+}
+
+/// Body of an admit answer.
+#[derive(Deserialize)]
+struct AdmitAnswer {
+    /// Players admitted, in order.
+    admitted: Vec<AdmittedUser>,
+}
+
+/// One admitted player in an admit answer.
+#[derive(Deserialize)]
+struct AdmittedUser {
+    /// The player.
+    user_id: u64,
+    /// Its token.
+    token: String,
+}
+
+/// Body of a verify answer.
+#[derive(Deserialize)]
+struct VerifyAnswer {
+    /// Signature, expiry and single use all fine.
+    valid: bool,
+    /// Whose token it is.
+    #[serde(default)]
+    user_id: Option<u64>,
+}
+
+/// Runs the scenario.
+pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
+    c.check_capacity(o.users)?;
+    let mut control = c
+        .control()
+        .ok_or_else(|| BenchError::Setup("drain needs the control port (--control ADDR)".into()))?;
+    if o.admit_rate <= 0.0 {
+        return Err(BenchError::Setup("drain needs --admit-rate > 0".into()));
+    }
+    let n = o.users as usize;
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        login_pos: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        admitted_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        admitted_count: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        admitted_total: AtomicU64::new(0),
+        filled: Phase::default(),
+        finished: Phase::default(),
+        stop: Arc::new(AtomicBool::new(false)),
+    });
+    let threads = c.threads.count.max(1);
+    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
+    let main = std::thread::spawn(move || {
+        let threads = cc.threads.clone();
+        client::run_threads(&threads, move |t| {
+            thread(cc.clone(), oo.clone(), sh.clone(), t)
+        })
+    });
+    shared.filled.wait_all(threads);
+    let logged_in = shared
+        .login_pos
+        .iter()
+        .filter(|p| p.load(Ordering::Relaxed) > 0)
+        .count() as u64;
+    let probe = crate::counters::AllocProbe::begin(&mut control).ok();
+    shared.filled.release(Instant::now());
+
+    // Admit on schedule. `batches`: (players admitted after the call, call sent ns).
+    let mut batches: Vec<(u64, u64)> = Vec::new();
+    let mut sent_ns = vec![0u64; n];
+    let mut http_tokens: HashMap<u64, String> = HashMap::new();
+    let mut http_dupes = 0u64;
+    let (mut total, mut ours) = (0u64, 0u64);
+    let path = format!(
+        "/v1/queues/{}/admit",
+        c.queue.as_deref().unwrap_or("default")
+    );
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while ours < logged_in {
+        let due =
+            ((start.elapsed().as_secs_f64() * o.admit_rate) as u64).min(total + (logged_in - ours));
+        if due <= total {
+            std::thread::sleep(ADMIT_PERIOD);
+            continue;
+        }
+        let count = (due - total).min(ADMIT_MAX);
+        let at = ns_since(shared.epoch);
+        let body = control.post(&path, &format!("{{\"count\":{count}}}"))?;
+        calls += 1;
+        let answer: AdmitAnswer = serde_json::from_str(&body).map_err(|e| {
+            BenchError::Setup(format!(
+                "admit answer is not the documented JSON ({e}): {body}"
+            ))
+        })?;
+        total += answer.admitted.len() as u64;
+        batches.push((total, at));
+        for a in &answer.admitted {
+            let Some(idx) = a.user_id.checked_sub(c.user_base).filter(|&i| i < o.users) else {
+                continue; // someone else's player (an earlier run's, in reconnect grace)
+            };
+            ours += 1;
+            sent_ns[idx as usize] = at;
+            if http_tokens.insert(idx, a.token.clone()).is_some() {
+                http_dupes += 1;
+            }
+        }
+        if (answer.admitted.len() as u64) < count {
+            break; // the queue is empty
+        }
+    }
+    let admit_done = Instant::now();
+    while shared.admitted_total.load(Ordering::Relaxed) < ours && admit_done.elapsed() < o.settle {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let alloc = probe.map(|p| {
+        let end = crate::counters::Snapshot::read(&mut control).unwrap_or_default();
+        p.report(end, &c.server_build)
+    });
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.finished.release(Instant::now());
+    let seen = main
+        .join()
+        .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
+
+    let mut out = Outcome::default();
+    let mut push_tokens: HashMap<u64, String> = HashMap::new();
+    let mut pushes = Vec::new();
+    for s in seen {
+        out.tally.merge(&s.tally);
+        push_tokens.extend(s.tokens);
+        pushes.extend(s.pushes);
+    }
+    // Lags.
+    let mut last_ns = 0u64;
+    let first_ns = batches.first().map_or(0, |b| b.1);
+    for (i, slot) in shared.admitted_ns.iter().enumerate() {
+        let got = slot.load(Ordering::Relaxed);
+        if got > 0 && sent_ns[i] > 0 {
+            out.tally
+                .rtt
+                .record_ns((got - 1).saturating_sub(sent_ns[i]));
+            last_ns = last_ns.max(got - 1);
+        }
+    }
+    let mut lag = Latency::new();
+    for &(idx, recv_ns, pos) in &pushes {
+        let p0 = shared.login_pos[idx as usize].load(Ordering::Relaxed);
+        let moved = p0.saturating_sub(pos);
+        if moved == 0 {
+            continue;
+        }
+        let b = batches.partition_point(|&(cum, _)| cum < moved);
+        if let Some(&(_, at)) = batches.get(b) {
+            lag.record_ns(recv_ns.saturating_sub(at));
+        }
+    }
+    out.tally.named.insert("position_push_lag".into(), lag);
+    out.tally.count("admit_calls", calls);
+    out.tally.count("position_pushes", pushes.len() as u64);
+    out.tally.count("admitted_http", ours);
+    out.tally.count("logged_in", logged_in);
+
+    // Checks.
+    let once = (0..n).all(|i| {
+        shared.login_pos[i].load(Ordering::Relaxed) == 0
+            || shared.admitted_count[i].load(Ordering::Relaxed) == 1
+    }) && http_dupes == 0
+        && ours == logged_in;
+    out.tally.count(
+        "admitted_pushes",
+        shared.admitted_total.load(Ordering::Relaxed),
+    );
+    let rose = out.tally.get("positions_rose");
+    let mut bad_tokens = push_tokens
+        .iter()
+        .filter(|(i, t)| http_tokens.get(i) != Some(t))
+        .count() as u64;
+    if o.verify {
+        for (&idx, token) in &http_tokens {
+            let body = control.post(
+                "/v1/tokens/verify",
+                &serde_json::json!({ "token": token }).to_string(),
+            )?;
+            match serde_json::from_str::<VerifyAnswer>(&body) {
+                Ok(v) if v.valid && v.user_id == Some(c.user_base + idx) => {}
+                _ => bad_tokens += 1,
+            }
+        }
+        out.tally.count("tokens_verified", http_tokens.len() as u64);
+    }
+    out.tally.count("bad_tokens", bad_tokens);
+    out.ops = shared.admitted_total.load(Ordering::Relaxed);
+    out.elapsed_s = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+    out.alloc = alloc;
+    out.checks.insert("admitted_exactly_once".into(), once);
+    out.checks.insert("positions_never_rose".into(), rose == 0);
+    out.checks
+        .insert("tokens_match_and_verify".into(), bad_tokens == 0);
+    if logged_in < o.users {
+        out.notes
+            .push(format!("only {logged_in} of {} players logged in", o.users));
+    }
+    out.hint();
+    Ok(out)
+}
+
+async fn thread(c: Common, o: DrainOpts, shared: Arc<Shared>, t: usize) -> Seen {
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let mine: Vec<u64> = share(o.users, t, c.threads.count).collect();
+    for &i in &mine {
+        let (c, shared, seen) = (c.clone(), shared.clone(), seen.clone());
+        seen.borrow_mut().live += 1;
+        monoio::spawn(async move {
+            player(&c, &shared, &seen, i).await;
+            seen.borrow_mut().live -= 1;
+        });
+    }
+    while seen.borrow().settled < mine.len() as u64 {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shared.filled.arrive().await;
+    shared.finished.arrive().await;
+    // End every player's pending read (a runtime must not be dropped with reads in
+    // flight on sockets that stay open), then collect.
+    for &fd in &seen.borrow().fds {
+        // SAFETY: plain syscall on a descriptor its task still owns.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.borrow().live > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut s = seen.borrow_mut();
+    Seen {
+        tally: std::mem::take(&mut s.tally),
+        pushes: std::mem::take(&mut s.pushes),
+        tokens: std::mem::take(&mut s.tokens),
+        ..Seen::default()
+    }
+}
+
+/// The stop flag, shared with a player's heartbeat task.
+fn shared_stop(shared: &Shared) -> Arc<AtomicBool> {
+    shared.stop.clone()
+}
+
+async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
+    let settle = |err: Option<String>| {
+        let mut s = seen.borrow_mut();
+        s.settled += 1;
+        if let Some(e) = err {
+            s.tally.error(format!("login: {e}"));
+        }
+    };
+    let mut stream = match client::connect(c.player, c.source(i)).await {
+        Ok(s) => s,
+        Err(e) => return settle(Some(format!("connect {:?}", e.kind()))),
+    };
+    seen.borrow_mut()
+        .fds
+        .push(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let (mut reader, mut wbuf) = (FrameReader::default(), BytesMut::with_capacity(128));
+    let p0 = match client::login(
+        &mut stream,
+        &mut reader,
+        &mut wbuf,
+        c.user_base + i,
+        c.queue.as_deref(),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(f) => return settle(Some(f.key())),
+    };
+    shared.login_pos[i as usize].store(p0.max(1), Ordering::Relaxed);
+    settle(None);
+    let (mut rd, mut wr) = stream.into_split();
+    let admitted = Rc::new(Cell::new(false));
+    let stop = shared_stop(shared);
+    {
+        let admitted = admitted.clone();
+        monoio::spawn(async move {
+            let mut seq = 1u32;
+            loop {
+                monoio::time::sleep(HEARTBEAT).await;
+                if admitted.get() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                seq = seq.wrapping_add(1).max(2);
+                wire::encode_cmd(&mut wbuf, "heartbeat", seq);
+                let (res, b) = client::write(&mut wr, wbuf).await;
+                wbuf = b;
+                if res.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut last = p0;
+    loop {
+        let len = match reader.next(&mut rd).await {
+            Ok(Some(len)) => len,
+            _ if shared.stop.load(Ordering::Relaxed) => return,
+            Ok(None) => {
+                seen.borrow_mut().tally.error(Failure::Closed(None).key());
+                return;
+            }
+            Err(e) => {
+                seen.borrow_mut().tally.error(Failure::io(&e).key());
+                return;
+            }
+        };
+        let frame = client::classify(reader.body(len));
+        reader.consume(len);
+        let now = ns_since(shared.epoch);
+        let mut s = seen.borrow_mut();
+        match frame {
+            Ok(Frame::Position(p)) => {
+                if p > last {
+                    s.tally.count("positions_rose", 1);
+                }
+                last = p;
+                s.pushes.push((i, now, p));
+            }
+            Ok(Frame::Admitted(token)) => {
+                if shared.admitted_count[i as usize].fetch_add(1, Ordering::Relaxed) == 0 {
+                    shared.admitted_ns[i as usize].store(now + 1, Ordering::Relaxed);
+                    shared.admitted_total.fetch_add(1, Ordering::Relaxed);
+                }
+                s.tokens.push((i, token));
+                admitted.set(true);
+            }
+            Ok(Frame::Answer { code, .. }) if code != 0 => s.tally.error(wire::code_key(code)),
+            Ok(Frame::Kicked(reason)) => s.tally.error(Failure::Closed(Some(reason)).key()),
+            Ok(_) => {}
+            Err(f) => s.tally.error(f.key()),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `pingpong`: closed loop for the highest request rate. C connections log in, then
+//! each sends one request, waits for its answer, and sends the next, for a duration.
+//! Against the bench's own `echo-server` (which echoes the very frames, login
+//! included) the same client measures the physical ceiling of this machine.
+//!
+//! Invariants:
+//! - one request in flight per connection; its RTT is measured from its send time
+//!   (closed loop: the intended time *is* the send time, nothing is scheduled);
+//! - only answers inside the window count toward the rate.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::{BenchError, Common, Outcome, Phase};
+use crate::client::{self, share, FrameReader};
+use crate::report::Tally;
+use crate::wire;
+
+/// Flags of `pingpong`.
+#[derive(Clone, Debug)]
+pub struct PingpongOpts {
+    /// Connections.
+    pub conns: u64,
+    /// Length of the measured window.
+    pub duration: Duration,
+    /// `position` or `heartbeat`.
+    pub cmd: String,
+    /// Send `leave` at the end.
+    pub leave: bool,
+}
+
+/// Shared by the client threads.
+#[derive(Default)]
+struct Shared {
+    /// Everyone logged in; released with the window's start.
+    ready: Phase,
+    /// Everyone done; released when the allocation window is closed.
+    done: Phase,
+}
+
+/// Runs the scenario.
+pub fn run(c: &Common, o: &PingpongOpts) -> Result<Outcome, BenchError> {
+    c.check_capacity(o.conns)?;
+    let mut control = c.control();
+    let shared = Arc::new(Shared::default());
+    let threads = c.threads.count.max(1);
+    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
+    let main = std::thread::spawn(move || {
+        let threads = cc.threads.clone();
+        client::run_threads(&threads, move |t| {
+            thread(cc.clone(), oo.clone(), sh.clone(), t)
+        })
+    });
+    shared.ready.wait_all(threads);
+    let probe = c.probe(&mut control);
+    shared
+        .ready
+        .release(Instant::now() + Duration::from_millis(20));
+    shared.done.wait_all(threads);
+    let alloc = c.probe_end(&mut control, probe);
+    shared.done.release(Instant::now());
+    let tallies = main
+        .join()
+        .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
+    let mut out = Outcome::default();
+    for t in &tallies {
+        out.tally.merge(t);
+    }
+    out.ops = out.tally.get("answers");
+    out.elapsed_s = o.duration.as_secs_f64();
+    out.alloc = alloc;
+    out.hint();
+    Ok(out)
+}
+
+async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Tally {
+    let tally = Rc::new(RefCell::new(Tally::default()));
+    let mut logins = Vec::new();
+    for i in share(o.conns, t, c.threads.count) {
+        let (c, tally) = (c.clone(), tally.clone());
+        logins.push(monoio::spawn(async move {
+            let mut s = match client::connect(c.player, c.source(i)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tally
+                        .borrow_mut()
+                        .error(format!("login: connect {:?}", e.kind()));
+                    return None;
+                }
+            };
+            let (mut r, mut w) = (FrameReader::default(), BytesMut::with_capacity(128));
+            match client::login(&mut s, &mut r, &mut w, c.user_base + i, c.queue.as_deref()).await {
+                Ok(_) => Some((s, r, w)),
+                Err(f) => {
+                    tally.borrow_mut().error(format!("login: {}", f.key()));
+                    None
+                }
+            }
+        }));
+    }
+    let mut conns = Vec::new();
+    for l in logins {
+        conns.extend(l.await);
+    }
+    let start = shared.ready.arrive().await;
+    let end = start + o.duration;
+    let mut tasks = Vec::new();
+    for (mut s, mut r, mut w) in conns {
+        let (tally, cmd) = (tally.clone(), o.cmd.clone());
+        tasks.push(monoio::spawn(async move {
+            client::sleep_until(start).await;
+            let mut seq = 1u32;
+            let mut ok = true;
+            while Instant::now() < end {
+                seq = seq.wrapping_add(1).max(2);
+                let sent = Instant::now();
+                wire::encode_cmd(&mut w, &cmd, seq);
+                let (res, b) = client::write(&mut s, std::mem::take(&mut w)).await;
+                w = b;
+                let result = match res {
+                    Ok(()) => client::answer(&mut s, &mut r, seq, |_| {}).await,
+                    Err(e) => Err(client::Failure::io(&e)),
+                };
+                let now = Instant::now();
+                let mut t = tally.borrow_mut();
+                match result {
+                    Ok(_) => {
+                        if now <= end {
+                            t.rtt.record(now - sent);
+                            t.count("answers", 1);
+                        }
+                    }
+                    Err(f @ client::Failure::Code(_)) => t.error(f.key()),
+                    Err(f) => {
+                        t.error(f.key());
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            ok.then_some((s, r, w, seq.wrapping_add(1).max(2)))
+        }));
+    }
+    let mut open = Vec::new();
+    for task in tasks {
+        open.extend(task.await);
+    }
+    shared.done.arrive().await;
+    if o.leave {
+        let leaving: Vec<_> = open
+            .into_iter()
+            .map(|(mut s, mut r, mut w, seq)| {
+                monoio::spawn(async move { client::leave(&mut s, &mut r, &mut w, seq).await })
+            })
+            .collect();
+        for l in leaving {
+            l.await;
+        }
+    }
+    Rc::try_unwrap(tally)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
+}

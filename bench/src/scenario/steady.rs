@@ -1,0 +1,283 @@
+//! `steady`: every player logs in, then sends one request (`position` or `heartbeat`)
+//! per interval, the players spread evenly over the interval, for a duration: the
+//! old Go server's client pattern. Open loop: each connection has a writer that keeps
+//! the schedule and a reader that matches answers (in order) to intended send times.
+//!
+//! Invariants:
+//! - the RTT of a request is measured from its intended send time (coordinated
+//!   omission): a late writer or a slow server shows as latency, not as fewer samples;
+//! - a request still unanswered `GRACE` after the window ends counts as an error
+//!   ("no answer") and is recorded with the latency it had reached then;
+//! - logins happen before the window and `leave` after it; neither is measured.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::io::Splitable;
+
+use super::{BenchError, Common, Outcome, Phase};
+use crate::client::{self, share, Failure, Frame, FrameReader};
+use crate::pace::{Periodic, Ramp};
+use crate::report::Tally;
+use crate::wire;
+
+/// How long after the window an unanswered request is given up.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Flags of `steady`.
+#[derive(Clone, Debug)]
+pub struct SteadyOpts {
+    /// Players.
+    pub users: u64,
+    /// Time between two requests of one player.
+    pub interval: Duration,
+    /// Length of the measured window.
+    pub duration: Duration,
+    /// `position` or `heartbeat`.
+    pub cmd: String,
+    /// Logins per second during setup; 0 = all at once.
+    pub login_rate: f64,
+    /// Send `leave` at the end.
+    pub leave: bool,
+}
+
+/// Shared by the client threads.
+#[derive(Default)]
+struct Shared {
+    /// Everyone logged in; released with the window's start.
+    ready: Phase,
+    /// Everyone done; released when the allocation window is closed.
+    done: Phase,
+}
+
+/// Runs the scenario.
+pub fn run(c: &Common, o: &SteadyOpts) -> Result<Outcome, BenchError> {
+    c.check_capacity(o.users)?;
+    if o.cmd != "position" && o.cmd != "heartbeat" {
+        return Err(BenchError::Setup(format!(
+            "--cmd {}: use position or heartbeat",
+            o.cmd
+        )));
+    }
+    let mut control = c.control();
+    let shared = Arc::new(Shared::default());
+    let threads = c.threads.count.max(1);
+    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
+    let main = std::thread::spawn(move || {
+        let threads = cc.threads.clone();
+        client::run_threads(&threads, move |t| {
+            thread(cc.clone(), oo.clone(), sh.clone(), t)
+        })
+    });
+    shared.ready.wait_all(threads);
+    let probe = c.probe(&mut control);
+    let start = Instant::now() + Duration::from_millis(50);
+    shared.ready.release(start);
+    shared.done.wait_all(threads);
+    let alloc = c.probe_end(&mut control, probe);
+    shared.done.release(Instant::now());
+    let tallies = main
+        .join()
+        .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
+    let mut out = Outcome::default();
+    for t in &tallies {
+        out.tally.merge(t);
+    }
+    out.ops = out.tally.get("answers");
+    out.elapsed_s = o.duration.as_secs_f64();
+    out.alloc = alloc;
+    if o.interval.as_secs() >= 30 && o.cmd == "position" {
+        out.notes.push(
+            "an interval of 30 s or more lets the server's idle timeout (30 s) kick players".into(),
+        );
+    }
+    out.hint();
+    Ok(out)
+}
+
+async fn thread(c: Common, o: SteadyOpts, shared: Arc<Shared>, t: usize) -> Tally {
+    let tally = Rc::new(RefCell::new(Tally::default()));
+    // Setup: log everyone in.
+    let ramp = Ramp {
+        start: Instant::now(),
+        rate_per_s: o.login_rate,
+    };
+    let mut logins = Vec::new();
+    for i in share(o.users, t, c.threads.count) {
+        let (c, tally) = (c.clone(), tally.clone());
+        logins.push(monoio::spawn(async move {
+            client::sleep_until(ramp.at(i)).await;
+            let mut s = match client::connect(c.player, c.source(i)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tally
+                        .borrow_mut()
+                        .error(format!("login: connect {:?}", e.kind()));
+                    return None;
+                }
+            };
+            let (mut r, mut w) = (FrameReader::default(), BytesMut::with_capacity(128));
+            match client::login(&mut s, &mut r, &mut w, c.user_base + i, c.queue.as_deref()).await {
+                Ok(_) => Some((i, s, r, w)),
+                Err(f) => {
+                    tally.borrow_mut().error(format!("login: {}", f.key()));
+                    None
+                }
+            }
+        }));
+    }
+    let mut players = Vec::new();
+    for l in logins {
+        players.extend(l.await);
+    }
+    let start = shared.ready.arrive().await;
+    let end = start + o.duration;
+    let mut tasks = Vec::new();
+    for (i, s, r, w) in players {
+        let (tally, cmd) = (tally.clone(), o.cmd.clone());
+        let sched = Periodic::spread(start, o.interval, i, o.users);
+        tasks.push(monoio::spawn(player(tally, cmd, sched, end, s, r, w)));
+    }
+    let mut halves = Vec::new();
+    for task in tasks {
+        halves.extend(task.await);
+    }
+    shared.done.arrive().await;
+    if o.leave {
+        let leaving: Vec<_> = halves
+            .into_iter()
+            .map(|(mut rd, mut wr, mut r, mut w, seq)| {
+                monoio::spawn(async move {
+                    wire::encode_cmd(&mut w, "leave", seq);
+                    let (res, _) = client::write(&mut wr, w).await;
+                    if res.is_ok() {
+                        let _ = monoio::time::timeout(
+                            Duration::from_secs(2),
+                            client::answer(&mut rd, &mut r, seq, |_| {}),
+                        )
+                        .await;
+                    }
+                })
+            })
+            .collect();
+        for l in leaving {
+            l.await;
+        }
+    }
+    Rc::try_unwrap(tally)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
+}
+
+type Halves = (
+    monoio::net::tcp::TcpOwnedReadHalf,
+    monoio::net::tcp::TcpOwnedWriteHalf,
+    FrameReader,
+    BytesMut,
+    u32,
+);
+
+/// One player's window: a writer on schedule and a reader matching answers.
+async fn player(
+    tally: Rc<RefCell<Tally>>,
+    cmd: String,
+    sched: Periodic,
+    end: Instant,
+    stream: monoio::net::TcpStream,
+    mut reader: FrameReader,
+    wbuf: BytesMut,
+) -> Option<Halves> {
+    let (mut rd, mut wr) = stream.into_split();
+    let inflight: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
+    let writer_done = Rc::new(Cell::new(false));
+    let sent = Rc::new(Cell::new(1u32));
+    let writer = {
+        let (inflight, writer_done, sent) = (inflight.clone(), writer_done.clone(), sent.clone());
+        let tally = tally.clone();
+        monoio::spawn(async move {
+            let mut wbuf = wbuf;
+            let mut k = 0u64;
+            loop {
+                let at = sched.at(k);
+                if at >= end {
+                    break;
+                }
+                client::sleep_until(at).await;
+                let seq = sent.get().wrapping_add(1).max(2);
+                sent.set(seq);
+                inflight.borrow_mut().push_back(at);
+                // Say "done" with the last request, not after it: its answer may be
+                // read before this task runs again.
+                if sched.at(k + 1) >= end {
+                    writer_done.set(true);
+                }
+                wire::encode_cmd(&mut wbuf, &cmd, seq);
+                let (res, b) = client::write(&mut wr, wbuf).await;
+                wbuf = b;
+                if let Err(e) = res {
+                    tally.borrow_mut().error(Failure::io(&e).key());
+                    break;
+                }
+                k += 1;
+            }
+            writer_done.set(true);
+            (wr, wbuf)
+        })
+    };
+    let cutoff = end + GRACE;
+    let mut open = true;
+    while !(writer_done.get() && inflight.borrow().is_empty()) {
+        let next = monoio::time::timeout(
+            cutoff.saturating_duration_since(Instant::now()),
+            reader.next(&mut rd),
+        )
+        .await;
+        let len = match next {
+            Ok(Ok(Some(len))) => len,
+            Ok(Ok(None)) => {
+                tally.borrow_mut().error(Failure::Closed(None).key());
+                open = false;
+                break;
+            }
+            Ok(Err(e)) => {
+                tally.borrow_mut().error(Failure::io(&e).key());
+                open = false;
+                break;
+            }
+            Err(_) => break,
+        };
+        let frame = client::classify(reader.body(len));
+        reader.consume(len);
+        let now = Instant::now();
+        let mut t = tally.borrow_mut();
+        match frame {
+            Ok(Frame::Answer { code, .. }) => {
+                let Some(at) = inflight.borrow_mut().pop_front() else {
+                    t.error("answer to nothing");
+                    continue;
+                };
+                t.rtt.record(now - at);
+                t.count("answers", 1);
+                if code != 0 {
+                    t.error(wire::code_key(code));
+                }
+            }
+            Ok(Frame::Kicked(reason)) => t.error(Failure::Closed(Some(reason)).key()),
+            Ok(_) => t.count("pushes", 1),
+            Err(f) => t.error(f.key()),
+        }
+    }
+    // Whatever is still in flight never got an answer in time.
+    let now = Instant::now();
+    for at in inflight.borrow_mut().drain(..) {
+        let mut t = tally.borrow_mut();
+        t.rtt.record(now - at);
+        t.error("no answer");
+    }
+    let (wr, wbuf) = writer.await;
+    open.then(|| (rd, wr, reader, wbuf, sent.get().wrapping_add(1).max(2)))
+}
