@@ -31,6 +31,8 @@ pub struct Config {
     pub queues: QueuesConfig,
     /// Queue core pacing and channel bounds.
     pub core: CoreConfig,
+    /// Write-ahead log and snapshots.
+    pub durability: DurabilityConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -182,6 +184,37 @@ pub struct CoreConfig {
     pub inbox_capacity: usize,
     /// Capacity of each core -> loop channel.
     pub loop_channel_capacity: usize,
+}
+
+/// `[durability]`: the queue core's write-ahead log and snapshots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurabilityConfig {
+    /// Directory of the log and snapshots; empty = durability off.
+    pub dir: std::path::PathBuf,
+    /// When the log is fsynced.
+    pub fsync: FsyncPolicy,
+    /// Period of snapshots, seconds.
+    pub snapshot_interval_secs: u64,
+}
+
+impl DurabilityConfig {
+    /// True when a directory is configured.
+    pub fn enabled(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
+}
+
+/// When the write-ahead log is fsynced (see docs/durability.md for what each loses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Before anything that depends on a record leaves the server (group commit).
+    Always,
+    /// At most once a second.
+    Everysec,
+    /// Never (the OS writes back); records still reach the OS before any answer.
+    None,
 }
 
 /// `[log]`.
@@ -361,6 +394,12 @@ impl Config {
         if self.core.loop_channel_capacity < 16 {
             return Err(err("core.loop_channel_capacity", "must be at least 16"));
         }
+        if self.durability.snapshot_interval_secs == 0 {
+            return Err(err(
+                "durability.snapshot_interval_secs",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -527,6 +566,21 @@ mod tests {
         assert_eq!(e.key, "auth.key");
         let e = Config::from_toml_str("[[queues.list]]\nname = \"a b\"\n").unwrap_err();
         assert_eq!(e.key, "queues.list[0].name");
+    }
+
+    #[test]
+    fn durability_is_off_by_default_and_validated() {
+        let c = Config::default();
+        assert!(!c.durability.enabled());
+        assert_eq!(c.durability.fsync, FsyncPolicy::Always);
+        let c = Config::from_toml_str("[durability]\ndir = \"/tmp/q\"\nfsync = \"everysec\"\n")
+            .unwrap();
+        assert!(c.durability.enabled());
+        assert_eq!(c.durability.fsync, FsyncPolicy::Everysec);
+        let e = Config::from_toml_str("[durability]\nfsync = \"sometimes\"\n").unwrap_err();
+        assert_eq!(e.key, "durability.fsync");
+        let e = Config::from_toml_str("[durability]\nsnapshot_interval_secs = 0\n").unwrap_err();
+        assert_eq!(e.key, "durability.snapshot_interval_secs");
     }
 
     #[test]

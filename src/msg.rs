@@ -164,6 +164,9 @@ pub enum ControlReply {
     UnknownQueue,
     /// The request's values cannot be used.
     Invalid(String),
+    /// The core cannot serve this request now (the write-ahead log failed: see
+    /// `queue::durability`); the text says why. Answered 503.
+    Unavailable(String),
 }
 
 /// One admitted player, as returned by `admit`.

@@ -24,7 +24,8 @@ use crate::io_loop::{self, LoopConfig, LoopSetup};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
 use crate::queue::core::{Core, CoreTiming, LoopLink};
-use crate::queue::state::{Limits, QueueState};
+use crate::queue::durability::{self, DurabilityStatus, RecoveryError};
+use crate::queue::state::Limits;
 use crate::stats::LoopStats;
 use crate::token::{TicketVerifier, TokenSigner};
 
@@ -42,6 +43,8 @@ pub enum StartError {
     Keys(String),
     /// A thread or doorbell could not be created.
     Io(std::io::Error),
+    /// The durable queue state cannot be loaded (names the file and offset at fault).
+    Recovery(RecoveryError),
 }
 
 impl std::fmt::Display for StartError {
@@ -50,6 +53,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
             StartError::Keys(e) => write!(f, "keys: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
+            StartError::Recovery(e) => write!(f, "durability: {e}"),
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct ServerHandle {
     pub control_addr: SocketAddr,
     /// Per-loop counters.
     pub stats: Arc<Vec<LoopStats>>,
+    /// The write-ahead log's status (degraded flag, counters), when durability is on.
+    pub durability: Option<Arc<DurabilityStatus>>,
     /// Set while draining.
     draining: Arc<AtomicBool>,
     /// Stops the control thread.
@@ -155,7 +161,9 @@ impl ServerHandle {
     pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         let (signer, generated) = TokenSigner::from_config(&config.tokens)
             .map_err(|e| StartError::Keys(e.to_string()))?;
-        if generated {
+        if generated && config.durability.enabled() {
+            tracing::error!("durability is on but no tokens.key is configured: the generated signing key dies with the process, so after a restart the queue is recovered but every token issued before it fails verification; configure tokens.key");
+        } else if generated {
             tracing::warn!("no tokens.key configured: generated a signing key; admission tokens will not survive a restart");
         }
         let signer = Arc::new(signer);
@@ -166,6 +174,29 @@ impl ServerHandle {
         if config.auth.mode == AuthMode::None {
             tracing::warn!("auth.mode = \"none\": any user_id is accepted (development only)");
         }
+
+        // The queue state (recovered from durability.dir when set) comes first, so a
+        // recovery error fails the start with nothing bound or running.
+        let queues: Vec<(String, u64, f64)> = config
+            .queues
+            .list
+            .iter()
+            .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
+            .collect();
+        let limits = Limits {
+            reconnect_grace_ms: config.server.reconnect_grace_secs * 1000,
+            token_ttl_secs: config.tokens.ttl_secs,
+            auto_create: config.queues.auto_create,
+            auto_max_waiting: config.queues.max_waiting,
+        };
+        let (state, wal) = durability::open(
+            &config.durability,
+            limits,
+            &queues,
+            crate::queue::core::unix_ms(),
+        )
+        .map_err(StartError::Recovery)?;
+        let durability = wal.as_ref().map(|w| w.status());
 
         let n = config.loop_count();
         let listeners = bind_listeners(config.server.listen, n)?;
@@ -244,24 +275,12 @@ impl ServerHandle {
                 }
             })?;
 
-        let queues: Vec<(String, u64, f64)> = config
-            .queues
-            .list
-            .iter()
-            .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
-            .collect();
-        let limits = Limits {
-            reconnect_grace_ms: config.server.reconnect_grace_secs * 1000,
-            token_ttl_secs: config.tokens.ttl_secs,
-            auto_create: config.queues.auto_create,
-            auto_max_waiting: config.queues.max_waiting,
-        };
-        let state = QueueState::new(limits, &queues, rand::random::<u64>());
         let timing = CoreTiming {
             tick: Duration::from_millis(config.core.tick_ms),
             resync: Duration::from_secs(config.core.resync_secs),
         };
-        let core = Core::new(state, signer, core_rx, links, timing, draining.clone());
+        let core =
+            Core::new(state, signer, core_rx, links, timing, draining.clone()).with_durability(wal);
         let core_pin = pin(n);
         let core = std::thread::Builder::new()
             .name("queue-core".into())
@@ -293,6 +312,7 @@ impl ServerHandle {
             player_addr,
             control_addr,
             stats,
+            durability,
             draining,
             control_stop,
             core_tx,

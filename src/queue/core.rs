@@ -8,14 +8,23 @@
 //!   position predates it, and new sessions get positions computed at flush time;
 //! - join answers compute position at flush time, after every op of the round;
 //! - the core blocks only on its inbox (with the tick as timeout) and on a full loop
-//!   channel (back-pressure; loops never block on the core, so this cannot deadlock).
+//!   channel (back-pressure; loops never block on the core, so this cannot deadlock);
+//! - with durability on, every op that changed the state is appended to the log as it is
+//!   applied, and the round is committed (`Durability::commit`: one write, at most one
+//!   fsync) before the flush sends anything, control answers included, so nothing
+//!   leaves the core before its record is as durable as `durability.fsync` promises;
+//! - once the log fails the core is *degraded* for good: it applies nothing more,
+//!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
+//!   failed round's answers, and sets the draining flag (`/healthz` 503).
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::durability::{logged, Durability};
 use super::state::{Applied, Event, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
@@ -85,6 +94,19 @@ pub struct Core {
     timing: CoreTiming,
     /// Set when the server drains (joins are refused by the loops, too).
     draining: Arc<AtomicBool>,
+    /// The write-ahead log and snapshots, when durability is on.
+    durability: Option<Durability>,
+    /// Control answers held until the round is committed.
+    replies: Vec<(Sender<ControlReply>, ControlReply)>,
+    /// The log failed: nothing more is applied (see the module invariants).
+    degraded: bool,
+}
+
+/// The answer to control writes while degraded.
+fn degraded_reply() -> ControlReply {
+    ControlReply::Unavailable(
+        "durability degraded: the write-ahead log failed; restart the server".into(),
+    )
 }
 
 /// Unix time in ms.
@@ -118,7 +140,17 @@ impl Core {
             direct: Vec::new(),
             timing,
             draining,
+            durability: None,
+            replies: Vec::new(),
+            degraded: false,
         }
+    }
+
+    /// Logs every state change to `durability` (from `queue::durability::open`, with
+    /// `state` the state it recovered).
+    pub fn with_durability(mut self, durability: Option<Durability>) -> Core {
+        self.durability = durability;
+        self
     }
 
     /// Runs until [`CoreMsg::Shutdown`] or every sender is gone.
@@ -147,16 +179,87 @@ impl Core {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.apply(&Op::Tick, now_ms);
+                if !self.degraded {
+                    self.apply(&Op::Tick, now_ms);
+                }
                 next_tick = now + self.timing.tick;
             }
             let resync = now >= next_resync;
             if resync {
                 next_resync = now + self.timing.resync;
             }
-            self.flush(now_ms, resync);
+            self.commit(resync);
+            self.flush(now_ms, resync && !self.degraded);
+            self.maybe_snapshot(now);
         }
+        self.commit(false);
         self.flush(unix_ms(), false);
+        if let Some(durability) = self.durability.take() {
+            match durability.close(&self.state) {
+                Ok(()) => tracing::info!("final snapshot written"),
+                Err(e) => {
+                    tracing::error!(error = %e, "no final snapshot; the next start replays the log")
+                }
+            }
+        }
+    }
+
+    /// Commits the round's log records before anything of the round is sent.
+    fn commit(&mut self, resync: bool) {
+        if self.degraded {
+            return;
+        }
+        let Some(durability) = self.durability.as_mut() else {
+            return;
+        };
+        let output = resync
+            || !self.touched.is_empty()
+            || !self.joins.is_empty()
+            || !self.direct.is_empty()
+            || !self.replies.is_empty();
+        if let Err(e) = durability.commit(output) {
+            self.degrade(&e);
+        }
+    }
+
+    /// Takes a periodic snapshot when one is due.
+    fn maybe_snapshot(&mut self, now: Instant) {
+        let Some(durability) = self.durability.as_mut() else {
+            return;
+        };
+        if self.degraded || !durability.snapshot_due(now) {
+            return;
+        }
+        if let Err(e) = durability.snapshot(&self.state) {
+            self.degrade(&e);
+        }
+    }
+
+    /// The log failed: withdraw this round's answers and refuse from now on.
+    fn degrade(&mut self, error: &io::Error) {
+        tracing::error!(%error, "write-ahead log failed: durability degraded; joins, admissions and token checks are refused until a restart");
+        self.degraded = true;
+        if let Some(d) = &self.durability {
+            d.status().degraded.store(true, Ordering::SeqCst);
+        }
+        self.draining.store(true, Ordering::SeqCst);
+        for join in &mut self.joins {
+            if join.outcome.is_ok() {
+                join.outcome = Err(JoinError::ShuttingDown);
+            }
+        }
+        self.direct.clear();
+        for &queue in &self.touched {
+            let delta = &mut self.deltas[queue as usize];
+            delta.departed.clear();
+            delta.inserted.clear();
+        }
+        self.touched.clear();
+        for (_, reply) in &mut self.replies {
+            if !matches!(reply, ControlReply::Stats(_)) {
+                *reply = degraded_reply();
+            }
+        }
     }
 
     /// Applies one message; false on shutdown.
@@ -169,7 +272,7 @@ impl Core {
                 queue,
                 prio,
             } => {
-                let outcome = if self.draining.load(Ordering::Relaxed) {
+                let outcome = if self.degraded || self.draining.load(Ordering::Relaxed) {
                     Err(JoinError::ShuttingDown)
                 } else {
                     let op = Op::Join {
@@ -194,6 +297,7 @@ impl Core {
                     outcome,
                 });
             }
+            CoreMsg::Disconnect { .. } | CoreMsg::Leave { .. } if self.degraded => {}
             CoreMsg::Disconnect { conn, queue, user } => {
                 self.apply(&Op::Disconnect { queue, user, conn }, now_ms);
             }
@@ -202,20 +306,35 @@ impl Core {
             }
             CoreMsg::Control(req, reply) => {
                 let answer = self.control(req, now_ms);
-                // The control thread may have timed out and gone; nothing to do then.
-                let _ = reply.try_send(answer);
+                // Sent at flush, once the round is committed.
+                self.replies.push((reply, answer));
             }
             CoreMsg::Shutdown => return false,
         }
         true
     }
 
-    /// Applies `op` and routes its events; returns the direct result.
+    /// Applies `op`, logs it, and routes its events; returns the direct result.
     fn apply(&mut self, op: &Op, now_ms: u64) -> Applied {
+        self.apply_collect(op, now_ms, None)
+    }
+
+    /// Like [`Core::apply`], also collecting admissions into `admitted`.
+    fn apply_collect(
+        &mut self,
+        op: &Op,
+        now_ms: u64,
+        mut admitted: Option<&mut Vec<AdmittedUser>>,
+    ) -> Applied {
         let applied = self.state.apply(op, now_ms, &mut self.events);
+        if let Some(durability) = self.durability.as_mut() {
+            if logged(&applied) {
+                durability.append(op, now_ms);
+            }
+        }
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
-            self.route(event, None);
+            self.route(event, admitted.as_deref_mut());
         }
         self.events = events;
         applied
@@ -292,6 +411,9 @@ impl Core {
 
     fn control(&mut self, req: ControlReq, now_ms: u64) -> ControlReply {
         let id = |state: &QueueState, name: &str| state.queue_id(name);
+        if self.degraded && req != ControlReq::Stats {
+            return degraded_reply();
+        }
         let applied = match req {
             ControlReq::Admit { queue, count } => {
                 let Some(queue) = id(&self.state, &queue) else {
@@ -301,13 +423,7 @@ impl Core {
                     return ControlReply::Invalid(format!("count must be at most {ADMIT_MAX}"));
                 }
                 let mut list = Vec::new();
-                self.state
-                    .apply(&Op::Admit { queue, count }, now_ms, &mut self.events);
-                let mut events = std::mem::take(&mut self.events);
-                for event in events.drain(..) {
-                    self.route(event, Some(&mut list));
-                }
-                self.events = events;
+                self.apply_collect(&Op::Admit { queue, count }, now_ms, Some(&mut list));
                 return ControlReply::Admitted(list);
             }
             ControlReq::SetRate { queue, per_second } => match id(&self.state, &queue) {
@@ -431,6 +547,10 @@ impl Core {
         let direct = std::mem::take(&mut self.direct);
         for (loop_id, event) in direct {
             self.send(loop_id, event);
+        }
+        for (reply, answer) in self.replies.drain(..) {
+            // The control thread may have timed out and gone; nothing to do then.
+            let _ = reply.try_send(answer);
         }
         for (loop_id, rung) in self.rung.iter_mut().enumerate() {
             if std::mem::take(rung) {

@@ -3,9 +3,14 @@
 //! - [`rank`]: one lane, arrival order with O(log n) exact rank;
 //! - [`pacing`]: automatic admission (rate, capacity, pause) and the measured rate;
 //! - [`state`]: the state machine over serializable [`state::Op`]s;
-//! - [`core`]: the queue core thread: drains, applies, flushes batches to the loops.
+//! - [`core`]: the queue core thread: drains, applies, flushes batches to the loops;
+//! - [`durability`]: recovery at start, fsync policy, snapshots, degraded status, over
+//!   [`wal`] (the append-only log of ops) and [`snapshot`] (the whole state, atomically).
 
 pub mod core;
+pub mod durability;
 pub mod pacing;
 pub mod rank;
+pub mod snapshot;
 pub mod state;
+pub mod wal;

@@ -41,6 +41,16 @@ impl Pacer {
         });
     }
 
+    /// Fractional admissions earned but not yet taken (for snapshots).
+    pub fn credit(&self) -> f64 {
+        self.credit
+    }
+
+    /// Restores the credit saved by a snapshot.
+    pub fn set_credit(&mut self, credit: f64) {
+        self.credit = credit;
+    }
+
     /// A token of this queue was used: that player is now online.
     pub fn token_used(&mut self) {
         if let Some(c) = &mut self.capacity {
@@ -107,6 +117,20 @@ impl RateMeter {
         }
         slot.1 += n;
         self.first_sec.get_or_insert(sec);
+    }
+
+    /// The raw history (for snapshots): per-second buckets and the first second.
+    pub fn parts(&self) -> (&[(u64, u64)], Option<u64>) {
+        (&self.buckets, self.first_sec)
+    }
+
+    /// A meter with this history (from a snapshot); `buckets` holds one entry per
+    /// second of the window, as [`RateMeter::parts`] gave them.
+    pub fn from_parts(buckets: &[(u64, u64)], first_sec: Option<u64>) -> Option<RateMeter> {
+        Some(RateMeter {
+            buckets: buckets.try_into().ok()?,
+            first_sec,
+        })
     }
 
     /// Admissions per second over the last minute (or since the first admission, if

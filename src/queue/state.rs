@@ -1,7 +1,8 @@
 //! The queue state machine: every queue, the user index, admission pacing and issued
 //! admission grants. `apply(op, now) -> events`, nothing else: no sockets, no threads,
-//! no clock of its own, no randomness, so it can be tested against a model and, later,
-//! replayed from a write-ahead log of [`Op`]s.
+//! no clock of its own, no randomness, so it can be tested against a model and replayed
+//! from a write-ahead log of [`Op`]s (`queue::wal`); [`codec`] turns ops and the whole
+//! state into bytes, canonically, so equal states give equal snapshots.
 //!
 //! Invariants:
 //! - a (queue, user) pair holds at most one place, and a place is in exactly one lane;
@@ -89,6 +90,9 @@ pub enum Op {
     },
     /// Housekeeping: automatic admission, grace and grant expiry.
     Tick,
+    /// The server restarted from its log: every place lost its connection and keeps
+    /// its position for a fresh reconnect grace period from now.
+    Restart,
 }
 
 /// What an op did to the outside world; the core thread routes these.
@@ -279,6 +283,59 @@ impl Queue {
     }
 }
 
+/// What [`QueueState::dump`] shows: equal dumps mean equal observable state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dump {
+    /// Prefix of every `jti` this state issues.
+    pub jti_prefix: u64,
+    /// Next grant number.
+    pub next_jti: u64,
+    /// Queues by id.
+    pub queues: Vec<QueueDump>,
+    /// Unused grants, by (queue, user).
+    pub grants: Vec<GrantDump>,
+    /// Used `jti`s with their `exp`, sorted.
+    pub used: Vec<(String, u64)>,
+}
+
+/// One queue in a [`Dump`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueDump {
+    /// Name.
+    pub name: String,
+    /// Most players waiting.
+    pub max_waiting: u64,
+    /// Automatic admission rate.
+    pub rate_per_s: f64,
+    /// Automatic admission paused.
+    pub paused: bool,
+    /// Last capacity report: (online, capacity, used since).
+    pub capacity: Option<(u64, u64, u64)>,
+    /// Players in order: (user, priority lane).
+    pub waiting: Vec<(UserId, bool)>,
+    /// Players admitted.
+    pub admitted_total: u64,
+    /// Players who left.
+    pub left_total: u64,
+    /// Grants neither used nor expired.
+    pub unused_grants: u64,
+}
+
+/// One unused grant in a [`Dump`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrantDump {
+    /// Queue name.
+    pub queue: String,
+    /// Player.
+    pub user: UserId,
+    /// The token's `jti`.
+    pub jti: String,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Expires at, unix seconds.
+    pub exp: u64,
+}
+
 /// Every queue and everything about the players in them.
 #[derive(Debug)]
 pub struct QueueState {
@@ -436,6 +493,95 @@ impl QueueState {
                 self.tick(now_ms, out);
                 Applied::Ok
             }
+            Op::Restart => {
+                self.restart(now_ms);
+                Applied::Ok
+            }
+        }
+    }
+
+    /// Every place enters reconnect grace until `now_ms` + grace, in queue order; the
+    /// downtime earns no admission credit.
+    fn restart(&mut self, now_ms: u64) {
+        let deadline = now_ms + self.limits.reconnect_grace_ms;
+        self.grace.clear();
+        for (id, q) in self.queues.iter().enumerate() {
+            let id = id as QueueId;
+            for (key, user) in q.iter() {
+                let place = self.places.get_mut(&(id, user)).expect("indexed place");
+                place.conn = None;
+                place.grace_deadline_ms = deadline;
+                self.grace.push_back((deadline, id, user, key));
+            }
+        }
+        self.last_tick_ms = now_ms;
+    }
+
+    /// Lays the configured queues over a restored state: queues the config names and
+    /// the state lacks are added (with the configured rate); configured queues take the
+    /// configured `max_waiting`. Rates, pauses and capacity reports set at run time are
+    /// kept. Returns how many queues were added.
+    pub fn configure_queues(&mut self, queues: &[(String, u64, f64)]) -> usize {
+        let mut added = 0;
+        for (name, max_waiting, rate) in queues {
+            match self.names.get(name) {
+                Some(&id) => self.queues[id as usize].max_waiting = *max_waiting,
+                None => {
+                    let id = self.create_queue(name.clone(), *max_waiting);
+                    self.queues[id as usize].pacer.rate_per_s = *rate;
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
+    /// A comparable picture of everything a player or login server can observe: queues
+    /// in order with their users and lanes, settings, counters, unused grants and used
+    /// `jti`s. Connections and grace deadlines are left out (a restart resets them).
+    pub fn dump(&self) -> Dump {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| QueueDump {
+                name: q.name.clone(),
+                max_waiting: q.max_waiting,
+                rate_per_s: q.pacer.rate_per_s,
+                paused: q.pacer.paused,
+                capacity: q
+                    .pacer
+                    .capacity
+                    .map(|c| (c.online, c.capacity, c.used_since)),
+                waiting: q
+                    .iter()
+                    .map(|(key, user)| (user, split_key(key).0))
+                    .collect(),
+                admitted_total: q.admitted_total,
+                left_total: q.left_total,
+                unused_grants: q.unused_grants,
+            })
+            .collect();
+        let mut grants: Vec<GrantDump> = self
+            .grants
+            .iter()
+            .map(|(&(queue, user), g)| GrantDump {
+                queue: self.queues[queue as usize].name.clone(),
+                user,
+                jti: self.jti_text(g.jti),
+                iat: g.iat,
+                exp: g.exp,
+            })
+            .collect();
+        grants.sort_by(|a, b| (&a.queue, a.user).cmp(&(&b.queue, b.user)));
+        let mut used: Vec<(String, u64)> =
+            self.used.iter().map(|(j, &exp)| (j.clone(), exp)).collect();
+        used.sort();
+        Dump {
+            jti_prefix: self.jti_prefix,
+            next_jti: self.next_jti,
+            queues,
+            grants,
+            used,
         }
     }
 
@@ -618,6 +764,8 @@ impl QueueState {
         }
     }
 }
+
+pub mod codec;
 
 #[cfg(test)]
 mod tests;
