@@ -231,6 +231,8 @@ pub struct Durability {
     writer: snapshot::Writer,
     /// Records appended and not yet counted in `status`.
     appended: u64,
+    /// Size of the last snapshot, to size the next one's buffer in one allocation.
+    snapshot_bytes: usize,
     /// The log failed once: nothing more is written.
     failed: bool,
     /// The directory lock, held for the life of this value.
@@ -297,6 +299,7 @@ pub fn open(
         last_sync: Instant::now(),
         writer,
         appended: 0,
+        snapshot_bytes: payload.len(),
         failed: false,
         _lock: lock,
     };
@@ -379,8 +382,9 @@ impl Durability {
             self.failed = true;
         }
         let next_gen = result?;
-        let mut payload = Vec::new();
+        let mut payload = Vec::with_capacity(self.snapshot_bytes + self.snapshot_bytes / 4);
         state.encode_snapshot(&mut payload);
+        self.snapshot_bytes = payload.len();
         self.writer.submit(payload, next_gen);
         Ok(())
     }
