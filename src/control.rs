@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::msg::{ControlReply, ControlReq, CoreMsg, QueueStats};
+use crate::queue::durability::DurabilityStatus;
 use crate::stats::LoopStats;
 use crate::token::TokenSigner;
 
@@ -60,6 +61,8 @@ pub struct ControlContext {
     pub loops: Arc<Vec<LoopStats>>,
     /// Set while the server drains: `/healthz` answers 503.
     pub draining: Arc<AtomicBool>,
+    /// The write-ahead log's status when durability is on (degraded flag, counters).
+    pub durability: Option<Arc<DurabilityStatus>>,
     /// Bearer key for `/v1/` calls; empty = no auth.
     pub api_key: String,
 }
@@ -303,7 +306,13 @@ fn answer(ctx: &ControlContext, request: &mut Request) -> Reply {
     }
     match route {
         Route::Healthz => {
-            if ctx.draining.load(Ordering::Acquire) {
+            if ctx
+                .durability
+                .as_ref()
+                .is_some_and(|d| d.degraded.load(Ordering::Acquire))
+            {
+                Reply::text(503, TEXT, "durability degraded")
+            } else if ctx.draining.load(Ordering::Acquire) {
                 Reply::text(503, TEXT, "draining")
             } else {
                 Reply::text(200, TEXT, "ok")
@@ -318,7 +327,8 @@ fn answer(ctx: &ControlContext, request: &mut Request) -> Reply {
                 ));
                 #[cfg(not(feature = "count-alloc"))]
                 let alloc = None;
-                let text = crate::metrics::render(&ctx.loops, &queues, alloc);
+                let text =
+                    crate::metrics::render(&ctx.loops, &queues, ctx.durability.as_deref(), alloc);
                 Reply::text(200, crate::metrics::CONTENT_TYPE, text)
             }
             Ok(other) => core_error(other),
@@ -383,6 +393,7 @@ fn core_error(reply: ControlReply) -> Reply {
     match reply {
         ControlReply::UnknownQueue => Reply::error(404, "unknown queue"),
         ControlReply::Invalid(reason) => Reply::error(400, &reason),
+        ControlReply::Unavailable(reason) => Reply::error(503, &reason),
         other => {
             tracing::error!(reply = ?other, "unexpected core answer to a control request");
             Reply::error(500, "unexpected core answer")
@@ -775,6 +786,7 @@ mod tests {
             core: core_tx.clone(),
             signer: signer.clone(),
             loops: Arc::new(loops),
+            durability: None,
             draining: draining.clone(),
             api_key: api_key.to_string(),
         };

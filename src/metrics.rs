@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::msg::QueueStats;
+use crate::queue::durability::DurabilityStatus;
 use crate::stats::LoopStats;
 
 /// The `Content-Type` of [`render`]'s output (what `prometheus-client` documents for it).
@@ -49,9 +50,15 @@ fn gauges(registry: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&Ga
     registry.register(name, help, family);
 }
 
-/// The whole exposition (ending in `# EOF`) for these loop counters, queue counters and,
-/// when the counting allocator is built in, its `(allocations, allocated bytes)`.
-pub fn render(loops: &[LoopStats], queues: &[QueueStats], alloc: Option<(u64, u64)>) -> String {
+/// The whole exposition (ending in `# EOF`) for these loop counters, queue counters,
+/// the write-ahead log's status when durability is on and, when the counting allocator
+/// is built in, its `(allocations, allocated bytes)`.
+pub fn render(
+    loops: &[LoopStats],
+    queues: &[QueueStats],
+    durability: Option<&DurabilityStatus>,
+    alloc: Option<(u64, u64)>,
+) -> String {
     let mut registry = Registry::default();
     let core = |i: usize| [("core", i.to_string())];
     let queue = |q: &QueueStats| [("queue", q.name.clone())];
@@ -155,6 +162,34 @@ pub fn render(loops: &[LoopStats], queues: &[QueueStats], alloc: Option<(u64, u6
         rate,
     );
 
+    if let Some(d) = durability {
+        let degraded = Gauge::<i64>::default();
+        degraded.set(i64::from(d.degraded.load(Ordering::Relaxed)));
+        registry.register(
+            "queue_durability_degraded",
+            "1 after a log write or fsync failed: joins and admissions are refused until restart",
+            degraded,
+        );
+        for (name, help, value) in [
+            (
+                "queue_wal_records",
+                "Write-ahead log records appended",
+                &d.records,
+            ),
+            ("queue_wal_fsyncs", "Write-ahead log fsyncs", &d.syncs),
+            ("queue_snapshots", "Snapshots written", &d.snapshots),
+            (
+                "queue_snapshot_errors",
+                "Snapshots that failed",
+                &d.snapshot_errors,
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(value.load(Ordering::Relaxed));
+            registry.register(name, help, c);
+        }
+    }
+
     if let Some((allocations, bytes)) = alloc {
         let c = Counter::<u64>::default();
         c.inc_by(allocations);
@@ -207,7 +242,7 @@ mod tests {
         LoopStats::add(&loops[0].pushes, 50);
         LoopStats::add(&loops[1].errors, 1);
         let queues = [queue("default", 12, 2.5, false), queue("w-1", 0, 0.0, true)];
-        let text = render(&loops, &queues, Some((7, 4096)));
+        let text = render(&loops, &queues, None, Some((7, 4096)));
         for line in [
             "# TYPE queue_connections gauge",
             "queue_connections{core=\"0\"} 3",
@@ -243,7 +278,7 @@ mod tests {
     #[test]
     fn no_allocator_no_queues() {
         let loops = [LoopStats::default()];
-        let text = render(&loops, &[], None);
+        let text = render(&loops, &[], None, None);
         assert!(text.contains("queue_connections{core=\"0\"} 0"), "{text}");
         assert!(!text.contains("queue_server_allocations"), "{text}");
         assert!(!text.contains("queue=\""), "{text}");

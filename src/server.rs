@@ -265,6 +265,7 @@ impl ServerHandle {
             signer: signer.clone(),
             loops: stats.clone(),
             draining: draining.clone(),
+            durability: durability.clone(),
             api_key: config.control.api_key.clone(),
         };
         let (control_addr, control) =

@@ -224,9 +224,11 @@ fn failed_fsync_refuses_joins_and_admissions_until_restart() {
         "/v1/queues/default/admit",
         Some(json!({ "count": 1 })),
     );
-    assert!(code >= 500, "{code} {body}");
-    let (code, _) = s.http("GET", "/healthz", None);
-    assert_eq!(code, 503);
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = common::http_text(s.control, "GET", "/healthz", None, None);
+    assert_eq!((code, body.as_str()), (503, "durability degraded"));
+    let (_, metrics) = common::http_text(s.control, "GET", "/metrics", None, None);
+    assert!(metrics.contains("queue_durability_degraded 1"), "{metrics}");
     let mut c3 = s.client();
     assert_eq!(c3.login(3)["code"], 9);
     drop(s);
