@@ -156,6 +156,8 @@ pub struct QueuesConfig {
     pub auto_create: bool,
     /// `max_waiting` of auto-created queues.
     pub max_waiting: u64,
+    /// Most queues in all; auto-creation stops there.
+    pub max_queues: usize,
     /// Queues that exist from the start.
     pub list: Vec<QueueConfig>,
 }
@@ -375,6 +377,12 @@ impl Config {
                     "must be in 0..=1000000",
                 ));
             }
+        }
+        if self.queues.max_queues < self.queues.list.len().max(1) {
+            return Err(err(
+                "queues.max_queues",
+                "must be at least 1 and at least the number of configured queues",
+            ));
         }
         if self.queues.list.is_empty() && !self.queues.auto_create {
             return Err(err(

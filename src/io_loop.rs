@@ -123,6 +123,18 @@ pub struct LoopSetup {
     pub fallback: bool,
 }
 
+/// What a loop knows of one queue.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueueView {
+    /// Players waiting, as last reported.
+    len: u64,
+    /// Measured admission rate, players/s.
+    rate_per_s: f64,
+    /// Upper bound of the keys of this loop's waiting sessions in the queue (exact
+    /// after each scan, only ever raised between scans); `None` = no session here.
+    max_key: Option<crate::msg::PlaceKey>,
+}
+
 /// A slot of the session table.
 struct Slot {
     /// Bumped each time the slot is reused.
@@ -159,8 +171,8 @@ pub struct Shard {
     pub limits: Arc<ConnLimits>,
     /// Server drains.
     draining: Arc<AtomicBool>,
-    /// Per queue: (players waiting, measured admit rate), from rank batches.
-    queues: RefCell<Vec<(u64, f64)>>,
+    /// Per queue: what this loop knows of it, from rank batches and join answers.
+    queues: RefCell<Vec<QueueView>>,
     /// Sessions with a deferred position push.
     pending_push: RefCell<Vec<SessionId>>,
     /// Wakes the push flusher.
@@ -249,16 +261,38 @@ impl Shard {
         self.queues
             .borrow()
             .get(queue as usize)
-            .copied()
-            .unwrap_or((0, 0.0))
+            .map_or((0, 0.0), |v| (v.len, v.rate_per_s))
+    }
+
+    fn with_queue_view<R>(&self, queue: QueueId, f: impl FnOnce(&mut QueueView) -> R) -> R {
+        let mut queues = self.queues.borrow_mut();
+        if queues.len() <= queue as usize {
+            queues.resize(queue as usize + 1, QueueView::default());
+        }
+        f(&mut queues[queue as usize])
     }
 
     fn set_queue_view(&self, queue: QueueId, len: u64, rate: f64) {
-        let mut queues = self.queues.borrow_mut();
-        if queues.len() <= queue as usize {
-            queues.resize(queue as usize + 1, (0, 0.0));
-        }
-        queues[queue as usize] = (len, rate);
+        self.with_queue_view(queue, |v| {
+            v.len = len;
+            v.rate_per_s = rate;
+        });
+    }
+
+    /// True when some change in `delta` lies ahead of a waiting session of this loop,
+    /// i.e. the batch can move someone here (departures and insertions behind every
+    /// local session, the common churn at the tail, move nobody).
+    fn moves_someone(&self, delta: &crate::msg::QueueDelta) -> bool {
+        let Some(max) = self
+            .queues
+            .borrow()
+            .get(delta.queue as usize)
+            .and_then(|v| v.max_key)
+        else {
+            return false;
+        };
+        delta.departed.first().is_some_and(|&k| k < max)
+            || delta.inserted.first().is_some_and(|&k| k < max)
     }
 
     /// Sends to the core without blocking; keeps order through the backlog.
@@ -389,13 +423,13 @@ impl Shard {
                 for delta in &batch.queues {
                     self.set_queue_view(delta.queue, delta.queue_len, delta.rate_per_s);
                 }
-                if batch
-                    .queues
-                    .iter()
-                    .all(|d| d.departed.is_empty() && d.inserted.is_empty())
-                {
-                    // Only appends: nobody's position moved.
+                if !batch.queues.iter().any(|d| self.moves_someone(d)) {
+                    // Only appends, or changes behind everyone here: nobody moves.
                     return true;
+                }
+                // The scan also recomputes the exact largest key per queue.
+                for delta in &batch.queues {
+                    self.with_queue_view(delta.queue, |v| v.max_key = None);
                 }
                 let now = Instant::now();
                 self.for_each_session(|s| {
@@ -405,7 +439,11 @@ impl Shard {
                     let Some(delta) = batch.queues.iter().find(|d| d.queue == s.queue.get()) else {
                         return;
                     };
-                    let shift = delta.shift(s.key.get());
+                    let key = s.key.get();
+                    self.with_queue_view(delta.queue, |v| {
+                        v.max_key = Some(v.max_key.map_or(key, |m| m.max(key)));
+                    });
+                    let shift = delta.shift(key);
                     if shift != 0 {
                         s.position
                             .set(s.position.get().saturating_add_signed(shift));
@@ -515,6 +553,9 @@ impl Shard {
                     self.send_admitted(&s, &token, expires_at);
                 } else {
                     s.key.set(ok.key);
+                    self.with_queue_view(ok.queue, |v| {
+                        v.max_key = Some(v.max_key.map_or(ok.key, |m| m.max(ok.key)));
+                    });
                     s.holds_place.set(true);
                     s.position.set(ok.position);
                     s.pushed_position.set(ok.position);

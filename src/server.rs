@@ -188,6 +188,7 @@ impl ServerHandle {
             token_ttl_secs: config.tokens.ttl_secs,
             auto_create: config.queues.auto_create,
             auto_max_waiting: config.queues.max_waiting,
+            max_queues: config.queues.max_queues,
         };
         let (state, wal) = durability::open(
             &config.durability,

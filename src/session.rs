@@ -435,7 +435,9 @@ fn handle_frame(shard: &Rc<Shard>, session: &Rc<Session>, body: &[u8]) {
         },
         (Cmd::Position, _) => session.send_position(shard, req.seq),
         (Cmd::Leave, _) => {
-            if phase == Phase::Waiting {
+            // Also once admitted: the player gives the unused token up (it stops
+            // counting against capacity, and cannot be used any more).
+            if matches!(phase, Phase::Waiting | Phase::Admitted) {
                 shard.to_core(CoreMsg::Leave {
                     conn: shard.conn(session.id),
                     queue: session.queue.get(),

@@ -38,6 +38,7 @@ fn dump(dir: &Path) -> Dump {
         token_ttl_secs: c.tokens.ttl_secs,
         auto_create: c.queues.auto_create,
         auto_max_waiting: c.queues.max_waiting,
+        max_queues: c.queues.max_queues,
     };
     durability::recover(dir, limits)
         .expect("loads")

@@ -525,3 +525,104 @@ fn a_half_closed_client_still_gets_every_answer() {
     // The player disconnected without `leave`: the place is kept for the grace period.
     assert_eq!(s.queue_stats("default")["waiting"], 1);
 }
+
+#[test]
+fn duplicate_login_after_admission_kicks_the_older_connection() {
+    let s = start(FAST);
+    let (mut a, _) = s.player(7);
+    admit(&s, 1);
+    let token = a.next_cmd("admitted")["data"]["token"].clone();
+    let (mut b, again) = s.player(7);
+    assert_eq!(again["data"]["state"], "admitted");
+    assert_eq!(again["data"]["resumed"], true);
+    assert_eq!(b.next_cmd("admitted")["data"]["token"], token);
+    let kicked = a.next_cmd("kicked");
+    assert_eq!(kicked["data"]["reason"], "duplicate_login");
+    a.expect_closed();
+}
+
+#[test]
+fn leave_after_admission_frees_capacity_and_voids_the_token() {
+    let s = start(FAST);
+    let (mut a, _) = s.player(1);
+    let (mut b, _) = s.player(2);
+    s.http(
+        "PUT",
+        "/v1/queues/default/capacity",
+        Some(json!({"online": 0, "capacity": 1})),
+    );
+    let token = a.next_cmd("admitted")["data"]["token"].clone();
+    // A gives up: its slot goes to B.
+    assert_eq!(a.request("leave", 5, json!({}))["code"], 0);
+    b.next_cmd("admitted");
+    let (_, v) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": token})));
+    assert_eq!(v["valid"], false, "{v}");
+}
+
+/// Random leaves, admissions, joins and reconnects over two loops; afterwards every
+/// connected player's own view converges to the exact position of a plain model.
+#[test]
+fn random_churn_over_two_loops_keeps_exact_positions() {
+    let s = start_cores(FAST, 2);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut order: Vec<u64> = Vec::new();
+    let mut clients: std::collections::HashMap<u64, common::Client> = Default::default();
+    for user in 0..40u64 {
+        clients.insert(user, s.player(user).0);
+        order.push(user);
+    }
+    let mut new_user = 100u64;
+    for _ in 0..60 {
+        match next() % 4 {
+            0 if !order.is_empty() => {
+                let user = order.remove((next() % order.len() as u64) as usize);
+                let mut c = clients.remove(&user).unwrap();
+                assert_eq!(c.request("leave", 9, json!({}))["code"], 0);
+            }
+            1 => {
+                let n = next() % 3;
+                admit(&s, n);
+                for user in order.drain(..(n as usize).min(order.len())) {
+                    clients.remove(&user).unwrap().next_cmd("admitted");
+                }
+            }
+            2 if !order.is_empty() => {
+                // Drop the connection and log in again: same place.
+                let user = order[(next() % order.len() as u64) as usize];
+                drop(clients.remove(&user));
+                let (c, again) = s.player(user);
+                assert_eq!(again["data"]["resumed"], true);
+                clients.insert(user, c);
+            }
+            _ => {
+                clients.insert(new_user, s.player(new_user).0);
+                order.push(new_user);
+                new_user += 1;
+            }
+        }
+    }
+    for (i, user) in order.iter().enumerate() {
+        let c = clients.get_mut(user).unwrap();
+        let deadline = std::time::Instant::now() + common::WAIT;
+        loop {
+            let v = c.request("position", 7, json!({}));
+            // Both converge (a batch that only appends changes queue_len alone).
+            if v["data"]["position"] == i as u64 + 1 && v["data"]["queue_len"] == order.len() as u64
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "user {user}: {v}, want {}",
+                i + 1
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}

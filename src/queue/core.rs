@@ -17,6 +17,7 @@
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use super::durability::{logged, Durability};
 use super::state::{Applied, Event, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
-    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
-    QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
+    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, KickReason,
+    LoopEvent, QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
 };
 use crate::token::TokenSigner;
 
@@ -92,6 +93,10 @@ pub struct Core {
     direct: Vec<(usize, LoopEvent)>,
     /// Timing.
     timing: CoreTiming,
+    /// The connection of each admitted player whose token is unused, so a second
+    /// login kicks the first one as it would while waiting (connections die with the
+    /// process: this is not part of the durable state). Pruned on resync.
+    admitted_conns: HashMap<(QueueId, UserId), ConnRef>,
     /// Set when the server drains (joins are refused by the loops, too).
     draining: Arc<AtomicBool>,
     /// The write-ahead log and snapshots, when durability is on.
@@ -139,6 +144,7 @@ impl Core {
             joins: Vec::new(),
             direct: Vec::new(),
             timing,
+            admitted_conns: HashMap::new(),
             draining,
             durability: None,
             replies: Vec::new(),
@@ -284,6 +290,9 @@ impl Core {
                     match self.apply(&op, now_ms) {
                         Applied::Joined { queue, resumed } => {
                             self.touch(queue);
+                            if self.state.grant(queue, user).is_some() {
+                                self.admitted_login(queue, user, conn);
+                            }
                             Ok((queue, user, resumed))
                         }
                         Applied::JoinFailed(e) => Err(e),
@@ -368,6 +377,7 @@ impl Core {
                     });
                 }
                 if let Some(conn) = conn {
+                    self.admitted_conns.insert((queue, user), conn);
                     self.direct.push((
                         conn.loop_id as usize,
                         LoopEvent::Admitted {
@@ -384,6 +394,22 @@ impl Core {
                     LoopEvent::Kick {
                         session: conn.session,
                         reason,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// An admitted player logged in again: the newest connection holds the admission,
+    /// an older one still open is kicked `duplicate_login`.
+    fn admitted_login(&mut self, queue: QueueId, user: UserId, conn: ConnRef) {
+        if let Some(old) = self.admitted_conns.insert((queue, user), conn) {
+            if old != conn {
+                self.direct.push((
+                    old.loop_id as usize,
+                    LoopEvent::Kick {
+                        session: old.session,
+                        reason: KickReason::DuplicateLogin,
                     },
                 ));
             }
@@ -516,6 +542,9 @@ impl Core {
             }
         }
         if resync {
+            let state = &self.state;
+            self.admitted_conns
+                .retain(|&(queue, user), _| state.grant(queue, user).is_some());
             let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
             for (id, q) in self.state.queues().iter().enumerate() {
                 for (i, (_, user)) in q.iter().enumerate() {

@@ -49,8 +49,16 @@ pub struct Lane {
 }
 
 impl Default for Lane {
+    /// An empty lane holding no memory until its first player (auto-created queues
+    /// cost nothing until used).
     fn default() -> Self {
-        Lane::with_capacity(MIN_CAPACITY)
+        Lane {
+            head: 0,
+            tail: 0,
+            slots: Vec::new(),
+            tree: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -109,6 +117,7 @@ impl Lane {
         if (self.tail - self.head) as usize == self.slots.len() {
             self.grow();
         }
+        debug_assert!(!self.slots.is_empty());
         let seq = self.tail;
         let index = (seq & self.mask()) as usize;
         debug_assert!(self.slots[index].is_none());
@@ -122,6 +131,12 @@ impl Lane {
     /// Doubles the ring, re-laying the live range and rebuilding the tree in O(n).
     fn grow(&mut self) {
         let mut next = Lane::with_capacity(self.slots.len() * 2);
+        if self.slots.is_empty() {
+            next.head = self.head;
+            next.tail = self.tail;
+            *self = next;
+            return;
+        }
         next.head = self.head;
         next.tail = self.tail;
         next.len = self.len;
@@ -191,7 +206,8 @@ impl Lane {
 
     /// Present players in order: (seq, user).
     pub fn iter(&self) -> impl Iterator<Item = (u64, UserId)> + '_ {
-        let mask = self.mask();
+        // An empty lane may hold no ring at all (then head == tail and nothing is read).
+        let mask = (self.slots.len() as u64).wrapping_sub(1);
         (self.head..self.tail)
             .filter_map(move |seq| self.slots[(seq & mask) as usize].map(|u| (seq, u)))
     }

@@ -169,6 +169,9 @@ pub struct Limits {
     pub auto_create: bool,
     /// `max_waiting` of auto-created queues.
     pub auto_max_waiting: u64,
+    /// Most queues in all: auto-creation stops there (a stranger inventing queue
+    /// names must not grow the server without bound).
+    pub max_queues: usize,
 }
 
 /// A place in a queue.
@@ -450,6 +453,10 @@ impl QueueState {
                 if holds {
                     self.depart(*queue, *user, out);
                     self.queues[*queue as usize].left_total += 1;
+                } else if !self.places.contains_key(&(*queue, *user)) {
+                    // Admitted before the `leave` reached us: the player gives up the
+                    // unused token too, so it stops counting against capacity.
+                    self.withdraw_grant(*queue, *user);
                 }
                 Applied::Ok
             }
@@ -595,7 +602,10 @@ impl QueueState {
     ) -> Applied {
         let queue = match self.names.get(name) {
             Some(&id) => id,
-            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
+            None if self.limits.auto_create
+                && self.queues.len() < self.limits.max_queues
+                && crate::config::valid_queue_name(name) =>
+            {
                 self.create_queue(name.to_string(), self.limits.auto_max_waiting)
             }
             None => return Applied::JoinFailed(JoinError::UnknownQueue),
@@ -690,6 +700,18 @@ impl QueueState {
             self.queues[queue as usize].meter.record(now_ms, admitted);
         }
         admitted
+    }
+
+    /// Cancels the unused grant of `user`, if any: its `jti` is marked used.
+    fn withdraw_grant(&mut self, queue: QueueId, user: UserId) {
+        let Some(grant) = self.grants.remove(&(queue, user)) else {
+            return;
+        };
+        self.issued.remove(&grant.jti);
+        self.queues[queue as usize].unused_grants -= 1;
+        let jti = self.jti_text(grant.jti);
+        self.used.insert(jti.clone(), grant.exp);
+        self.used_expiry.push_back((grant.exp, jti));
     }
 
     fn consume(&mut self, jti: &str, exp: u64) -> Applied {

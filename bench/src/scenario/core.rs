@@ -91,6 +91,7 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
         token_ttl_secs: 300,
         auto_create: false,
         auto_max_waiting: users,
+        max_queues: 1000,
     };
     let rss0 = rss_bytes();
     let mut state = QueueState::new(limits, &[("default".to_string(), users, 0.0)], 0x5eed);

@@ -14,6 +14,7 @@ fn limits() -> Limits {
         token_ttl_secs: 30,
         auto_create: true,
         auto_max_waiting: 40,
+        max_queues: 1000,
     }
 }
 

@@ -15,6 +15,7 @@ fn limits() -> Limits {
         token_ttl_secs: 300,
         auto_create: false,
         auto_max_waiting: 10,
+        max_queues: 1000,
     }
 }
 
@@ -455,4 +456,64 @@ fn ops_serialize_for_a_log() {
     let text = serde_json::to_string(&op).unwrap();
     let back: Op = serde_json::from_str(&text).unwrap();
     assert_eq!(back, op);
+}
+
+#[test]
+fn auto_create_stops_at_max_queues() {
+    let mut l = limits();
+    l.auto_create = true;
+    l.max_queues = 2;
+    let mut s = QueueState::new(l, &[("q".into(), 10, 0.0)], 7);
+    let mut out = Vec::new();
+    let join = |queue: &str| Op::Join {
+        queue: queue.into(),
+        user: 1,
+        prio: false,
+        conn: conn(1),
+    };
+    assert!(matches!(
+        s.apply(&join("a"), 0, &mut out),
+        Applied::Joined { .. }
+    ));
+    assert_eq!(
+        s.apply(&join("b"), 0, &mut out),
+        Applied::JoinFailed(JoinError::UnknownQueue)
+    );
+    assert_eq!(s.queues().len(), 2);
+}
+
+#[test]
+fn leave_after_admission_gives_the_token_up() {
+    let mut s = state();
+    let mut out = Vec::new();
+    let c = conn(1);
+    s.apply(
+        &Op::Join {
+            queue: "q".into(),
+            user: 5,
+            prio: false,
+            conn: c,
+        },
+        0,
+        &mut out,
+    );
+    s.apply(&Op::Admit { queue: 0, count: 1 }, 0, &mut out);
+    let grant = s.grant(0, 5).expect("granted");
+    assert_eq!(s.queues()[0].unused_grants, 1);
+    s.apply(
+        &Op::Leave {
+            queue: 0,
+            user: 5,
+            conn: c,
+        },
+        0,
+        &mut out,
+    );
+    assert_eq!(s.grant(0, 5), None);
+    assert_eq!(s.queues()[0].unused_grants, 0);
+    let consume = Op::ConsumeJti {
+        jti: s.jti_text(grant.jti),
+        exp: grant.exp,
+    };
+    assert_eq!(s.apply(&consume, 0, &mut out), Applied::Consumed(false));
 }
