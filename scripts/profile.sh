@@ -6,9 +6,9 @@
 #
 # The server (plain release build, debug symbols on) runs with --cores 1 pinned to
 # CPU 0, the bench on CPU 1. With perf (default when `perf record` works here) it
-# writes bench/results/profile-SCENARIO-DATE.svg (flamegraph, inferno installed on
+# writes bench/results/profile-SCENARIO-perf-DATE.svg (flamegraph, inferno installed on
 # first use) and .txt (top functions); with valgrind's callgrind (when perf does not
-# work, or asked for) it writes .callgrind.out (open with kcachegrind or
+# work, or asked for) it writes profile-SCENARIO-callgrind-DATE.callgrind.out (open with kcachegrind or
 # callgrind_annotate) and .txt. Each output has a .cmd beside it with the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +18,13 @@ TOOL=${2:-auto}
 PLAYER=127.0.0.1:${PLAYER_PORT:-17500}
 CONTROL=127.0.0.1:${CONTROL_PORT:-17501}
 DATE=$(date -u +%Y-%m-%d)
-OUT=bench/results/profile-$SCEN-$DATE
 RUN=$(mktemp -d)
 mkdir -p bench/results
 
 if [ "$TOOL" = auto ]; then
   if perf record -q -o "$RUN/probe.data" true >/dev/null 2>&1; then TOOL=perf; else TOOL=callgrind; fi
 fi
+OUT=bench/results/profile-$SCEN-$TOOL-$DATE
 # callgrind runs the server ~50x slower: smaller loads.
 if [ "$TOOL" = callgrind ]; then S=10; else S=1; fi
 case "$SCEN" in
@@ -69,11 +69,12 @@ if [ "$TOOL" = perf ]; then
   command -v inferno-flamegraph >/dev/null || cargo install inferno --locked -q
   perf script -i "$RUN/perf.data" 2>/dev/null | inferno-collapse-perf > "$RUN/folded"
   inferno-flamegraph < "$RUN/folded" > "$OUT.svg"
-  perf report -i "$RUN/perf.data" --no-children --stdio --percent-limit 1 2>/dev/null | grep -v '^$' | head -80 > "$OUT.txt"
+  { perf report -i "$RUN/perf.data" --no-children --stdio --sort dso,sym -g none --percent-limit 0.5 2>/dev/null || true; } \
+    | grep -v '^$' > "$OUT.txt" || true
   echo "+ perf script | inferno-collapse-perf | inferno-flamegraph > $OUT.svg" >> "$OUT.cmd"
   echo "wrote $OUT.svg, $OUT.txt, $OUT.cmd"
 else
-  callgrind_annotate --inclusive=no "$OUT.callgrind.out" 2>/dev/null | head -60 > "$OUT.txt"
+  { callgrind_annotate --inclusive=no "$OUT.callgrind.out" 2>/dev/null || true; } | sed -n 1,80p > "$OUT.txt"
   echo "+ callgrind_annotate $OUT.callgrind.out > $OUT.txt" >> "$OUT.cmd"
   echo "wrote $OUT.callgrind.out, $OUT.txt, $OUT.cmd"
 fi
