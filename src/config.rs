@@ -182,6 +182,8 @@ pub struct CoreConfig {
     pub tick_ms: u64,
     /// Exact position resync period, seconds.
     pub resync_secs: u64,
+    /// Sessions per loop from which rank batches are coalesced.
+    pub broadcast_coalesce_min_sessions: usize,
     /// Capacity of the core's inbound channel.
     pub inbox_capacity: usize,
     /// Capacity of each core -> loop channel.

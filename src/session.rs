@@ -63,6 +63,9 @@ pub struct Session {
     pub key: Cell<PlaceKey>,
     /// Current position (valid in `Waiting`).
     pub position: Cell<u64>,
+    /// Number of the first rank batch newer than `position` (batches before it were
+    /// already counted by the core when it answered the login).
+    pub since_batch: Cell<u64>,
     /// Position last pushed or answered to the client.
     pub pushed_position: Cell<u64>,
     /// When the last position push went out.
@@ -101,6 +104,7 @@ impl Session {
             user: Cell::new(0),
             key: Cell::new(0),
             position: Cell::new(0),
+            since_batch: Cell::new(0),
             pushed_position: Cell::new(0),
             last_push: Cell::new(now),
             push_pending: Cell::new(false),

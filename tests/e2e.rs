@@ -563,7 +563,17 @@ fn leave_after_admission_frees_capacity_and_voids_the_token() {
 /// connected player's own view converges to the exact position of a plain model.
 #[test]
 fn random_churn_over_two_loops_keeps_exact_positions() {
-    let s = start_cores(FAST, 2);
+    random_churn(FAST);
+}
+
+/// The same with every loop coalescing rank batches (the path large loops take).
+#[test]
+fn random_churn_with_coalesced_rank_batches_keeps_exact_positions() {
+    random_churn("[server]\npush_interval_ms = 20\n[core]\nbroadcast_coalesce_min_sessions = 0\n");
+}
+
+fn random_churn(config: &str) {
+    let s = start_cores(config, 2);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         rng ^= rng << 13;
