@@ -34,5 +34,7 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 pub mod token;
 pub mod wake;

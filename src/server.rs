@@ -183,13 +183,7 @@ impl ServerHandle {
             .iter()
             .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
             .collect();
-        let limits = Limits {
-            reconnect_grace_ms: config.server.reconnect_grace_secs * 1000,
-            token_ttl_secs: config.tokens.ttl_secs,
-            auto_create: config.queues.auto_create,
-            auto_max_waiting: config.queues.max_waiting,
-            max_queues: config.queues.max_queues,
-        };
+        let limits = Limits::from_config(config);
         let (state, wal) = durability::open(
             &config.durability,
             limits,

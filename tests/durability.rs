@@ -33,13 +33,7 @@ fn toml(dir: &Path) -> String {
 /// The dump of what `dir` holds (read-only, like a tool would).
 fn dump(dir: &Path) -> Dump {
     let c = Config::from_toml_str(&toml(dir)).unwrap();
-    let limits = Limits {
-        reconnect_grace_ms: c.server.reconnect_grace_secs * 1000,
-        token_ttl_secs: c.tokens.ttl_secs,
-        auto_create: c.queues.auto_create,
-        auto_max_waiting: c.queues.max_waiting,
-        max_queues: c.queues.max_queues,
-    };
+    let limits = Limits::from_config(&c);
     durability::recover(dir, limits)
         .expect("loads")
         .expect("something on disk")

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Client;
@@ -18,26 +18,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn run_and_signal(signal: i32) {
-    let player = free_port();
-    let control = free_port();
-    let dir = std::env::temp_dir().join(format!("qs-signal-{}-{signal}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nlisten = \"127.0.0.1:{player}\"\nshutdown_retry_after_secs = 7\n[control]\nlisten = \"127.0.0.1:{control}\"\n"),
-    )
-    .unwrap();
+/// Starts the binary with `args`; returns once it logged "listening". Its log keeps
+/// being drained so it never blocks on a full pipe.
+fn spawn_server(args: &[&std::ffi::OsStr]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
-        .args(["--cores", "2", "--config"])
-        .arg(&config)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn queue-server");
-    // Wait for the "listening" log line.
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     let deadline = Instant::now() + common::WAIT;
@@ -46,26 +36,56 @@ fn run_and_signal(signal: i32) {
         assert!(out.read_line(&mut line).unwrap() > 0, "server exited early");
         assert!(Instant::now() < deadline);
     }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    child
+}
+
+/// Sends `signal` to the server (its sessions get `kicked` `shutdown`).
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+/// Waits for the server to exit and asserts it exited 0.
+fn expect_exit_zero(mut child: Child) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_and_signal(sig: i32) {
+    let player = free_port();
+    let control = free_port();
+    let dir = std::env::temp_dir().join(format!("qs-signal-{}-{sig}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:{player}\"\nshutdown_retry_after_secs = 7\n[control]\nlisten = \"127.0.0.1:{control}\"\n"),
+    )
+    .unwrap();
+    let child = spawn_server(&[
+        "--cores".as_ref(),
+        "2".as_ref(),
+        "--config".as_ref(),
+        config.as_ref(),
+    ]);
     let addr = format!("127.0.0.1:{player}").parse().unwrap();
     let mut c = Client::connect(addr);
     assert_eq!(c.login(1)["code"], 0);
 
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    signal(&child, sig);
     let kicked = c.next_cmd("kicked");
     assert_eq!(kicked["data"]["reason"], "shutdown");
     assert_eq!(kicked["data"]["retry_after_secs"], 7);
     c.expect_closed();
-
-    let deadline = Instant::now() + common::WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit status {status}");
+    expect_exit_zero(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -116,37 +136,10 @@ fn sigterm_with_durability_keeps_every_place_across_the_restart() {
         ),
     )
     .unwrap();
-    let start = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn queue-server");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("listening") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "server exited early");
-        }
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        child
-    };
-    let stop = |mut child: std::process::Child| {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + common::WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let start = || spawn_server(&["--config".as_ref(), config.as_ref()]);
+    let stop = |child: Child| {
+        signal(&child, libc::SIGTERM);
+        expect_exit_zero(child);
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{player}").parse().unwrap();
     let control_addr: std::net::SocketAddr = format!("127.0.0.1:{control}").parse().unwrap();

@@ -223,16 +223,7 @@ impl Lane {
 mod tests {
     use super::*;
 
-    /// Tiny deterministic generator so the test needs no crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::test_rng::Rng;
 
     #[test]
     fn keys_order_priority_first() {
@@ -243,7 +234,7 @@ mod tests {
 
     #[test]
     fn rank_matches_a_vec_through_growth_and_wraparound() {
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut rng = Rng::new(0x9e3779b97f4a7c15);
         let mut lane = Lane::default();
         let mut model: Vec<(u64, UserId)> = Vec::new();
         for step in 0..60_000u64 {

@@ -174,6 +174,19 @@ pub struct Limits {
     pub max_queues: usize,
 }
 
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        Limits {
+            reconnect_grace_ms: config.server.reconnect_grace_secs * 1000,
+            token_ttl_secs: config.tokens.ttl_secs,
+            auto_create: config.queues.auto_create,
+            auto_max_waiting: config.queues.max_waiting,
+            max_queues: config.queues.max_queues,
+        }
+    }
+}
+
 /// A place in a queue.
 #[derive(Debug, Clone)]
 pub struct Place {

@@ -42,18 +42,7 @@ fn encoded(state: &QueueState) -> Vec<u8> {
     out
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::test_rng::Rng;
 
 /// Drives a live state and its log with random ops, like the core does.
 struct Driver {
@@ -71,7 +60,7 @@ impl Driver {
         Driver {
             state,
             wal: wal.expect("durability on"),
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed | 1),
             now_ms: 1_000_000,
             next_conn: 1,
             events: Vec::new(),
