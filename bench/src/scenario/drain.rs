@@ -132,13 +132,7 @@ pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
         stop: Arc::new(AtomicBool::new(false)),
     });
     let threads = c.threads.count.max(1);
-    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
-    let main = std::thread::spawn(move || {
-        let threads = cc.threads.clone();
-        client::run_threads(&threads, move |t| {
-            thread(cc.clone(), oo.clone(), sh.clone(), t)
-        })
-    });
+    let main = c.spawn_clients(o, &shared, thread);
     shared.filled.wait_all(threads);
     let logged_in = shared
         .login_pos

@@ -120,6 +120,68 @@ impl Common {
         control.as_mut().and_then(|c| AllocProbe::begin(c).ok())
     }
 
+    /// Starts the client threads of a scenario: thread `t` runs `body(common, opts,
+    /// shared, t)` on its own runtime; the handle yields each thread's result.
+    pub fn spawn_clients<O, S, T, Fut>(
+        &self,
+        opts: &O,
+        shared: &std::sync::Arc<S>,
+        body: fn(Common, O, std::sync::Arc<S>, usize) -> Fut,
+    ) -> std::thread::JoinHandle<Vec<T>>
+    where
+        O: Clone + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        let (c, o, sh) = (self.clone(), opts.clone(), shared.clone());
+        std::thread::spawn(move || {
+            let threads = c.threads.clone();
+            crate::client::run_threads(&threads, move |t| body(c.clone(), o.clone(), sh.clone(), t))
+        })
+    }
+
+    /// Connects player `i` (from its source address) and logs it in; a failure is
+    /// counted in `tally` under `login: ...` and gives `None`.
+    pub async fn logged_in(
+        &self,
+        i: u64,
+        tally: &std::rc::Rc<std::cell::RefCell<Tally>>,
+    ) -> Option<(
+        monoio::net::TcpStream,
+        crate::client::FrameReader,
+        bytes::BytesMut,
+    )> {
+        let mut s = match crate::client::connect(self.player, self.source(i)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tally
+                    .borrow_mut()
+                    .error(format!("login: connect {:?}", e.kind()));
+                return None;
+            }
+        };
+        let (mut r, mut w) = (
+            crate::client::FrameReader::default(),
+            bytes::BytesMut::with_capacity(128),
+        );
+        match crate::client::login(
+            &mut s,
+            &mut r,
+            &mut w,
+            self.user_base + i,
+            self.queue.as_deref(),
+        )
+        .await
+        {
+            Ok(_) => Some((s, r, w)),
+            Err(f) => {
+                tally.borrow_mut().error(format!("login: {}", f.key()));
+                None
+            }
+        }
+    }
+
     /// Closes an allocation window.
     pub fn probe_end(
         &self,

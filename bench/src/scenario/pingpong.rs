@@ -13,10 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-
 use super::{BenchError, Common, Outcome, Phase};
-use crate::client::{self, share, FrameReader};
+use crate::client::{self, share};
 use crate::report::Tally;
 use crate::wire;
 
@@ -48,13 +46,7 @@ pub fn run(c: &Common, o: &PingpongOpts) -> Result<Outcome, BenchError> {
     let mut control = c.control();
     let shared = Arc::new(Shared::default());
     let threads = c.threads.count.max(1);
-    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
-    let main = std::thread::spawn(move || {
-        let threads = cc.threads.clone();
-        client::run_threads(&threads, move |t| {
-            thread(cc.clone(), oo.clone(), sh.clone(), t)
-        })
-    });
+    let main = c.spawn_clients(o, &shared, thread);
     shared.ready.wait_all(threads);
     let probe = c.probe(&mut control);
     shared
@@ -82,25 +74,7 @@ async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Ta
     let mut logins = Vec::new();
     for i in share(o.conns, t, c.threads.count) {
         let (c, tally) = (c.clone(), tally.clone());
-        logins.push(monoio::spawn(async move {
-            let mut s = match client::connect(c.player, c.source(i)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tally
-                        .borrow_mut()
-                        .error(format!("login: connect {:?}", e.kind()));
-                    return None;
-                }
-            };
-            let (mut r, mut w) = (FrameReader::default(), BytesMut::with_capacity(128));
-            match client::login(&mut s, &mut r, &mut w, c.user_base + i, c.queue.as_deref()).await {
-                Ok(_) => Some((s, r, w)),
-                Err(f) => {
-                    tally.borrow_mut().error(format!("login: {}", f.key()));
-                    None
-                }
-            }
-        }));
+        logins.push(monoio::spawn(async move { c.logged_in(i, &tally).await }));
     }
     let mut conns = Vec::new();
     for l in logins {

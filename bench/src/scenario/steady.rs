@@ -66,13 +66,7 @@ pub fn run(c: &Common, o: &SteadyOpts) -> Result<Outcome, BenchError> {
     let mut control = c.control();
     let shared = Arc::new(Shared::default());
     let threads = c.threads.count.max(1);
-    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
-    let main = std::thread::spawn(move || {
-        let threads = cc.threads.clone();
-        client::run_threads(&threads, move |t| {
-            thread(cc.clone(), oo.clone(), sh.clone(), t)
-        })
-    });
+    let main = c.spawn_clients(o, &shared, thread);
     shared.ready.wait_all(threads);
     let probe = c.probe(&mut control);
     let start = Instant::now() + Duration::from_millis(50);
@@ -111,23 +105,8 @@ async fn thread(c: Common, o: SteadyOpts, shared: Arc<Shared>, t: usize) -> Tall
         let (c, tally) = (c.clone(), tally.clone());
         logins.push(monoio::spawn(async move {
             client::sleep_until(ramp.at(i)).await;
-            let mut s = match client::connect(c.player, c.source(i)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tally
-                        .borrow_mut()
-                        .error(format!("login: connect {:?}", e.kind()));
-                    return None;
-                }
-            };
-            let (mut r, mut w) = (FrameReader::default(), BytesMut::with_capacity(128));
-            match client::login(&mut s, &mut r, &mut w, c.user_base + i, c.queue.as_deref()).await {
-                Ok(_) => Some((i, s, r, w)),
-                Err(f) => {
-                    tally.borrow_mut().error(format!("login: {}", f.key()));
-                    None
-                }
-            }
+            let (s, r, w) = c.logged_in(i, &tally).await?;
+            Some((i, s, r, w))
         }));
     }
     let mut players = Vec::new();

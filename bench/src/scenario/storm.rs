@@ -57,13 +57,7 @@ pub fn run(c: &Common, o: &StormOpts) -> Result<Outcome, BenchError> {
         done: Phase::default(),
     });
     let threads = c.threads.count.max(1);
-    let (cc, oo, sh) = (c.clone(), o.clone(), shared.clone());
-    let main = std::thread::spawn(move || {
-        let threads = cc.threads.clone();
-        client::run_threads(&threads, move |t| {
-            thread(cc.clone(), oo.clone(), sh.clone(), t)
-        })
-    });
+    let main = c.spawn_clients(o, &shared, thread);
     shared.done.wait_all(threads);
     let alloc = c.probe_end(&mut control, probe);
     shared.done.release(Instant::now());
