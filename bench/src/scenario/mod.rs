@@ -141,6 +141,22 @@ impl Common {
         })
     }
 
+    /// Waits for the client threads started by [`Common::spawn_clients`] and merges
+    /// their tallies into a fresh [`Outcome`].
+    pub fn join_clients(
+        &self,
+        main: std::thread::JoinHandle<Vec<Tally>>,
+    ) -> Result<Outcome, BenchError> {
+        let tallies = main
+            .join()
+            .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
+        let mut out = Outcome::default();
+        for t in &tallies {
+            out.tally.merge(t);
+        }
+        Ok(out)
+    }
+
     /// Connects player `i` (from its source address) and logs it in; a failure is
     /// counted in `tally` under `login: ...` and gives `None`.
     pub async fn logged_in(

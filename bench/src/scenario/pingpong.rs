@@ -55,13 +55,7 @@ pub fn run(c: &Common, o: &PingpongOpts) -> Result<Outcome, BenchError> {
     shared.done.wait_all(threads);
     let alloc = c.probe_end(&mut control, probe);
     shared.done.release(Instant::now());
-    let tallies = main
-        .join()
-        .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
-    let mut out = Outcome::default();
-    for t in &tallies {
-        out.tally.merge(t);
-    }
+    let mut out = c.join_clients(main)?;
     out.ops = out.tally.get("answers");
     out.elapsed_s = o.duration.as_secs_f64();
     out.alloc = alloc;

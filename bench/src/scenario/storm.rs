@@ -61,13 +61,7 @@ pub fn run(c: &Common, o: &StormOpts) -> Result<Outcome, BenchError> {
     shared.done.wait_all(threads);
     let alloc = c.probe_end(&mut control, probe);
     shared.done.release(Instant::now());
-    let tallies = main
-        .join()
-        .map_err(|_| BenchError::Setup("client thread panicked".into()))?;
-    let mut out = Outcome::default();
-    for t in &tallies {
-        out.tally.merge(t);
-    }
+    let mut out = c.join_clients(main)?;
     out.ops = out.tally.rtt.count();
     out.elapsed_s = shared.last_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
     out.alloc = alloc;
