@@ -65,6 +65,8 @@ pub struct ControlContext {
     pub durability: Option<Arc<DurabilityStatus>>,
     /// Bearer key for `/v1/` calls; empty = no auth.
     pub api_key: String,
+    /// Unix ms at the end of the core's last round (`Core::with_round_clock`).
+    pub core_round_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One answer, before it becomes a `tiny_http::Response`.
@@ -789,6 +791,7 @@ mod tests {
             durability: None,
             draining: draining.clone(),
             api_key: api_key.to_string(),
+            core_round_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let (addr, control) = spawn("127.0.0.1:0".parse().unwrap(), ctx, stop.clone()).unwrap();
         Harness {

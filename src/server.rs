@@ -9,7 +9,7 @@
 //!   exit -> core flushes and exits -> control thread exits.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -255,6 +255,7 @@ impl ServerHandle {
         }
 
         let control_stop = Arc::new(AtomicBool::new(false));
+        let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
         let ctx = ControlContext {
             core: core_tx.clone(),
             signer: signer.clone(),
@@ -262,6 +263,7 @@ impl ServerHandle {
             draining: draining.clone(),
             durability: durability.clone(),
             api_key: config.control.api_key.clone(),
+            core_round_ms: core_round_ms.clone(),
         };
         let (control_addr, control) =
             control::spawn(config.control.listen, ctx, control_stop.clone()).map_err(|source| {
@@ -275,8 +277,9 @@ impl ServerHandle {
             tick: Duration::from_millis(config.core.tick_ms),
             resync: Duration::from_secs(config.core.resync_secs),
         };
-        let core =
-            Core::new(state, signer, core_rx, links, timing, draining.clone()).with_durability(wal);
+        let core = Core::new(state, signer, core_rx, links, timing, draining.clone())
+            .with_durability(wal)
+            .with_round_clock(core_round_ms);
         let core_pin = pin(n);
         let core = std::thread::Builder::new()
             .name("queue-core".into())

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +105,9 @@ pub struct Core {
     replies: Vec<(Sender<ControlReply>, ControlReply)>,
     /// The log failed: nothing more is applied (see the module invariants).
     degraded: bool,
+    /// Unix ms at the end of the last round, read by `/readyz` and `/metrics` to tell a
+    /// wedged core from a live one.
+    round_clock: Arc<AtomicU64>,
 }
 
 /// The answer to control writes while degraded.
@@ -149,7 +152,15 @@ impl Core {
             durability: None,
             replies: Vec::new(),
             degraded: false,
+            round_clock: Arc::new(AtomicU64::new(unix_ms())),
         }
+    }
+
+    /// Publishes the end time of every round (unix ms) into `clock`.
+    pub fn with_round_clock(mut self, clock: Arc<AtomicU64>) -> Core {
+        clock.store(unix_ms(), Ordering::Relaxed);
+        self.round_clock = clock;
+        self
     }
 
     /// Logs every state change to `durability` (from `queue::durability::open`, with
@@ -197,6 +208,7 @@ impl Core {
             self.commit(resync);
             self.flush(now_ms, resync && !self.degraded);
             self.maybe_snapshot(now);
+            self.round_clock.store(unix_ms(), Ordering::Relaxed);
         }
         self.commit(false);
         self.flush(unix_ms(), false);
