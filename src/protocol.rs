@@ -288,7 +288,7 @@ fn is_json_space(b: u8) -> bool {
 /// strings do not count. On malformed JSON the answer may be wrong, but only past the
 /// point where the parser stops with an error anyway, so the parser never recurses
 /// deeper than `max_depth`.
-fn depth_within(body: &[u8], max_depth: u32) -> bool {
+pub fn depth_within(body: &[u8], max_depth: u32) -> bool {
     // Fast path, vectorised: with few brackets in total, no nesting can be deep.
     let brackets = body.iter().filter(|&&b| b == b'{' || b == b'[').count();
     if brackets <= max_depth as usize {

@@ -7,6 +7,11 @@
 //! - with a capacity report, online + used since the report + unused grants + the new
 //!   admissions never exceed the reported capacity.
 
+/// Highest automatic admission rate accepted, players per second (`PUT .../rate`).
+pub const RATE_MAX_PER_S: f64 = 1_000_000.0;
+/// Highest `online` or `capacity` a login server may report (`PUT .../capacity`).
+pub const CAPACITY_MAX: u64 = 1_000_000_000;
+
 /// The login server's last load report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapacityReport {
