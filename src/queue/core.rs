@@ -28,7 +28,7 @@
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,11 +37,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
 use super::durability::{logged, Durability};
-use super::state::{Applied, Event, Op, QueueState};
+use super::state::{Applied, Event, Grant, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
-    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, KickReason,
-    LoopEvent, QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
+    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
+    QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
 };
 use crate::token::TokenSigner;
 
@@ -83,8 +83,8 @@ struct PendingJoin {
     seq: u32,
     /// The player.
     user: UserId,
-    /// (queue, user, resumed) or why it failed.
-    outcome: Result<(QueueId, UserId, bool), JoinError>,
+    /// (queue, user, resumed, the admission it resumed) or why it failed.
+    outcome: Result<(QueueId, UserId, bool, Option<Grant>), JoinError>,
 }
 
 /// The queue core.
@@ -114,10 +114,6 @@ pub struct Core {
     direct: Vec<(usize, LoopEvent)>,
     /// Timing.
     timing: CoreTiming,
-    /// The connection of each admitted player whose token is unused, so a second
-    /// login kicks the first one as it would while waiting (connections die with the
-    /// process: this is not part of the durable state). Pruned on resync.
-    admitted_conns: HashMap<(QueueId, UserId), ConnRef>,
     /// Set when the server drains (joins are refused by the loops, too).
     draining: Arc<AtomicBool>,
     /// The write-ahead log and snapshots, when durability is on.
@@ -169,7 +165,6 @@ impl Core {
             joins: Vec::new(),
             direct: Vec::new(),
             timing,
-            admitted_conns: HashMap::new(),
             draining,
             durability: None,
             replies: Vec::new(),
@@ -327,10 +322,11 @@ impl Core {
                     match self.apply(&op, now_ms) {
                         Applied::Joined { queue, resumed } => {
                             self.touch(queue);
-                            if self.state.grant(queue, user).is_some() {
-                                self.admitted_login(queue, user, conn);
-                            }
-                            Ok((queue, user, resumed))
+                            // Kept for the answer: a token use later in this round must
+                            // not turn the answer into INTERNAL (the login was resumed
+                            // before the use; the answer tells the truth of that moment).
+                            let grant = self.state.grant(queue, user);
+                            Ok((queue, user, resumed, grant))
                         }
                         Applied::JoinFailed(e) => Err(e),
                         other => unreachable!("join applied as {other:?}"),
@@ -414,7 +410,6 @@ impl Core {
                     });
                 }
                 if let Some(conn) = conn {
-                    self.admitted_conns.insert((queue, user), conn);
                     self.direct.push((
                         conn.loop_id as usize,
                         LoopEvent::Admitted {
@@ -431,22 +426,6 @@ impl Core {
                     LoopEvent::Kick {
                         session: conn.session,
                         reason,
-                    },
-                ));
-            }
-        }
-    }
-
-    /// An admitted player logged in again: the newest connection holds the admission,
-    /// an older one still open is kicked `duplicate_login`.
-    fn admitted_login(&mut self, queue: QueueId, user: UserId, conn: ConnRef) {
-        if let Some(old) = self.admitted_conns.insert((queue, user), conn) {
-            if old != conn {
-                self.direct.push((
-                    old.loop_id as usize,
-                    LoopEvent::Kick {
-                        session: old.session,
-                        reason: KickReason::DuplicateLogin,
                     },
                 ));
             }
@@ -663,9 +642,6 @@ impl Core {
             }
         }
         if resync {
-            let state = &self.state;
-            self.admitted_conns
-                .retain(|&(queue, user), _| state.grant(queue, user).is_some());
             let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
             for (id, q) in self.state.queues().iter().enumerate() {
                 for (i, (_, user)) in q.iter().enumerate() {
@@ -710,7 +686,7 @@ impl Core {
     }
 
     fn answer_join(&self, join: &PendingJoin, now_ms: u64) -> Result<JoinOk, JoinError> {
-        let (queue, user, resumed) = join.outcome?;
+        let (queue, user, resumed, resumed_grant) = join.outcome?;
         let q = &self.state.queues()[queue as usize];
         let rate_per_s = q.meter.rate(now_ms);
         if let Some(place) = self.state.place(queue, user) {
@@ -724,7 +700,7 @@ impl Core {
                 admitted: None,
             });
         }
-        if let Some(grant) = self.state.grant(queue, user) {
+        if let Some(grant) = self.state.grant(queue, user).or(resumed_grant) {
             let token = self.sign(queue, user, grant.jti, grant.iat, grant.exp);
             return Ok(JoinOk {
                 queue,
@@ -745,6 +721,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::doorbell;
+    use crate::msg::KickReason;
     use crate::queue::state::Limits;
 
     /// A core with one loop whose channel holds `capacity` events; the loop's end.
@@ -782,6 +759,66 @@ mod tests {
             LoopEvent::Kick { session, .. } => session,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// The "ConsumeJti + resume in the same round answers INTERNAL" race: a player
+    /// resumes its admission and the token is used in the same round. The login answer
+    /// is the admission it resumed, not `Gone` (INTERNAL).
+    #[test]
+    fn a_resume_and_a_token_use_in_one_round_answer_admitted() {
+        let (mut core, rx, _bell) = core_with_loop(64);
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[("q".into(), 100, 0.0)],
+            1,
+        );
+        let now = unix_ms();
+        let join = |session| CoreMsg::Join {
+            conn: ConnRef {
+                loop_id: 0,
+                session,
+            },
+            seq: 1,
+            user: 5,
+            queue: "q".into(),
+            prio: false,
+        };
+        let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
+            rx.try_iter()
+                .find_map(|e| match e {
+                    LoopEvent::Joined { result, .. } => Some(result),
+                    _ => None,
+                })
+                .expect("a login answer")
+        };
+        core.handle(join(1), now);
+        core.flush(now, false);
+        assert!(answer(&rx).expect("joined").admitted.is_none());
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let admit = ControlReq::Admit {
+            queue: "q".into(),
+            count: 1,
+        };
+        core.handle(CoreMsg::Control(admit, reply_tx.clone()), now);
+        core.flush(now, false);
+        let grant = core.state.grant(0, 5).expect("admitted");
+        assert!(matches!(reply_rx.try_recv(), Ok(ControlReply::Admitted(_))));
+        let _ = rx.try_iter().count();
+        // One round: the player logs in again, and its token is used.
+        core.handle(join(2), now);
+        let consume = ControlReq::ConsumeJti {
+            jti: core.state.jti_text(grant.jti),
+            exp: grant.exp,
+        };
+        core.handle(CoreMsg::Control(consume, reply_tx), now);
+        core.flush(now, false);
+        assert!(matches!(
+            reply_rx.try_recv(),
+            Ok(ControlReply::Consumed(true))
+        ));
+        let resumed = answer(&rx).expect("not INTERNAL");
+        assert!(resumed.resumed);
+        assert!(resumed.admitted.is_some());
     }
 
     /// A full channel never blocks the core: the rest waits in order, and once anything
