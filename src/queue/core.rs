@@ -6,7 +6,9 @@
 //! - per loop, a flush sends the rank batch first, then the resync, then join answers,
 //!   then admissions and kicks, so a loop applies a batch only to sessions whose
 //!   position predates it, and new sessions get positions computed at flush time;
-//! - join answers compute position at flush time, after every op of the round;
+//! - join answers compute position at flush time, after every op of the round; a login
+//!   that resumed an admission is answered with that admission even if its token was
+//!   used later in the same round (the login came first; never INTERNAL for it);
 //! - the core never blocks on a loop with events it has not rung for. Events go to a
 //!   loop with `try_send`; what does not fit waits in that loop's FIFO backlog, and once
 //!   a backlog is non-empty everything for that loop goes behind it (order per loop is

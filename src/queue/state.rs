@@ -370,6 +370,8 @@ pub struct GrantDump {
     pub iat: u64,
     /// Expires at, unix seconds.
     pub exp: u64,
+    /// The token was returned by an HTTP `admit` answer (no `leave` voids it).
+    pub returned: bool,
 }
 
 /// Every queue and everything about the players in them.
@@ -625,6 +627,7 @@ impl QueueState {
                 jti: self.jti_text(g.jti),
                 iat: g.iat,
                 exp: g.exp,
+                returned: g.returned,
             })
             .collect();
         grants.sort_by(|a, b| (&a.queue, a.user).cmp(&(&b.queue, b.user)));
