@@ -564,15 +564,16 @@ impl Core {
             if backlog.is_empty() {
                 continue;
             }
-            self.rung[loop_id] = true;
             let tx = &self.loops[loop_id].tx;
             while let Some(event) = backlog.pop_front() {
                 match tx.try_send(event) {
-                    Ok(()) => {}
+                    Ok(()) => self.rung[loop_id] = true,
                     Err(TrySendError::Full(event)) => {
                         backlog.push_front(event);
+                        self.rung[loop_id] = true;
                         break;
                     }
+                    // The loop has stopped (shutdown): nothing to deliver, nobody to ring.
                     Err(TrySendError::Disconnected(_)) => {
                         backlog.clear();
                         break;
