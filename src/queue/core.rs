@@ -6,9 +6,22 @@
 //! - per loop, a flush sends the rank batch first, then the resync, then join answers,
 //!   then admissions and kicks, so a loop applies a batch only to sessions whose
 //!   position predates it, and new sessions get positions computed at flush time;
-//! - join answers compute position at flush time, after every op of the round;
-//! - the core blocks only on its inbox (with the tick as timeout) and on a full loop
-//!   channel (back-pressure; loops never block on the core, so this cannot deadlock);
+//! - join answers compute position at flush time, after every op of the round; a login
+//!   that resumed an admission is answered with that admission even if its token was
+//!   used later in the same round (the login came first; never INTERNAL for it);
+//! - the core never blocks on a loop with events it has not rung for. Events go to a
+//!   loop with `try_send`; what does not fit waits in that loop's FIFO backlog, and once
+//!   a backlog is non-empty everything for that loop goes behind it (order per loop is
+//!   kept). Every flush first moves backlogs into the channels, and rings every loop it
+//!   sent to or found full; while a backlog is non-empty the core waits on its inbox for
+//!   at most [`BACKLOG_POLL`], so the backlog drains as fast as the loop reads. Why not a
+//!   blocking send: the loop only reads after its doorbell, which rang at the end of the
+//!   flush, so blocking mid-flush on a full channel waited for a loop that slept (the
+//!   deadlock of issue 7: 300 logins over a 16-event channel, or one large `admit`);
+//! - a backlog holds at most [`BACKLOG_MAX`] events. Past it the core does wait for that
+//!   loop (back-pressure, bounded memory), but rings it before every wait; the loop
+//!   drains its channel to empty before it sleeps again, so the wait always ends while
+//!   the loop runs (loops never block on the core);
 //! - with durability on, every op that changed the state is appended to the log as it is
 //!   applied, and the round is committed (`Durability::commit`: one write, at most one
 //!   fsync) before the flush sends anything, control answers included, so nothing
@@ -17,20 +30,20 @@
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
 use super::durability::{logged, Durability};
-use super::state::{Applied, Event, Op, QueueState};
+use super::state::{Applied, Event, Grant, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
-    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, KickReason,
-    LoopEvent, QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
+    AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
+    QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
 };
 use crate::token::TokenSigner;
 
@@ -38,6 +51,13 @@ use crate::token::TokenSigner;
 const DRAIN_MAX: usize = 4096;
 /// Most players one control `admit` call may admit.
 pub const ADMIT_MAX: u64 = 100_000;
+/// Most events waiting in one loop's backlog (on top of its channel). One full `admit`
+/// call of players all on that loop fits; worst case about 400 bytes an event (an
+/// `admitted` push with its token), so some 40 MB per loop. Past it the core waits for
+/// the loop (see the module invariants).
+pub const BACKLOG_MAX: usize = ADMIT_MAX as usize;
+/// Longest wait on the inbox while a loop has a backlog: how soon the core retries.
+pub const BACKLOG_POLL: Duration = Duration::from_millis(1);
 
 /// The core's link to one io loop.
 #[derive(Debug)]
@@ -65,8 +85,8 @@ struct PendingJoin {
     seq: u32,
     /// The player.
     user: UserId,
-    /// (queue, user, resumed) or why it failed.
-    outcome: Result<(QueueId, UserId, bool), JoinError>,
+    /// (queue, user, resumed, the admission it resumed) or why it failed.
+    outcome: Result<(QueueId, UserId, bool, Option<Grant>), JoinError>,
 }
 
 /// The queue core.
@@ -79,8 +99,11 @@ pub struct Core {
     inbox: Receiver<CoreMsg>,
     /// One link per io loop, by loop id.
     loops: Vec<LoopLink>,
-    /// Loops sent something this flush (to ring).
+    /// Loops sent something this flush, or found full (to ring).
     rung: Vec<bool>,
+    /// Per loop, events that did not fit in its channel, oldest first (at most
+    /// [`BACKLOG_MAX`] each).
+    backlog: Vec<VecDeque<LoopEvent>>,
     /// Scratch for state machine events (reused).
     events: Vec<Event>,
     /// Per queue changes since the last flush (by queue id).
@@ -93,10 +116,6 @@ pub struct Core {
     direct: Vec<(usize, LoopEvent)>,
     /// Timing.
     timing: CoreTiming,
-    /// The connection of each admitted player whose token is unused, so a second
-    /// login kicks the first one as it would while waiting (connections die with the
-    /// process: this is not part of the durable state). Pruned on resync.
-    admitted_conns: HashMap<(QueueId, UserId), ConnRef>,
     /// Set when the server drains (joins are refused by the loops, too).
     draining: Arc<AtomicBool>,
     /// The write-ahead log and snapshots, when durability is on.
@@ -141,13 +160,13 @@ impl Core {
             inbox,
             loops,
             rung: vec![false; n],
+            backlog: (0..n).map(|_| VecDeque::new()).collect(),
             events: Vec::new(),
             deltas: Vec::new(),
             touched: Vec::new(),
             joins: Vec::new(),
             direct: Vec::new(),
             timing,
-            admitted_conns: HashMap::new(),
             draining,
             durability: None,
             replies: Vec::new(),
@@ -176,7 +195,10 @@ impl Core {
         let mut next_resync = Instant::now() + self.timing.resync;
         let mut running = true;
         while running {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let mut timeout = next_tick.saturating_duration_since(Instant::now());
+            if self.backlogged() {
+                timeout = timeout.min(BACKLOG_POLL);
+            }
             let first = match self.inbox.recv_timeout(timeout) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -302,10 +324,11 @@ impl Core {
                     match self.apply(&op, now_ms) {
                         Applied::Joined { queue, resumed } => {
                             self.touch(queue);
-                            if self.state.grant(queue, user).is_some() {
-                                self.admitted_login(queue, user, conn);
-                            }
-                            Ok((queue, user, resumed))
+                            // Kept for the answer: a token use later in this round must
+                            // not turn the answer into INTERNAL (the login was resumed
+                            // before the use; the answer tells the truth of that moment).
+                            let grant = self.state.grant(queue, user);
+                            Ok((queue, user, resumed, grant))
                         }
                         Applied::JoinFailed(e) => Err(e),
                         other => unreachable!("join applied as {other:?}"),
@@ -389,7 +412,6 @@ impl Core {
                     });
                 }
                 if let Some(conn) = conn {
-                    self.admitted_conns.insert((queue, user), conn);
                     self.direct.push((
                         conn.loop_id as usize,
                         LoopEvent::Admitted {
@@ -406,22 +428,6 @@ impl Core {
                     LoopEvent::Kick {
                         session: conn.session,
                         reason,
-                    },
-                ));
-            }
-        }
-    }
-
-    /// An admitted player logged in again: the newest connection holds the admission,
-    /// an older one still open is kicked `duplicate_login`.
-    fn admitted_login(&mut self, queue: QueueId, user: UserId, conn: ConnRef) {
-        if let Some(old) = self.admitted_conns.insert((queue, user), conn) {
-            if old != conn {
-                self.direct.push((
-                    old.loop_id as usize,
-                    LoopEvent::Kick {
-                        session: old.session,
-                        reason: KickReason::DuplicateLogin,
                     },
                 ));
             }
@@ -516,17 +522,102 @@ impl Core {
             .collect()
     }
 
+    /// True when some loop has events waiting for room in its channel.
+    fn backlogged(&self) -> bool {
+        self.backlog.iter().any(|b| !b.is_empty())
+    }
+
+    /// Queues `event` for `loop_id`: into its channel if it has room and nothing is
+    /// waiting before it, else at the back of its backlog. Never blocks, unless the
+    /// backlog is over [`BACKLOG_MAX`] (then see [`Core::wait_for_loop`]).
     fn send(&mut self, loop_id: usize, event: LoopEvent) {
-        if let Some(link) = self.loops.get(loop_id) {
-            // A loop that has stopped (shutdown) drops its receiver: nothing to deliver.
-            if link.tx.send(event).is_ok() {
-                self.rung[loop_id] = true;
+        let Some(link) = self.loops.get(loop_id) else {
+            return;
+        };
+        let backlog = &mut self.backlog[loop_id];
+        if backlog.is_empty() {
+            match link.tx.try_send(event) {
+                Ok(()) => {
+                    self.rung[loop_id] = true;
+                    return;
+                }
+                // A loop that has stopped (shutdown) dropped its receiver: nothing to
+                // deliver.
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(event)) => {
+                    self.rung[loop_id] = true;
+                    backlog.push_back(event);
+                }
+            }
+        } else {
+            backlog.push_back(event);
+        }
+        if backlog.len() > BACKLOG_MAX {
+            self.wait_for_loop(loop_id);
+        }
+    }
+
+    /// Moves what fits of every backlog into its channel, oldest first; a loop sent to
+    /// or found full is rung at the end of the flush, so it wakes and makes room.
+    fn drain_backlogs(&mut self) {
+        for (loop_id, backlog) in self.backlog.iter_mut().enumerate() {
+            if backlog.is_empty() {
+                continue;
+            }
+            let tx = &self.loops[loop_id].tx;
+            while let Some(event) = backlog.pop_front() {
+                match tx.try_send(event) {
+                    Ok(()) => self.rung[loop_id] = true,
+                    Err(TrySendError::Full(event)) => {
+                        backlog.push_front(event);
+                        self.rung[loop_id] = true;
+                        break;
+                    }
+                    // The loop has stopped (shutdown): nothing to deliver, nobody to ring.
+                    Err(TrySendError::Disconnected(_)) => {
+                        backlog.clear();
+                        break;
+                    }
+                }
             }
         }
     }
 
+    /// The backlog of `loop_id` is over [`BACKLOG_MAX`]: waits until the loop has taken
+    /// enough to bring it back to the bound. Rings the loop before every wait: a loop
+    /// reads its channel to empty before it sleeps, so each wait ends while it runs.
+    fn wait_for_loop(&mut self, loop_id: usize) {
+        let link = &self.loops[loop_id];
+        let backlog = &mut self.backlog[loop_id];
+        while backlog.len() > BACKLOG_MAX {
+            let mut event = backlog.pop_front().expect("backlog over its bound");
+            loop {
+                match link.tx.try_send(event) {
+                    Ok(()) => break,
+                    Err(TrySendError::Disconnected(_)) => {
+                        backlog.clear();
+                        return;
+                    }
+                    Err(TrySendError::Full(e)) => event = e,
+                }
+                link.bell.ring();
+                match link.tx.send_timeout(event, BACKLOG_POLL) {
+                    Ok(()) => break,
+                    Err(SendTimeoutError::Timeout(e)) => event = e,
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        backlog.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        self.rung[loop_id] = true;
+    }
+
     /// Sends everything this round produced, then rings each loop once.
     fn flush(&mut self, now_ms: u64, resync: bool) {
+        // Older events first: everything below goes behind them.
+        self.drain_backlogs();
         if resync {
             for q in 0..self.state.queues().len() {
                 self.touch(q as QueueId);
@@ -554,9 +645,6 @@ impl Core {
             }
         }
         if resync {
-            let state = &self.state;
-            self.admitted_conns
-                .retain(|&(queue, user), _| state.grant(queue, user).is_some());
             let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
             for (id, q) in self.state.queues().iter().enumerate() {
                 for (i, (_, user)) in q.iter().enumerate() {
@@ -601,7 +689,7 @@ impl Core {
     }
 
     fn answer_join(&self, join: &PendingJoin, now_ms: u64) -> Result<JoinOk, JoinError> {
-        let (queue, user, resumed) = join.outcome?;
+        let (queue, user, resumed, resumed_grant) = join.outcome?;
         let q = &self.state.queues()[queue as usize];
         let rate_per_s = q.meter.rate(now_ms);
         if let Some(place) = self.state.place(queue, user) {
@@ -615,7 +703,7 @@ impl Core {
                 admitted: None,
             });
         }
-        if let Some(grant) = self.state.grant(queue, user) {
+        if let Some(grant) = self.state.grant(queue, user).or(resumed_grant) {
             let token = self.sign(queue, user, grant.jti, grant.iat, grant.exp);
             return Ok(JoinOk {
                 queue,
@@ -628,5 +716,168 @@ impl Core {
             });
         }
         Err(JoinError::Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::doorbell;
+    use crate::msg::KickReason;
+    use crate::queue::state::Limits;
+
+    /// A core with one loop whose channel holds `capacity` events; the loop's end.
+    fn core_with_loop(capacity: usize) -> (Core, Receiver<LoopEvent>, doorbell::BellRx) {
+        let config = Config::default();
+        let state = QueueState::new(Limits::from_config(&config), &[], 1);
+        let (signer, _) = TokenSigner::from_config(&config.tokens).expect("signer");
+        let (_inbox_tx, inbox) = crossbeam_channel::bounded(16);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+        let timing = CoreTiming {
+            tick: Duration::from_millis(10),
+            resync: Duration::from_secs(10),
+        };
+        let core = Core::new(
+            state,
+            Arc::new(signer),
+            inbox,
+            vec![LoopLink { tx, bell }],
+            timing,
+            Arc::new(AtomicBool::new(false)),
+        );
+        (core, rx, bell_rx)
+    }
+
+    fn kick(session: SessionId) -> LoopEvent {
+        LoopEvent::Kick {
+            session,
+            reason: KickReason::DuplicateLogin,
+        }
+    }
+
+    fn session_of(event: LoopEvent) -> SessionId {
+        match event {
+            LoopEvent::Kick { session, .. } => session,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The "ConsumeJti + resume in the same round answers INTERNAL" race: a player
+    /// resumes its admission and the token is used in the same round. The login answer
+    /// is the admission it resumed, not `Gone` (INTERNAL).
+    #[test]
+    fn a_resume_and_a_token_use_in_one_round_answer_admitted() {
+        let (mut core, rx, _bell) = core_with_loop(64);
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[("q".into(), 100, 0.0)],
+            1,
+        );
+        let now = unix_ms();
+        let join = |session| CoreMsg::Join {
+            conn: ConnRef {
+                loop_id: 0,
+                session,
+            },
+            seq: 1,
+            user: 5,
+            queue: "q".into(),
+            prio: false,
+        };
+        let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
+            rx.try_iter()
+                .find_map(|e| match e {
+                    LoopEvent::Joined { result, .. } => Some(result),
+                    _ => None,
+                })
+                .expect("a login answer")
+        };
+        core.handle(join(1), now);
+        core.flush(now, false);
+        assert!(answer(&rx).expect("joined").admitted.is_none());
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let admit = ControlReq::Admit {
+            queue: "q".into(),
+            count: 1,
+        };
+        core.handle(CoreMsg::Control(admit, reply_tx.clone()), now);
+        core.flush(now, false);
+        let grant = core.state.grant(0, 5).expect("admitted");
+        assert!(matches!(reply_rx.try_recv(), Ok(ControlReply::Admitted(_))));
+        let _ = rx.try_iter().count();
+        // One round: the player logs in again, and its token is used.
+        core.handle(join(2), now);
+        let consume = ControlReq::ConsumeJti {
+            jti: core.state.jti_text(grant.jti),
+            exp: grant.exp,
+        };
+        core.handle(CoreMsg::Control(consume, reply_tx), now);
+        core.flush(now, false);
+        assert!(matches!(
+            reply_rx.try_recv(),
+            Ok(ControlReply::Consumed(true))
+        ));
+        let resumed = answer(&rx).expect("not INTERNAL");
+        assert!(resumed.resumed);
+        assert!(resumed.admitted.is_some());
+    }
+
+    /// A full channel never blocks the core: the rest waits in order, and once anything
+    /// waits, later events go behind it even when the channel has room again.
+    #[test]
+    fn a_full_loop_channel_backs_up_in_order_without_blocking() {
+        let (mut core, rx, _bell) = core_with_loop(2);
+        for s in 0..10 {
+            core.send(0, kick(s));
+        }
+        assert_eq!(rx.len(), 2);
+        assert_eq!(core.backlog[0].len(), 8);
+        let mut seen: Vec<SessionId> = rx.try_iter().map(session_of).collect();
+        core.send(0, kick(10));
+        assert!(rx.is_empty(), "a new event must not pass the backlog");
+        while core.backlogged() {
+            core.drain_backlogs();
+            seen.extend(rx.try_iter().map(session_of));
+        }
+        assert_eq!(seen, (0..=10).collect::<Vec<_>>());
+    }
+
+    /// Past `BACKLOG_MAX` the core waits for the loop, ringing it first: a loop that
+    /// only reads after its doorbell (as the io loops do) still takes everything.
+    #[test]
+    fn a_backlog_over_its_bound_waits_for_a_loop_that_sleeps_on_its_bell() {
+        use std::io::Read;
+        let (mut core, rx, bell) = core_with_loop(16);
+        let total = BACKLOG_MAX as u64 + 100;
+        let reader = std::thread::spawn(move || {
+            let (armed, mut bell) = bell.into_parts();
+            bell.set_nonblocking(false).expect("blocking bell");
+            let mut next = 0;
+            let mut buf = [0u8; 64];
+            while next < total {
+                while let Ok(event) = rx.try_recv() {
+                    assert_eq!(session_of(event), next);
+                    next += 1;
+                }
+                doorbell::arm(&armed);
+                if rx.is_empty() && next < total {
+                    let _rings = bell.read(&mut buf).expect("bell read");
+                } else {
+                    doorbell::disarm(&armed);
+                }
+            }
+        });
+        for s in 0..total {
+            core.send(0, kick(s));
+            assert!(core.backlog[0].len() <= BACKLOG_MAX);
+        }
+        while core.backlogged() {
+            core.flush(unix_ms(), false);
+            std::thread::yield_now();
+        }
+        core.flush(unix_ms(), false);
+        reader.join().expect("loop got every event in order");
     }
 }

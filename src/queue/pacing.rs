@@ -5,12 +5,26 @@
 //! - with a rate set, admissions over any window stay within rate x window + 1 second
 //!   of burst (credit is capped at one second's worth, and does not build while empty);
 //! - with a capacity report, online + used since the report + unused grants + the new
-//!   admissions never exceed the reported capacity.
+//!   admissions never exceed the reported capacity;
+//! - one call admits at most [`TICK_ADMIT_MAX`], whatever the rate or the report;
+//! - no sum overflows: every count saturates, and a non-finite or huge rate cannot make
+//!   `allowance` panic (the state machine refuses such rates, this is the second line).
 
 /// Highest automatic admission rate accepted, players per second (`PUT .../rate`).
 pub const RATE_MAX_PER_S: f64 = 1_000_000.0;
 /// Highest `online` or `capacity` a login server may report (`PUT .../capacity`).
 pub const CAPACITY_MAX: u64 = 1_000_000_000;
+
+/// Most players one queue admits automatically per core tick. Every admission signs a
+/// token (tens of microseconds each) and sends a push, all within one core round during
+/// which nothing else is answered: without a cap, one capacity report with room for a
+/// million would admit a million players in one tick, a core stall of tens of seconds and
+/// a million events in one flush. 1,000 keeps a tick's signing to some tens of ms; at
+/// the default 10 ms tick it still allows 100,000 players/s per queue, more than the core
+/// can sign. (With `core.tick_ms = 1000` it is the ceiling of automatic admission:
+/// 1,000/s per queue.) Rate credit not taken because of the cap is kept, up to the
+/// usual one second of burst.
+pub const TICK_ADMIT_MAX: u64 = 1_000;
 
 /// The login server's last load report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +73,7 @@ impl Pacer {
     /// A token of this queue was used: that player is now online.
     pub fn token_used(&mut self) {
         if let Some(c) = &mut self.capacity {
-            c.used_since += 1;
+            c.used_since = c.used_since.saturating_add(1);
         }
     }
 
@@ -71,14 +85,14 @@ impl Pacer {
             self.credit = 0.0;
             return 0;
         }
-        let mut n = waiting;
+        let mut n = waiting.min(TICK_ADMIT_MAX);
         if rate_driven {
             let burst = self.rate_per_s.max(1.0);
             self.credit = (self.credit + self.rate_per_s * dt_ms as f64 / 1000.0).min(burst);
             n = n.min(self.credit.floor() as u64);
         }
         if let Some(c) = self.capacity {
-            let busy = c.online + c.used_since + unused;
+            let busy = c.online.saturating_add(c.used_since).saturating_add(unused);
             n = n.min(c.capacity.saturating_sub(busy));
         }
         if rate_driven {
@@ -120,7 +134,7 @@ impl RateMeter {
         if slot.0 != sec {
             *slot = (sec, 0);
         }
-        slot.1 += n;
+        slot.1 = slot.1.saturating_add(n);
         self.first_sec.get_or_insert(sec);
     }
 
@@ -149,8 +163,7 @@ impl RateMeter {
             .buckets
             .iter()
             .filter(|(s, _)| *s != u64::MAX && *s <= sec && sec - *s < WINDOW_SECS)
-            .map(|(_, n)| n)
-            .sum();
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
         let window = (sec.saturating_sub(first) + 1).min(WINDOW_SECS);
         recent as f64 / window as f64
     }
@@ -215,6 +228,53 @@ mod tests {
         };
         p.report_capacity(0, 3);
         assert_eq!(p.allowance(1000, 100, 0), 3);
+    }
+
+    #[test]
+    fn capacity_sums_saturate_instead_of_overflowing() {
+        let mut p = Pacer::default();
+        p.report_capacity(u64::MAX, u64::MAX);
+        p.token_used();
+        // online + used + unused would wrap (release) or abort (debug): room is 0.
+        assert_eq!(p.allowance(10, 100, u64::MAX), 0);
+        assert_eq!(p.capacity.unwrap().used_since, 1);
+        let mut p = Pacer::default();
+        p.report_capacity(0, 10);
+        p.capacity.as_mut().unwrap().used_since = u64::MAX;
+        p.token_used();
+        assert_eq!(p.capacity.unwrap().used_since, u64::MAX);
+        assert_eq!(p.allowance(10, 100, 5), 0);
+    }
+
+    #[test]
+    fn one_tick_admits_at_most_tick_admit_max() {
+        // Capacity-driven: room for a billion, a million waiting.
+        let mut p = Pacer::default();
+        p.report_capacity(0, CAPACITY_MAX);
+        assert_eq!(p.allowance(10, 1_000_000, 0), TICK_ADMIT_MAX);
+        assert_eq!(p.allowance(10, 10, 0), 10, "never more than waiting");
+        // Rate-driven: the credit not taken is kept (up to one second's worth).
+        let mut p = Pacer {
+            rate_per_s: RATE_MAX_PER_S,
+            ..Pacer::default()
+        };
+        assert_eq!(p.allowance(1000, 1_000_000, 0), TICK_ADMIT_MAX);
+        assert!(p.credit() >= RATE_MAX_PER_S - TICK_ADMIT_MAX as f64);
+        assert_eq!(p.allowance(10, 1_000_000, 0), TICK_ADMIT_MAX);
+    }
+
+    #[test]
+    fn a_non_finite_or_huge_rate_does_not_panic() {
+        for rate in [f64::INFINITY, f64::NAN, 1e300, f64::MAX, -1.0] {
+            let mut p = Pacer {
+                rate_per_s: rate,
+                ..Pacer::default()
+            };
+            for dt_ms in [0, 10, u64::MAX] {
+                assert!(p.allowance(dt_ms, 50, 0) <= 50, "rate {rate}");
+                assert!(p.allowance(dt_ms, u64::MAX, u64::MAX) <= TICK_ADMIT_MAX);
+            }
+        }
     }
 
     #[test]

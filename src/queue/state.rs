@@ -9,15 +9,27 @@
 //! - position = 1 + places ahead (priority lane first, then arrival), counting players
 //!   in reconnect grace; positions only fall, except by a priority insertion;
 //! - admission takes the head: priority lane first, FIFO within a lane;
-//! - every change that moves positions emits `Departed` or `Inserted` with the place key.
+//! - every change that moves positions emits `Departed` or `Inserted` with the place key;
+//! - only the connection holding a place or an admission can act on it: a `leave` or a
+//!   disconnect from any other (older, kicked) connection changes nothing. The newest
+//!   login holds (an older connection still open is kicked `duplicate_login`);
+//! - a grant whose token an HTTP `admit` answer returned is never given up by `leave`:
+//!   only its use or its expiry ends it (the login server may already hold it).
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::pacing::{Pacer, RateMeter};
+use super::pacing::{Pacer, RateMeter, CAPACITY_MAX, RATE_MAX_PER_S};
 use super::rank::{place_key, split_key, Lane};
 use crate::msg::{ConnRef, JoinError, KickReason, PlaceKey, QueueId, UserId};
+
+/// Why a `SetRate` is refused (names the field; the bound is `RATE_MAX_PER_S`).
+pub const RATE_INVALID: &str = "per_second must be a finite number in 0..=1000000";
+/// Why a `SetCapacity` is refused for its `online` (the bound is `CAPACITY_MAX`).
+pub const ONLINE_INVALID: &str = "online must be at most 1000000000";
+/// Why a `SetCapacity` is refused for its `capacity` (the bound is `CAPACITY_MAX`).
+pub const CAPACITY_INVALID: &str = "capacity must be at most 1000000000";
 
 /// One state change. Serializable so a log of them can rebuild the state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,16 +54,19 @@ pub enum Op {
         /// The connection that closed (ignored if it no longer holds the place).
         conn: ConnRef,
     },
-    /// The player gives up the place.
+    /// The player gives up the place, or the unused admission whose token was only
+    /// pushed to it.
     Leave {
         /// Queue.
         queue: QueueId,
         /// Player.
         user: UserId,
-        /// The connection that sent `leave` (ignored if it no longer holds the place).
+        /// The connection that sent `leave` (ignored if it no longer holds the place or
+        /// the admission).
         conn: ConnRef,
     },
-    /// Admit up to `count` players from the head now (manual admission).
+    /// Admit up to `count` players from the head now (manual admission, whose answer
+    /// returns the tokens: a later `leave` does not void them).
     Admit {
         /// Queue.
         queue: QueueId,
@@ -207,6 +222,11 @@ pub struct Grant {
     pub iat: u64,
     /// Expires at, unix seconds.
     pub exp: u64,
+    /// The connection holding the admission: the one it was pushed to, then the newest
+    /// login of the player; `None` when disconnected at admission, or since a restart.
+    pub conn: Option<ConnRef>,
+    /// The token was returned by an HTTP `admit` answer: no `leave` voids it.
+    pub returned: bool,
 }
 
 /// One named queue.
@@ -350,6 +370,8 @@ pub struct GrantDump {
     pub iat: u64,
     /// Expires at, unix seconds.
     pub exp: u64,
+    /// The token was returned by an HTTP `admit` answer (no `leave` voids it).
+    pub returned: bool,
 }
 
 /// Every queue and everything about the players in them.
@@ -450,26 +472,31 @@ impl QueueState {
                 conn,
             } => self.join(queue, *user, *prio, *conn, out),
             Op::Disconnect { queue, user, conn } => {
-                let deadline = now_ms + self.limits.reconnect_grace_ms;
+                let deadline = now_ms.saturating_add(self.limits.reconnect_grace_ms);
                 if let Some(place) = self.places.get_mut(&(*queue, *user)) {
                     if place.conn == Some(*conn) {
                         place.conn = None;
                         place.grace_deadline_ms = deadline;
                         self.grace.push_back((deadline, *queue, *user, place.key));
                     }
+                } else if let Some(grant) = self.grants.get_mut(&(*queue, *user)) {
+                    // The holder of an admission went away: nobody holds it until the
+                    // player logs in again.
+                    if grant.conn == Some(*conn) {
+                        grant.conn = None;
+                    }
                 }
                 Applied::Ok
             }
             Op::Leave { queue, user, conn } => {
-                let holds =
-                    matches!(self.places.get(&(*queue, *user)), Some(p) if p.conn == Some(*conn));
-                if holds {
-                    self.depart(*queue, *user, out);
-                    self.queues[*queue as usize].left_total += 1;
-                } else if !self.places.contains_key(&(*queue, *user)) {
-                    // Admitted before the `leave` reached us: the player gives up the
-                    // unused token too, so it stops counting against capacity.
-                    self.withdraw_grant(*queue, *user);
+                match self.places.get(&(*queue, *user)) {
+                    Some(p) if p.conn == Some(*conn) => {
+                        self.depart(*queue, *user, out);
+                        self.queues[*queue as usize].left_total += 1;
+                    }
+                    // A stale connection (kicked by a newer login): not its place.
+                    Some(_) => {}
+                    None => self.leave_grant(*queue, *user, *conn),
                 }
                 Applied::Ok
             }
@@ -477,12 +504,12 @@ impl QueueState {
                 if *queue as usize >= self.queues.len() {
                     return Applied::UnknownQueue;
                 }
-                self.admit(*queue, *count, now_ms, out);
+                self.admit(*queue, *count, now_ms, true, out);
                 Applied::Ok
             }
             Op::SetRate { queue, per_second } => {
-                if !(per_second.is_finite() && *per_second >= 0.0) {
-                    return Applied::Invalid("per_second must be a finite number >= 0");
+                if !(per_second.is_finite() && (0.0..=RATE_MAX_PER_S).contains(per_second)) {
+                    return Applied::Invalid(RATE_INVALID);
                 }
                 let Some(q) = self.queues.get_mut(*queue as usize) else {
                     return Applied::UnknownQueue;
@@ -495,6 +522,12 @@ impl QueueState {
                 online,
                 capacity,
             } => {
+                if *online > CAPACITY_MAX {
+                    return Applied::Invalid(ONLINE_INVALID);
+                }
+                if *capacity > CAPACITY_MAX {
+                    return Applied::Invalid(CAPACITY_INVALID);
+                }
                 let Some(q) = self.queues.get_mut(*queue as usize) else {
                     return Applied::UnknownQueue;
                 };
@@ -523,8 +556,12 @@ impl QueueState {
     /// Every place enters reconnect grace until `now_ms` + grace, in queue order; the
     /// downtime earns no admission credit.
     fn restart(&mut self, now_ms: u64) {
-        let deadline = now_ms + self.limits.reconnect_grace_ms;
+        let deadline = now_ms.saturating_add(self.limits.reconnect_grace_ms);
         self.grace.clear();
+        // Connection ids of the last process mean nothing (and may be reused).
+        for grant in self.grants.values_mut() {
+            grant.conn = None;
+        }
         for (id, q) in self.queues.iter().enumerate() {
             let id = id as QueueId;
             for (key, user) in q.iter() {
@@ -590,6 +627,7 @@ impl QueueState {
                 jti: self.jti_text(g.jti),
                 iat: g.iat,
                 exp: g.exp,
+                returned: g.returned,
             })
             .collect();
         grants.sort_by(|a, b| (&a.queue, a.user).cmp(&(&b.queue, b.user)));
@@ -623,7 +661,17 @@ impl QueueState {
             }
             None => return Applied::JoinFailed(JoinError::UnknownQueue),
         };
-        if self.grants.contains_key(&(queue, user)) {
+        if let Some(grant) = self.grants.get_mut(&(queue, user)) {
+            // The newest login holds the admission, as it would hold a place.
+            if let Some(old) = grant.conn {
+                if old != conn {
+                    out.push(Event::Kick {
+                        conn: old,
+                        reason: KickReason::DuplicateLogin,
+                    });
+                }
+            }
+            grant.conn = Some(conn);
             return Applied::Joined {
                 queue,
                 resumed: true,
@@ -682,9 +730,17 @@ impl QueueState {
     }
 
     /// Admits up to `count` players from the head of `queue`; returns how many.
-    fn admit(&mut self, queue: QueueId, count: u64, now_ms: u64, out: &mut Vec<Event>) -> u64 {
+    /// `returned`: the tokens go back in an HTTP answer too (see [`Grant::returned`]).
+    fn admit(
+        &mut self,
+        queue: QueueId,
+        count: u64,
+        now_ms: u64,
+        returned: bool,
+        out: &mut Vec<Event>,
+    ) -> u64 {
         let iat = now_ms / 1000;
-        let exp = iat + self.limits.token_ttl_secs;
+        let exp = iat.saturating_add(self.limits.token_ttl_secs);
         let mut admitted = 0;
         while admitted < count {
             let Some((_, user)) = self.queues[queue as usize].head() else {
@@ -693,7 +749,14 @@ impl QueueState {
             let place = self.depart(queue, user, out).expect("head has a place");
             let jti = self.next_jti;
             self.next_jti += 1;
-            self.grants.insert((queue, user), Grant { jti, iat, exp });
+            let grant = Grant {
+                jti,
+                iat,
+                exp,
+                conn: place.conn,
+                returned,
+            };
+            self.grants.insert((queue, user), grant);
             self.issued.insert(jti, (queue, user));
             self.grant_expiry.push_back((exp, jti));
             let q = &mut self.queues[queue as usize];
@@ -713,6 +776,18 @@ impl QueueState {
             self.queues[queue as usize].meter.record(now_ms, admitted);
         }
         admitted
+    }
+
+    /// A `leave` from `conn` of a player without a place: it gives up the unused
+    /// admission if `conn` holds it and its token was only pushed to the player. A
+    /// stale connection's leave, or one racing an HTTP `admit` that returned the token,
+    /// changes nothing (the grant then ends by use or expiry).
+    fn leave_grant(&mut self, queue: QueueId, user: UserId, conn: ConnRef) {
+        let gives_up = matches!(self.grants.get(&(queue, user)),
+            Some(g) if !g.returned && g.conn == Some(conn));
+        if gives_up {
+            self.withdraw_grant(queue, user);
+        }
     }
 
     /// Cancels the unused grant of `user`, if any: its `jti` is marked used.
@@ -794,7 +869,7 @@ impl QueueState {
             let q = &mut self.queues[id];
             let n = q.pacer.allowance(dt_ms, q.waiting(), q.unused_grants);
             if n > 0 {
-                self.admit(id as QueueId, n, now_ms, out);
+                self.admit(id as QueueId, n, now_ms, false, out);
             }
         }
     }

@@ -101,6 +101,8 @@ impl Driver {
                     .state
                     .place(qid, user)
                     .and_then(|p| p.conn)
+                    // An admitted player's leave: from the connection holding it.
+                    .or_else(|| self.state.grant(qid, user).and_then(|g| g.conn))
                     .unwrap_or(ConnRef {
                         loop_id: 0,
                         session: 0,

@@ -10,7 +10,11 @@
 //!   entries, grants and used `jti`s in their expiry-queue order, stale expiry entries
 //!   left out, lane seqs renumbered on decode. States that behave the same encode to the
 //!   same bytes, and `encode(decode(encode(s))) == encode(s)`;
-//! - decoding never panics and never trusts a count: bad input is a [`CodecError`].
+//! - decoding never panics and never trusts a count: bad input is a [`CodecError`];
+//! - the snapshot ends with the grant holders (connection, returned by HTTP `admit`), one
+//!   per grant in the grants' order. Snapshots written before that section existed end
+//!   after the used `jti`s and still decode: their grants get no holder and count as
+//!   returned (a `leave` then never voids them; use or expiry still ends them).
 
 use std::fmt;
 
@@ -357,11 +361,7 @@ impl QueueState {
             out.u32(queue);
             out.u64(user);
         }
-        let live_grants = self.grant_expiry.iter().filter_map(|&(_, jti)| {
-            let &(queue, user) = self.issued.get(&jti)?;
-            let grant = self.grants.get(&(queue, user)).filter(|g| g.jti == jti)?;
-            Some((queue, user, *grant))
-        });
+        let live_grants = self.live_grants();
         out.u32(live_grants.clone().count() as u32);
         for (queue, user, g) in live_grants {
             out.u32(queue);
@@ -375,6 +375,20 @@ impl QueueState {
             out.u64(*exp);
             out.str(jti);
         }
+        // Grant holders (see the module invariants).
+        for (_, _, g) in self.live_grants() {
+            out.opt_conn(g.conn);
+            out.u8(u8::from(g.returned));
+        }
+    }
+
+    /// Unused grants in expiry-queue order, stale entries left out: (queue, user, grant).
+    fn live_grants(&self) -> impl Iterator<Item = (QueueId, u64, Grant)> + Clone + '_ {
+        self.grant_expiry.iter().filter_map(|&(_, jti)| {
+            let &(queue, user) = self.issued.get(&jti)?;
+            let grant = self.grants.get(&(queue, user)).filter(|g| g.jti == jti)?;
+            Some((queue, user, *grant))
+        })
     }
 
     /// The state a snapshot payload describes, under `limits` (from the config).
@@ -461,6 +475,7 @@ impl QueueState {
             s.grace.push_back((deadline, queue, user, key));
         }
         let n = r.u32()?;
+        let mut order = Vec::new();
         for _ in 0..n {
             let at = r.at;
             let (queue, user) = (r.u32()?, r.u64()?);
@@ -468,6 +483,8 @@ impl QueueState {
                 jti: r.u64()?,
                 iat: r.u64()?,
                 exp: r.u64()?,
+                conn: None,
+                returned: true,
             };
             let fresh = (queue as usize) < s.queues.len()
                 && s.grants.insert((queue, user), grant).is_none()
@@ -479,6 +496,7 @@ impl QueueState {
                 });
             }
             s.grant_expiry.push_back((grant.exp, grant.jti));
+            order.push((queue, user));
         }
         let n = r.u32()?;
         for _ in 0..n {
@@ -492,6 +510,15 @@ impl QueueState {
                 });
             }
             s.used_expiry.push_back((exp, jti));
+        }
+        if r.at < payload.len() {
+            for key in order {
+                let conn = r.opt_conn()?;
+                let returned = r.bool()?;
+                let grant = s.grants.get_mut(&key).expect("decoded above");
+                grant.conn = conn;
+                grant.returned = returned;
+            }
         }
         r.end()?;
         Ok(s)

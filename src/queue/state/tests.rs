@@ -426,7 +426,7 @@ fn rate_and_capacity_drive_ticks() {
             0,
             &mut out
         ),
-        Applied::Invalid("per_second must be a finite number >= 0")
+        Applied::Invalid(RATE_INVALID)
     );
     assert_eq!(
         s.apply(&Op::Admit { queue: 9, count: 1 }, 0, &mut out),
@@ -486,7 +486,18 @@ fn leave_after_admission_gives_the_token_up() {
         0,
         &mut out,
     );
-    s.apply(&Op::Admit { queue: 0, count: 1 }, 0, &mut out);
+    // Admitted by capacity: the token was only pushed to the player (a token an HTTP
+    // `admit` returned is kept, see `a_leave_never_voids_a_token_returned_by_admit`).
+    s.apply(
+        &Op::SetCapacity {
+            queue: 0,
+            online: 0,
+            capacity: 1,
+        },
+        0,
+        &mut out,
+    );
+    s.apply(&Op::Tick, 10, &mut out);
     let grant = s.grant(0, 5).expect("granted");
     assert_eq!(s.queues()[0].unused_grants, 1);
     s.apply(
@@ -505,4 +516,277 @@ fn leave_after_admission_gives_the_token_up() {
         exp: grant.exp,
     };
     assert_eq!(s.apply(&consume, 0, &mut out), Applied::Consumed(false));
+}
+
+/// Admits `user` (joined on `c`) by capacity: its token is only pushed to it.
+fn join_and_tick_admit(s: &mut QueueState, user: UserId, c: ConnRef) -> Grant {
+    let mut out = Vec::new();
+    s.apply(
+        &Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn: c,
+        },
+        0,
+        &mut out,
+    );
+    let room = s.queues()[0].unused_grants + 1;
+    s.apply(
+        &Op::SetCapacity {
+            queue: 0,
+            online: 0,
+            capacity: room,
+        },
+        0,
+        &mut out,
+    );
+    s.apply(&Op::Tick, 10, &mut out);
+    s.grant(0, user).expect("admitted by capacity")
+}
+
+/// Issue 7 item 6: A is admitted, B logs in as the same user (A is kicked), A's leave
+/// arrives late: it is stale and voids nothing. B's own leave does give the token up.
+#[test]
+fn a_stale_leave_does_not_void_the_newer_connections_admission() {
+    let mut s = state();
+    let mut out = Vec::new();
+    let (a, b) = (conn(1), conn(2));
+    let grant = join_and_tick_admit(&mut s, 5, a);
+    assert_eq!(grant.conn, Some(a));
+    s.apply(
+        &Op::Join {
+            queue: "q".into(),
+            user: 5,
+            prio: false,
+            conn: b,
+        },
+        20,
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![Event::Kick {
+            conn: a,
+            reason: KickReason::DuplicateLogin
+        }],
+        "the newest login holds the admission"
+    );
+    out.clear();
+    for op in [
+        Op::Leave {
+            queue: 0,
+            user: 5,
+            conn: a,
+        },
+        Op::Disconnect {
+            queue: 0,
+            user: 5,
+            conn: a,
+        },
+    ] {
+        s.apply(&op, 30, &mut out);
+        assert_eq!(
+            s.grant(0, 5).map(|g| (g.jti, g.conn)),
+            Some((grant.jti, Some(b)))
+        );
+    }
+    assert!(out.is_empty());
+    s.apply(
+        &Op::Leave {
+            queue: 0,
+            user: 5,
+            conn: b,
+        },
+        40,
+        &mut out,
+    );
+    assert_eq!(s.grant(0, 5), None);
+    assert_eq!(s.queues()[0].unused_grants, 0);
+}
+
+/// Issue 7 item 6: a token that an HTTP `admit` answer returned is never voided by the
+/// player's `leave` (it may already be with the login server); use still ends it.
+#[test]
+fn a_leave_never_voids_a_token_returned_by_admit() {
+    let mut s = state();
+    let mut out = Vec::new();
+    let c = conn(1);
+    s.apply(
+        &Op::Join {
+            queue: "q".into(),
+            user: 5,
+            prio: false,
+            conn: c,
+        },
+        0,
+        &mut out,
+    );
+    s.apply(&Op::Admit { queue: 0, count: 1 }, 0, &mut out);
+    let grant = s.grant(0, 5).expect("granted");
+    assert!(grant.returned);
+    s.apply(
+        &Op::Leave {
+            queue: 0,
+            user: 5,
+            conn: c,
+        },
+        0,
+        &mut out,
+    );
+    assert_eq!(s.grant(0, 5), Some(grant));
+    assert_eq!(s.queues()[0].unused_grants, 1);
+    let consume = Op::ConsumeJti {
+        jti: s.jti_text(grant.jti),
+        exp: grant.exp,
+    };
+    assert_eq!(s.apply(&consume, 0, &mut out), Applied::Consumed(true));
+}
+
+/// A restart forgets every connection: a connection id of the new process that equals
+/// an old holder's cannot give the admission up.
+#[test]
+fn a_restart_forgets_who_held_an_admission() {
+    let mut s = state();
+    let mut out = Vec::new();
+    let c = conn(1);
+    let grant = join_and_tick_admit(&mut s, 5, c);
+    s.apply(&Op::Restart, 50, &mut out);
+    s.apply(
+        &Op::Leave {
+            queue: 0,
+            user: 5,
+            conn: c,
+        },
+        60,
+        &mut out,
+    );
+    assert_eq!(s.grant(0, 5).map(|g| g.jti), Some(grant.jti));
+}
+
+/// Issue 7 item 4: the state machine refuses rates and capacity reports out of bounds on
+/// its own (the HTTP edge checks too), naming the field, and changes nothing.
+#[test]
+fn set_rate_and_capacity_out_of_bounds_are_invalid() {
+    let mut s = state();
+    let mut out = Vec::new();
+    for per_second in [f64::NAN, f64::INFINITY, -1.0, 1e300, RATE_MAX_PER_S * 2.0] {
+        assert_eq!(
+            s.apply(
+                &Op::SetRate {
+                    queue: 0,
+                    per_second
+                },
+                0,
+                &mut out
+            ),
+            Applied::Invalid(RATE_INVALID),
+            "{per_second}"
+        );
+    }
+    assert!(RATE_INVALID.contains(&format!("{RATE_MAX_PER_S}")));
+    assert_eq!(s.queues()[0].pacer.rate_per_s, 0.0);
+    let max = RATE_MAX_PER_S;
+    assert_eq!(
+        s.apply(
+            &Op::SetRate {
+                queue: 0,
+                per_second: max
+            },
+            0,
+            &mut out
+        ),
+        Applied::Ok
+    );
+    let over = CAPACITY_MAX + 1;
+    for (online, capacity, why) in [
+        (over, 10, ONLINE_INVALID),
+        (u64::MAX, 10, ONLINE_INVALID),
+        (0, over, CAPACITY_INVALID),
+        (0, u64::MAX, CAPACITY_INVALID),
+    ] {
+        let op = Op::SetCapacity {
+            queue: 0,
+            online,
+            capacity,
+        };
+        assert_eq!(s.apply(&op, 0, &mut out), Applied::Invalid(why));
+        assert!(why.contains(&CAPACITY_MAX.to_string()));
+    }
+    assert_eq!(s.queues()[0].pacer.capacity, None);
+    let op = Op::SetCapacity {
+        queue: 0,
+        online: CAPACITY_MAX,
+        capacity: CAPACITY_MAX,
+    };
+    assert_eq!(s.apply(&op, 0, &mut out), Applied::Ok);
+}
+
+/// Issue 7 item 4: one tick admits at most `TICK_ADMIT_MAX` per queue, however much
+/// room a capacity report gives; the rest follow on later ticks.
+#[test]
+fn capacity_admission_is_capped_per_tick() {
+    use crate::queue::pacing::TICK_ADMIT_MAX;
+    let mut s = state();
+    let mut out = Vec::new();
+    let n = TICK_ADMIT_MAX * 2 + 5;
+    for user in 0..n {
+        let op = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn: conn(user),
+        };
+        s.apply(&op, 0, &mut out);
+    }
+    let op = Op::SetCapacity {
+        queue: 0,
+        online: 0,
+        capacity: CAPACITY_MAX,
+    };
+    s.apply(&op, 0, &mut out);
+    s.apply(&Op::Tick, 10, &mut out);
+    assert_eq!(s.queues()[0].admitted_total, TICK_ADMIT_MAX);
+    s.apply(&Op::Tick, 20, &mut out);
+    s.apply(&Op::Tick, 30, &mut out);
+    assert_eq!(s.queues()[0].admitted_total, n);
+}
+
+/// Snapshots keep who holds each admission and whether HTTP returned its token (a log
+/// replayed after the snapshot depends on both); a snapshot written before that section
+/// existed still decodes, its grants held by nobody and never voided by a `leave`.
+#[test]
+fn snapshots_keep_grant_holders_and_read_the_older_format() {
+    let mut s = state();
+    let mut out = Vec::new();
+    let pushed = join_and_tick_admit(&mut s, 5, conn(1));
+    s.apply(
+        &Op::Join {
+            queue: "q".into(),
+            user: 6,
+            prio: false,
+            conn: conn(2),
+        },
+        0,
+        &mut out,
+    );
+    s.apply(&Op::Admit { queue: 0, count: 1 }, 0, &mut out);
+    let returned = s.grant(0, 6).expect("admitted");
+    let mut bytes = Vec::new();
+    s.encode_snapshot(&mut bytes);
+    let back = QueueState::decode_snapshot(limits(), &bytes).expect("decodes");
+    assert_eq!(back.grant(0, 5), Some(pushed));
+    assert_eq!(back.grant(0, 6), Some(returned));
+    let mut again = Vec::new();
+    back.encode_snapshot(&mut again);
+    assert_eq!(again, bytes, "canonical");
+    // The older format: the same bytes without the holder section (per grant: a
+    // connection, 1 + 2 + 8 bytes when present, and a flag).
+    let holders = (1 + 2 + 8 + 1) * 2;
+    let old = &bytes[..bytes.len() - holders];
+    let back = QueueState::decode_snapshot(limits(), old).expect("older format decodes");
+    let g = back.grant(0, 5).expect("kept");
+    assert_eq!((g.jti, g.conn, g.returned), (pushed.jti, None, true));
+    // A trailing partial section is refused, not guessed at.
+    assert!(QueueState::decode_snapshot(limits(), &bytes[..bytes.len() - 1]).is_err());
 }
