@@ -86,3 +86,47 @@ fn a_queue_with_a_player_in_grace_does_not_expire() {
     assert_eq!(answer["code"], 0, "{answer}");
     assert_eq!(answer["data"]["resumed"], true, "{answer}");
 }
+
+/// Expiry is durable: a restart on the same directory keeps expired queues expired
+/// (the quarantined tombstone of a queue that admitted a player keeps its counters for
+/// its name) and a fresh name still fits.
+#[test]
+fn expiry_survives_a_restart() {
+    let d = std::env::temp_dir().join(format!("qs-expiry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let toml = format!(
+        "{CONFIG}[durability]\ndir = \"{}\"\nfsync = \"always\"\n",
+        d.display()
+    );
+    let s = start(&toml);
+    let (mut c, answer) = login(&s, 1, "adm");
+    assert_eq!(answer["code"], 0, "{answer}");
+    let (status, body) = s.http("POST", "/v1/queues/adm/admit", Some(json!({"count": 1})));
+    assert_eq!(status, 200, "{body}");
+    let token = body["admitted"][0]["token"].as_str().unwrap().to_string();
+    c.next_cmd("admitted");
+    let (status, body) = s.http("POST", "/v1/tokens/verify", Some(json!({"token": token})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(visit(&s, 2, "plain"), json!(0));
+    // Both expire; "adm"'s player is still connected.
+    let deadline = Instant::now() + WAIT;
+    while queue_names(&s) != ["default"] {
+        assert!(
+            Instant::now() < deadline,
+            "never expired: {:?}",
+            queue_names(&s)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    let s = start(&toml);
+    assert_eq!(queue_names(&s), ["default"]);
+    // Both names fit again; "adm" is the same queue as before (1 admitted so far).
+    assert_eq!(visit(&s, 3, "plain"), json!(0));
+    let (_c2, answer) = login(&s, 4, "adm");
+    assert_eq!(answer["code"], 0, "{answer}");
+    assert_eq!(s.queue_stats("adm")["admitted_total"], 1);
+    drop(c);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -250,6 +250,10 @@ impl Lane {
         if self.len == 0 || seq >= self.next_seq {
             return None;
         }
+        if self.slot(self.head).seq == seq {
+            // Admission takes the head: no search.
+            return Some(self.head);
+        }
         let pos = self.lower_bound(seq);
         (pos < self.tail && self.slot(pos).seq == seq).then_some(pos)
     }
