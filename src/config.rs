@@ -158,6 +158,9 @@ pub struct QueuesConfig {
     pub max_waiting: u64,
     /// Most queues in all; auto-creation stops there.
     pub max_queues: usize,
+    /// Seconds an auto-created queue stays empty and idle before it is removed (its name
+    /// and its slot in `max_queues` become free); 0 = never.
+    pub auto_expire_secs: u64,
     /// Queues that exist from the start.
     pub list: Vec<QueueConfig>,
 }
@@ -386,6 +389,12 @@ impl Config {
                 "must be at least 1 and at least the number of configured queues",
             ));
         }
+        if self.queues.auto_expire_secs > AUTO_EXPIRE_SECS_MAX {
+            return Err(err(
+                "queues.auto_expire_secs",
+                format!("must be in 0..={AUTO_EXPIRE_SECS_MAX} (0 = never)"),
+            ));
+        }
         if self.queues.list.is_empty() && !self.queues.auto_create {
             return Err(err(
                 "queues.list",
@@ -413,6 +422,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Longest `queues.auto_expire_secs` (one year; longer is "never", which is 0).
+pub const AUTO_EXPIRE_SECS_MAX: u64 = 365 * 24 * 3600;
 
 /// Queue names are short and URL-safe so they can sit in a control API path.
 pub fn valid_queue_name(name: &str) -> bool {
@@ -591,6 +603,15 @@ mod tests {
         assert_eq!(e.key, "durability.fsync");
         let e = Config::from_toml_str("[durability]\nsnapshot_interval_secs = 0\n").unwrap_err();
         assert_eq!(e.key, "durability.snapshot_interval_secs");
+    }
+
+    #[test]
+    fn auto_expire_defaults_to_five_minutes_and_is_bounded() {
+        assert_eq!(Config::default().queues.auto_expire_secs, 300);
+        let c = Config::from_toml_str("[queues]\nauto_expire_secs = 0\n").unwrap();
+        assert_eq!(c.queues.auto_expire_secs, 0);
+        let e = Config::from_toml_str("[queues]\nauto_expire_secs = 31536001\n").unwrap_err();
+        assert_eq!(e.key, "queues.auto_expire_secs");
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub type LoopId = u16;
 /// A session's id within its loop: slot index in the low 32 bits, slot generation in
 /// the high 32 bits, so an event for a closed session never reaches its slot's next user.
 pub type SessionId = u64;
-/// Index of a queue in the core's queue table (stable for the process lifetime).
+/// Index of a queue in the core's queue table. An id names one queue for as long as a
+/// connection or message can hold it: an expired auto-created queue's slot is reused by
+/// another name only if it never admitted anyone (see `queue::state`).
 pub type QueueId = u32;
 /// A player's id, as sent in `login`.
 pub type UserId = u64;

@@ -220,6 +220,7 @@ impl Core {
             if now >= next_tick {
                 if !self.degraded {
                     self.apply(&Op::Tick, now_ms);
+                    self.expire_queues(now_ms);
                 }
                 next_tick = now + self.timing.tick;
             }
@@ -241,6 +242,16 @@ impl Core {
                     tracing::error!(error = %e, "no final snapshot; the next start replays the log")
                 }
             }
+        }
+    }
+
+    /// Expires the auto-created queues that have been idle long enough (each is a
+    /// logged op, so replay repeats exactly these expiries).
+    fn expire_queues(&mut self, now_ms: u64) {
+        let mut from = 0;
+        while let Some(queue) = self.state.next_expiry(now_ms, from) {
+            self.apply(&Op::ExpireQueue { queue }, now_ms);
+            from = queue as usize + 1;
         }
     }
 
@@ -508,6 +519,7 @@ impl Core {
         self.state
             .queues()
             .iter()
+            .filter(|q| !q.is_expired())
             .map(|q| QueueStats {
                 name: q.name.clone(),
                 waiting: q.waiting(),

@@ -1,14 +1,35 @@
 //! One lane of a queue: players in arrival order with O(log n) exact rank.
 //!
-//! A lane hands out sequence numbers in arrival order. Slots live in a ring indexed by
-//! `seq & mask`; a Fenwick tree over the ring counts present players, so the rank of a
-//! place (players ahead in this lane) is two prefix sums, removal from the middle is one
-//! update, and the head advances past removed slots.
+//! A lane hands out sequence numbers (seqs) in arrival order; a seq never changes while
+//! its player is in the lane (the io loops and the core hold it inside `PlaceKey`s).
+//! Players live in a ring of *positions*: each push takes the next position, and a slot
+//! remembers its seq, so seqs increase with positions and the position of a seq is a
+//! binary search. A Fenwick tree over the ring counts present players, so the rank of a
+//! place (players ahead in this lane) is a search and two prefix sums, and a removal from
+//! the middle is one update. Removal leaves a dead slot; the head position advances past
+//! dead slots, and once the dead slots inside the live span outnumber the live players
+//! (and at least [`COMPACT_MIN`]) the live slots are moved together in place and the tree
+//! rebuilt. Seqs are kept, positions are internal, so compaction renumbers nothing
+//! anybody holds.
+//!
+//! Costs: `rank`, `get` O(log n); `push` O(log n), amortized O(1) extra for growth;
+//! `remove` O(log n) plus amortized O(1) for compaction and head advance (each dead slot
+//! is walked over a bounded number of times); `front` O(1); `iter` O(live + dead) with
+//! dead <= max(live, COMPACT_MIN). Memory: 20 bytes per slot, and the ring holds at most
+//! `max(MIN_CAPACITY, 4 x span)` slots, span <= 2 x live + COMPACT_MIN, so about
+//! 8 x live + 256 slots whatever the arrival history (the ring shrinks once it is 4 times
+//! its span). No allocation in steady state: compaction is
+//! in place, only growth and shrinking reallocate.
 //!
 //! Invariants:
-//! - `head <= tail`, `tail - head <= capacity`; seqs in `head..tail` map to distinct slots;
-//! - the slot of `head` is occupied unless the lane is empty (`head == tail`);
-//! - the Fenwick tree counts exactly the occupied slots, `len` is their number.
+//! - `head <= tail`, `tail - head <= capacity`; positions in `head..tail` map to distinct
+//!   slots, and the seqs in them strictly increase;
+//! - the slot at `head` is live unless the lane is empty (`head == tail`); every slot
+//!   outside `head..tail` is dead;
+//! - the dead slots in `head..tail` number at most `max(len, COMPACT_MIN - 1)` after every
+//!   operation;
+//! - the Fenwick tree counts exactly the live slots, `len` is their number;
+//! - every seq handed out is below `next_seq`.
 
 use crate::msg::{PlaceKey, UserId};
 
@@ -31,46 +52,59 @@ pub fn split_key(key: PlaceKey) -> (bool, u64) {
 }
 
 /// Smallest ring, slots.
-const MIN_CAPACITY: usize = 1024;
+pub const MIN_CAPACITY: usize = 1024;
+/// Dead slots inside the live span that trigger a compaction (with more dead than live),
+/// so a small lane is not compacted on every removal.
+pub const COMPACT_MIN: usize = 64;
+/// Marks a slot whose player left (seqs stay below 2^63, see [`place_key`]).
+const DEAD: u64 = 1 << 63;
 
-/// One lane (priority or normal) of one queue.
-#[derive(Debug, Clone)]
-pub struct Lane {
-    /// Oldest seq that may still be present.
-    head: u64,
-    /// Next seq to hand out.
-    tail: u64,
-    /// Ring of slots, `None` = left; length is a power of two.
-    slots: Vec<Option<UserId>>,
-    /// Fenwick tree over the ring (1-based, `slots.len() + 1` entries).
-    tree: Vec<u32>,
-    /// Occupied slots.
-    len: usize,
+/// One slot of the ring.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// The seq of the place, with [`DEAD`] set once the player left.
+    seq: u64,
+    /// The player.
+    user: UserId,
 }
 
-impl Default for Lane {
-    /// An empty lane holding no memory until its first player (auto-created queues
-    /// cost nothing until used).
-    fn default() -> Self {
-        Lane {
-            head: 0,
-            tail: 0,
-            slots: Vec::new(),
-            tree: Vec::new(),
-            len: 0,
-        }
+impl Default for Slot {
+    /// Dead: every slot outside the live span is dead.
+    fn default() -> Slot {
+        Slot { seq: DEAD, user: 0 }
     }
 }
 
+impl Slot {
+    fn live(&self) -> bool {
+        self.seq & DEAD == 0
+    }
+}
+
+/// One lane (priority or normal) of one queue.
+#[derive(Debug, Clone, Default)]
+pub struct Lane {
+    /// Position of the first slot that may be live.
+    head: u64,
+    /// Next position to fill.
+    tail: u64,
+    /// Next seq to hand out.
+    next_seq: u64,
+    /// Ring of slots indexed by `position & mask`; length 0 or a power of two.
+    slots: Vec<Slot>,
+    /// Fenwick tree over the ring (1-based, `slots.len() + 1` entries).
+    tree: Vec<u32>,
+    /// Live slots.
+    len: usize,
+}
+
 impl Lane {
-    fn with_capacity(capacity: usize) -> Lane {
-        let capacity = capacity.next_power_of_two().max(MIN_CAPACITY);
+    /// An empty lane holding no memory whose first seq is `next_seq`: a queue slot
+    /// reused after expiry continues its seqs, so a key never means two places.
+    pub fn starting_at(next_seq: u64) -> Lane {
         Lane {
-            head: 0,
-            tail: 0,
-            slots: vec![None; capacity],
-            tree: vec![0; capacity + 1],
-            len: 0,
+            next_seq,
+            ..Lane::default()
         }
     }
 
@@ -85,12 +119,21 @@ impl Lane {
     }
 
     /// Next seq to be handed out (all present seqs are below it).
-    pub fn tail(&self) -> u64 {
-        self.tail
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Slots in the ring (memory is proportional to it).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     fn mask(&self) -> u64 {
-        self.slots.len() as u64 - 1
+        (self.slots.len() as u64).wrapping_sub(1)
+    }
+
+    fn slot(&self, pos: u64) -> &Slot {
+        &self.slots[(pos & self.mask()) as usize]
     }
 
     fn tree_add(&mut self, index: usize, delta: i32) {
@@ -101,7 +144,7 @@ impl Lane {
         }
     }
 
-    /// Occupied slots with ring index < `index`.
+    /// Live slots with ring index < `index`.
     fn tree_prefix(&self, index: usize) -> u64 {
         let mut i = index;
         let mut sum = 0u64;
@@ -112,81 +155,150 @@ impl Lane {
         sum
     }
 
+    /// Rebuilds the Fenwick tree from the slots in O(capacity).
+    fn rebuild_tree(&mut self) {
+        self.tree.fill(0);
+        for i in 1..self.tree.len() {
+            self.tree[i] += u32::from(self.slots[i - 1].live());
+            let parent = i + (i & i.wrapping_neg());
+            if parent < self.tree.len() {
+                self.tree[parent] += self.tree[i];
+            }
+        }
+    }
+
     /// Appends a player; returns its seq.
     pub fn push(&mut self, user: UserId) -> u64 {
         if (self.tail - self.head) as usize == self.slots.len() {
-            self.grow();
+            let dead = (self.tail - self.head) as usize - self.len;
+            if dead > 0 && dead >= self.slots.len() / 2 {
+                self.compact();
+            } else {
+                self.relayout((self.slots.len() * 2).max(MIN_CAPACITY));
+            }
         }
-        debug_assert!(!self.slots.is_empty());
-        let seq = self.tail;
-        let index = (seq & self.mask()) as usize;
-        debug_assert!(self.slots[index].is_none());
-        self.slots[index] = Some(user);
+        let seq = self.next_seq;
+        debug_assert!(seq < DEAD);
+        let pos = self.tail;
+        let index = (pos & self.mask()) as usize;
+        self.slots[index] = Slot { seq, user };
         self.tree_add(index, 1);
         self.tail += 1;
+        self.next_seq += 1;
         self.len += 1;
         seq
     }
 
-    /// Doubles the ring, re-laying the live range and rebuilding the tree in O(n).
-    fn grow(&mut self) {
-        let mut next = Lane::with_capacity(self.slots.len() * 2);
-        if self.slots.is_empty() {
-            next.head = self.head;
-            next.tail = self.tail;
-            *self = next;
-            return;
-        }
-        next.head = self.head;
-        next.tail = self.tail;
-        next.len = self.len;
-        let mask = next.mask();
-        for seq in self.head..self.tail {
-            let user = self.slots[(seq & self.mask()) as usize];
-            next.slots[(seq & mask) as usize] = user;
-        }
-        // Linear Fenwick build.
-        for i in 1..next.tree.len() {
-            next.tree[i] += u32::from(next.slots[i - 1].is_some());
-            let parent = i + (i & i.wrapping_neg());
-            if parent < next.tree.len() {
-                next.tree[parent] += next.tree[i];
+    /// Moves the live slots into a fresh ring of `capacity` slots (a power of two at
+    /// least the live count), dropping dead ones, and rebuilds the tree in O(capacity).
+    fn relayout(&mut self, capacity: usize) {
+        debug_assert!(capacity.is_power_of_two() && capacity >= self.len);
+        let mut slots = vec![Slot::default(); capacity];
+        let mut n = 0usize;
+        for pos in self.head..self.tail {
+            let slot = *self.slot(pos);
+            if slot.live() {
+                slots[n] = slot;
+                n += 1;
             }
         }
-        *self = next;
+        self.slots = slots;
+        self.tree = vec![0; capacity + 1];
+        self.head = 0;
+        self.tail = n as u64;
+        self.rebuild_tree();
+    }
+
+    /// Moves the live slots of `head..tail` together in place (order kept), so the span
+    /// holds no dead slot, and rebuilds the tree. No allocation.
+    fn compact(&mut self) {
+        let mut write = self.head;
+        for read in self.head..self.tail {
+            let slot = *self.slot(read);
+            if slot.live() {
+                if write != read {
+                    let index = (write & self.mask()) as usize;
+                    self.slots[index] = slot;
+                }
+                write += 1;
+            }
+        }
+        for pos in write..self.tail {
+            let index = (pos & self.mask()) as usize;
+            self.slots[index].seq |= DEAD;
+        }
+        self.tail = write;
+        self.rebuild_tree();
+    }
+
+    /// First position in `head..tail` whose seq is at least `seq` (`tail` if none).
+    fn lower_bound(&self, seq: u64) -> u64 {
+        let (mut lo, mut hi) = (self.head, self.tail);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.slot(mid).seq & !DEAD < seq {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The position of the live slot of `seq`, if present.
+    fn find(&self, seq: u64) -> Option<u64> {
+        if self.len == 0 || seq >= self.next_seq {
+            return None;
+        }
+        if self.slot(self.head).seq == seq {
+            // Admission takes the head: no search.
+            return Some(self.head);
+        }
+        let pos = self.lower_bound(seq);
+        (pos < self.tail && self.slot(pos).seq == seq).then_some(pos)
     }
 
     /// The player at `seq`, if still present.
     pub fn get(&self, seq: u64) -> Option<UserId> {
-        if seq < self.head || seq >= self.tail {
-            return None;
-        }
-        self.slots[(seq & self.mask()) as usize]
+        self.find(seq).map(|pos| self.slot(pos).user)
     }
 
-    /// Removes the player at `seq`; returns it. Advances the head past empty slots.
+    /// Removes the player at `seq`; returns it. Advances the head past dead slots and
+    /// compacts or shrinks the ring when dead slots dominate.
     pub fn remove(&mut self, seq: u64) -> Option<UserId> {
-        if seq < self.head || seq >= self.tail {
-            return None;
-        }
-        let index = (seq & self.mask()) as usize;
-        let user = self.slots[index].take()?;
+        let pos = self.find(seq)?;
+        let index = (pos & self.mask()) as usize;
+        let user = self.slots[index].user;
+        self.slots[index].seq |= DEAD;
         self.tree_add(index, -1);
         self.len -= 1;
-        while self.head < self.tail && self.slots[(self.head & self.mask()) as usize].is_none() {
+        while self.head < self.tail && !self.slot(self.head).live() {
             self.head += 1;
+        }
+        let span = (self.tail - self.head) as usize;
+        let dead = span - self.len;
+        if self.slots.len() > MIN_CAPACITY && span * 4 <= self.slots.len() {
+            // Most of the ring is unused: give memory back. Amortized: the new ring is
+            // 2 to 4 times the span, so the span must halve again before the next
+            // shrink, or double before the next growth.
+            self.relayout((span * 2).next_power_of_two().max(MIN_CAPACITY));
+        } else if dead >= COMPACT_MIN && dead > self.len {
+            self.compact();
         }
         Some(user)
     }
 
     /// Players ahead of `seq` in this lane (its 0-based rank if present).
     pub fn rank(&self, seq: u64) -> u64 {
-        let seq = seq.clamp(self.head, self.tail);
-        if seq == self.head {
+        if self.len == 0 {
+            return 0;
+        }
+        let pos = self.lower_bound(seq);
+        if pos == self.head {
             return 0;
         }
         let h = (self.head & self.mask()) as usize;
-        let s = (seq & self.mask()) as usize;
+        let s = (pos & self.mask()) as usize;
         if h < s {
             self.tree_prefix(s) - self.tree_prefix(h)
         } else {
@@ -200,22 +312,53 @@ impl Lane {
         if self.head == self.tail {
             return None;
         }
-        let user = self.slots[(self.head & self.mask()) as usize]?;
-        Some((self.head, user))
+        let slot = self.slot(self.head);
+        debug_assert!(slot.live());
+        Some((slot.seq, slot.user))
     }
 
-    /// Present players in order: (seq, user).
+    /// Present players in order: (seq, user). Walks at most `2 x len + COMPACT_MIN` slots.
     pub fn iter(&self) -> impl Iterator<Item = (u64, UserId)> + '_ {
-        // An empty lane may hold no ring at all (then head == tail and nothing is read).
-        let mask = (self.slots.len() as u64).wrapping_sub(1);
-        (self.head..self.tail)
-            .filter_map(move |seq| self.slots[(seq & mask) as usize].map(|u| (seq, u)))
+        (self.head..self.tail).filter_map(move |pos| {
+            let slot = self.slot(pos);
+            slot.live().then_some((slot.seq, slot.user))
+        })
     }
 
     /// Bytes held by this lane's arrays (for memory-per-player reports).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Option<UserId>>()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.tree.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// Checks the invariants (tests).
+    #[cfg(test)]
+    fn check(&self) {
+        assert!(self.head <= self.tail);
+        assert!((self.tail - self.head) as usize <= self.slots.len());
+        let mut last = None;
+        let mut live = 0;
+        for pos in self.head..self.tail {
+            let s = self.slot(pos);
+            let seq = s.seq & !DEAD;
+            assert!(last.is_none_or(|l| l < seq));
+            assert!(seq < self.next_seq);
+            last = Some(seq);
+            live += usize::from(s.live());
+        }
+        assert_eq!(live, self.len);
+        if self.len > 0 {
+            assert!(self.slot(self.head).live());
+        }
+        let dead = (self.tail - self.head) as usize - self.len;
+        assert!(
+            dead <= self.len.max(COMPACT_MIN - 1),
+            "dead {dead} len {}",
+            self.len
+        );
+        assert_eq!(self.tree_prefix(self.slots.len()), self.len as u64);
+        let live_anywhere = self.slots.iter().filter(|s| s.live()).count();
+        assert_eq!(live_anywhere, self.len, "a live slot outside the span");
     }
 }
 
@@ -253,6 +396,7 @@ mod tests {
             }
             assert_eq!(lane.len(), model.len());
             if step % 97 == 0 {
+                lane.check();
                 for (i, &(seq, user)) in model.iter().enumerate() {
                     assert_eq!(lane.rank(seq), i as u64, "step {step}");
                     assert_eq!(lane.get(seq), Some(user));
@@ -272,5 +416,91 @@ mod tests {
         assert_eq!(lane.remove(a), None);
         assert_eq!(lane.rank(b), 0);
         assert_eq!(lane.front(), Some((b, 2)));
+    }
+
+    /// Issue 7: a head that never leaves (paused queue, manual admission) with players
+    /// joining and leaving behind it must not grow the ring.
+    #[test]
+    fn join_leave_behind_a_fixed_head_keeps_the_ring_bounded() {
+        let mut lane = Lane::default();
+        let head = lane.push(u64::MAX);
+        let mut max_capacity = 0;
+        for user in 0..1_000_000u64 {
+            let seq = lane.push(user);
+            assert_eq!(lane.rank(seq), 1);
+            assert_eq!(lane.remove(seq), Some(user));
+            max_capacity = max_capacity.max(lane.capacity());
+        }
+        assert_eq!(lane.front(), Some((head, u64::MAX)));
+        assert_eq!(lane.len(), 1);
+        // Live count is 1 or 2 throughout: a small multiple of it plus a constant.
+        assert!(
+            max_capacity <= 4 * 2 + MIN_CAPACITY,
+            "capacity {max_capacity}"
+        );
+    }
+
+    /// A pinned head (paused queue) and heavy churn behind it, against a plain Vec:
+    /// order, rank, lookups and the capacity bound hold through compactions, growth and
+    /// shrinking.
+    #[test]
+    fn pinned_head_churn_matches_a_vec() {
+        for seed in [1u64, 2, 3, 0xdead_beef] {
+            let mut rng = Rng::new(seed);
+            let mut lane = Lane::default();
+            let mut model: Vec<(u64, UserId)> = Vec::new();
+            let pinned = lane.push(u64::MAX);
+            model.push((pinned, u64::MAX));
+            // Phases: grow to a crowd, churn, shrink back, churn again.
+            let mut target = 1usize;
+            for step in 0..120_000u64 {
+                if step % 20_000 == 0 {
+                    target = [1, 3000, 50, 5000, 2, 200][(step / 20_000) as usize];
+                }
+                let join =
+                    model.len() < target || (model.len() == target && rng.next().is_multiple_of(2));
+                if join || model.len() == 1 {
+                    let seq = lane.push(step);
+                    model.push((seq, step));
+                } else {
+                    // Anyone but the pinned head.
+                    let i = 1 + (rng.next() % (model.len() as u64 - 1)) as usize;
+                    let (seq, user) = model.remove(i);
+                    assert_eq!(lane.remove(seq), Some(user));
+                    assert_eq!(lane.remove(seq), None);
+                    assert_eq!(lane.get(seq), None);
+                }
+                assert_eq!(lane.len(), model.len());
+                assert_eq!(lane.front(), Some((pinned, u64::MAX)));
+                assert!(
+                    lane.capacity() <= (8 * model.len() + 4 * COMPACT_MIN).max(MIN_CAPACITY),
+                    "seed {seed} step {step}: capacity {} for {} players",
+                    lane.capacity(),
+                    model.len()
+                );
+                if step % 211 == 0 {
+                    lane.check();
+                    for (i, &(seq, user)) in model.iter().enumerate() {
+                        assert_eq!(lane.rank(seq), i as u64, "seed {seed} step {step}");
+                        assert_eq!(lane.get(seq), Some(user));
+                    }
+                    let listed: Vec<_> = lane.iter().collect();
+                    assert_eq!(listed, model);
+                    // Absent seqs rank as the players ahead of where they were.
+                    let probe = rng.next() % lane.next_seq();
+                    let ahead = model.iter().filter(|&&(s, _)| s < probe).count();
+                    assert_eq!(lane.rank(probe), ahead as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lane_starting_at_a_seq_continues_from_it() {
+        let mut lane = Lane::starting_at(500);
+        assert_eq!(lane.heap_bytes(), 0);
+        assert_eq!(lane.push(9), 500);
+        assert_eq!(lane.rank(500), 0);
+        assert_eq!(lane.next_seq(), 501);
     }
 }

@@ -15,8 +15,17 @@
 //!   login holds (an older connection still open is kicked `duplicate_login`);
 //! - a grant whose token an HTTP `admit` answer returned is never given up by `leave`:
 //!   only its use or its expiry ends it (the login server may already hold it).
+//! - queue ids are slots of the queue table. An auto-created queue that stays empty
+//!   (nobody waiting or in grace, no unused grant) expires by [`Op::ExpireQueue`]: its
+//!   memory is freed and its slot becomes a tombstone. A tombstone of a queue that never
+//!   admitted anyone is reused by the next auto-created queue (no connection can still
+//!   hold its id: every session of it ended with its place); one of a queue that
+//!   admitted players (whose connections may stay open, holding the id) keeps its name
+//!   and is reused only by that name, so a stale id never reaches a different queue;
+//! - lane seqs continue across the incarnations of a slot, so a key never names two
+//!   places.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +114,12 @@ pub enum Op {
     },
     /// Housekeeping: automatic admission, grace and grant expiry.
     Tick,
+    /// An empty auto-created queue is removed (the core decides when, from
+    /// `queues.auto_expire_secs`; see [`QueueState::next_expiry`]).
+    ExpireQueue {
+        /// Queue.
+        queue: QueueId,
+    },
     /// The server restarted from its log: every place lost its connection and keeps
     /// its position for a fresh reconnect grace period from now.
     Restart,
@@ -187,6 +202,8 @@ pub struct Limits {
     /// Most queues in all: auto-creation stops there (a stranger inventing queue
     /// names must not grow the server without bound).
     pub max_queues: usize,
+    /// Milliseconds an auto-created queue stays empty before it expires; 0 = never.
+    pub auto_expire_ms: u64,
 }
 
 impl Limits {
@@ -198,6 +215,7 @@ impl Limits {
             auto_create: config.queues.auto_create,
             auto_max_waiting: config.queues.max_waiting,
             max_queues: config.queues.max_queues,
+            auto_expire_ms: config.queues.auto_expire_secs * 1000,
         }
     }
 }
@@ -250,6 +268,17 @@ pub struct Queue {
     pub left_total: u64,
     /// Grants issued and neither used nor expired.
     pub unused_grants: u64,
+    /// Named in the configuration: never expires (not durable: set from the config at
+    /// every start).
+    configured: bool,
+    /// Expired: a tombstone holding the slot (see the module invariants).
+    expired: bool,
+    /// Last time the queue was seen in use (created, joined, or in use at this tick or
+    /// the one before, so the idle period starts no earlier than the queue emptied),
+    /// unix ms. Not durable: a restart starts every idle period afresh.
+    active_ms: u64,
+    /// In use at the last tick.
+    busy: bool,
 }
 
 impl Queue {
@@ -264,7 +293,42 @@ impl Queue {
             admitted_total: 0,
             left_total: 0,
             unused_grants: 0,
+            configured: false,
+            expired: false,
+            active_ms: 0,
+            busy: false,
         }
+    }
+
+    /// The tombstone this queue leaves when it expires: no lanes, no settings, seqs
+    /// continued; the name and counters are kept only when `quarantined`.
+    fn tombstone(&self, quarantined: bool) -> Queue {
+        let mut t = Queue::new(String::new(), 0);
+        t.expired = true;
+        t.prio = Lane::starting_at(self.prio.next_seq());
+        t.normal = Lane::starting_at(self.normal.next_seq());
+        if quarantined {
+            t.name = self.name.clone();
+            t.admitted_total = self.admitted_total;
+            t.left_total = self.left_total;
+        }
+        t
+    }
+
+    /// True for the tombstone of an expired queue (not a queue any more).
+    pub fn is_expired(&self) -> bool {
+        self.expired
+    }
+
+    /// The tombstone may be reused only by a queue of the same name: this queue
+    /// admitted players, whose connections may still hold its id.
+    fn quarantined(&self) -> bool {
+        self.admitted_total > 0
+    }
+
+    /// Nobody waiting or in grace and no unused grant.
+    fn is_idle(&self) -> bool {
+        self.waiting() == 0 && self.unused_grants == 0
     }
 
     /// Players holding a place.
@@ -337,8 +401,10 @@ pub struct Dump {
 /// One queue in a [`Dump`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueDump {
-    /// Name.
+    /// Name (empty for a reusable tombstone).
     pub name: String,
+    /// A tombstone of an expired queue.
+    pub expired: bool,
     /// Most players waiting.
     pub max_waiting: u64,
     /// Automatic admission rate.
@@ -379,10 +445,15 @@ pub struct GrantDump {
 pub struct QueueState {
     /// Limits from config.
     limits: Limits,
-    /// Queues by id (ids are indices, never reused).
+    /// Queues by id (ids are indices; expired queues leave tombstones, see the module
+    /// invariants).
     queues: Vec<Queue>,
-    /// Queue ids by name.
+    /// Queue ids by name, of live queues and of quarantined tombstones.
     names: HashMap<String, QueueId>,
+    /// Tombstones any new auto-created queue may take, lowest first.
+    free: BTreeSet<QueueId>,
+    /// Queues that are not tombstones (counted against `max_queues`).
+    live: usize,
     /// Places by (queue, user).
     places: HashMap<(QueueId, UserId), Place>,
     /// Unused grants by (queue, user).
@@ -412,6 +483,8 @@ impl QueueState {
             limits,
             queues: Vec::new(),
             names: HashMap::new(),
+            free: BTreeSet::new(),
+            live: 0,
             places: HashMap::new(),
             grants: HashMap::new(),
             issued: HashMap::new(),
@@ -423,28 +496,121 @@ impl QueueState {
             jti_prefix,
             last_tick_ms: 0,
         };
-        for (name, max_waiting, rate) in queues {
-            let id = state.create_queue(name.clone(), *max_waiting);
-            state.queues[id as usize].pacer.rate_per_s = *rate;
-        }
+        state.configure_queues(queues);
         state
     }
 
+    /// Appends a queue in a new slot.
     fn create_queue(&mut self, name: String, max_waiting: u64) -> QueueId {
         let id = self.queues.len() as QueueId;
         self.names.insert(name.clone(), id);
         self.queues.push(Queue::new(name, max_waiting));
+        self.live += 1;
         id
     }
 
-    /// All queues, by id.
+    /// Appends a tombstone (snapshot decoding): quarantined when it has a name.
+    fn push_tombstone(&mut self, tombstone: Queue) -> QueueId {
+        let id = self.queues.len() as QueueId;
+        if tombstone.name.is_empty() {
+            self.free.insert(id);
+        } else {
+            self.names.insert(tombstone.name.clone(), id);
+        }
+        self.queues.push(tombstone);
+        id
+    }
+
+    /// Makes a live queue named `name` in tombstone slot `id` (quarantined tombstones
+    /// only for their own name): seqs continue, a quarantined slot keeps its counters.
+    fn revive(&mut self, id: QueueId, name: &str, max_waiting: u64) {
+        let q = &mut self.queues[id as usize];
+        debug_assert!(q.expired && (q.name.is_empty() || q.name == name));
+        if q.name.is_empty() {
+            self.free.remove(&id);
+            q.name = name.to_string();
+            self.names.insert(name.to_string(), id);
+        }
+        q.expired = false;
+        q.max_waiting = max_waiting;
+        self.live += 1;
+    }
+
+    /// Creates the auto-created queue `name` (which has no live queue) at `now_ms`, or
+    /// `None` at `max_queues`. Takes the name's own quarantined tombstone, else the
+    /// lowest free tombstone, else a new slot, so ids stay below `max_queues` plus the
+    /// quarantined tombstones.
+    fn auto_create(&mut self, name: &str, now_ms: u64) -> Option<QueueId> {
+        if self.live >= self.limits.max_queues {
+            return None;
+        }
+        let max_waiting = self.limits.auto_max_waiting;
+        let id = match self.names.get(name) {
+            Some(&id) => {
+                self.revive(id, name, max_waiting);
+                id
+            }
+            None => match self.free.first() {
+                Some(&id) => {
+                    self.revive(id, name, max_waiting);
+                    id
+                }
+                None => self.create_queue(name.to_string(), max_waiting),
+            },
+        };
+        self.queues[id as usize].active_ms = now_ms;
+        Some(id)
+    }
+
+    /// The first queue at or after `from` that is due to expire at `now_ms`: auto-created,
+    /// idle, and unused for `auto_expire_ms`. The core applies [`Op::ExpireQueue`] to it.
+    pub fn next_expiry(&self, now_ms: u64, from: usize) -> Option<QueueId> {
+        let expire_ms = self.limits.auto_expire_ms;
+        if expire_ms == 0 {
+            return None;
+        }
+        let due = |q: &Queue| {
+            !q.expired
+                && !q.configured
+                && q.is_idle()
+                && now_ms.saturating_sub(q.active_ms) >= expire_ms
+        };
+        (from..self.queues.len())
+            .find(|&id| due(&self.queues[id]))
+            .map(|id| id as QueueId)
+    }
+
+    /// Expires queue `id` (see [`Op::ExpireQueue`]).
+    fn expire(&mut self, id: QueueId) -> Applied {
+        let Some(q) = self.queues.get(id as usize) else {
+            return Applied::UnknownQueue;
+        };
+        if q.expired || q.configured || !q.is_idle() {
+            return Applied::Invalid("only an idle auto-created queue expires");
+        }
+        let quarantined = q.quarantined();
+        let tombstone = q.tombstone(quarantined);
+        let old = std::mem::replace(&mut self.queues[id as usize], tombstone);
+        if !quarantined {
+            self.names.remove(&old.name);
+            self.free.insert(id);
+        }
+        self.live -= 1;
+        Applied::Ok
+    }
+
+    /// All queue slots, by id; tombstones of expired queues included
+    /// ([`Queue::is_expired`]).
     pub fn queues(&self) -> &[Queue] {
         &self.queues
     }
 
-    /// The id of the queue named `name`.
+    /// The id of the live queue named `name`.
     pub fn queue_id(&self, name: &str) -> Option<QueueId> {
-        self.names.get(name).copied()
+        self.names
+            .get(name)
+            .copied()
+            .filter(|&id| !self.queues[id as usize].expired)
     }
 
     /// The place of `user` in `queue`.
@@ -470,7 +636,7 @@ impl QueueState {
                 user,
                 prio,
                 conn,
-            } => self.join(queue, *user, *prio, *conn, out),
+            } => self.join(queue, *user, *prio, *conn, now_ms, out),
             Op::Disconnect { queue, user, conn } => {
                 let deadline = now_ms.saturating_add(self.limits.reconnect_grace_ms);
                 if let Some(place) = self.places.get_mut(&(*queue, *user)) {
@@ -546,6 +712,7 @@ impl QueueState {
                 self.tick(now_ms, out);
                 Applied::Ok
             }
+            Op::ExpireQueue { queue } => self.expire(*queue),
             Op::Restart => {
                 self.restart(now_ms);
                 Applied::Ok
@@ -562,8 +729,10 @@ impl QueueState {
         for grant in self.grants.values_mut() {
             grant.conn = None;
         }
-        for (id, q) in self.queues.iter().enumerate() {
+        for (id, q) in self.queues.iter_mut().enumerate() {
             let id = id as QueueId;
+            // Downtime is not idle time.
+            q.active_ms = now_ms;
             for (key, user) in q.iter() {
                 let place = self.places.get_mut(&(id, user)).expect("indexed place");
                 place.conn = None;
@@ -575,20 +744,32 @@ impl QueueState {
     }
 
     /// Lays the configured queues over a restored state: queues the config names and
-    /// the state lacks are added (with the configured rate); configured queues take the
-    /// configured `max_waiting`. Rates, pauses and capacity reports set at run time are
-    /// kept. Returns how many queues were added.
+    /// the state lacks are added (with the configured rate; a quarantined tombstone of
+    /// the name is revived); configured queues take the configured `max_waiting` and
+    /// never expire. Rates, pauses and capacity reports set at run time are kept.
+    /// Returns how many queues were added.
     pub fn configure_queues(&mut self, queues: &[(String, u64, f64)]) -> usize {
         let mut added = 0;
         for (name, max_waiting, rate) in queues {
-            match self.names.get(name) {
-                Some(&id) => self.queues[id as usize].max_waiting = *max_waiting,
-                None => {
-                    let id = self.create_queue(name.clone(), *max_waiting);
+            let id = match self.names.get(name) {
+                Some(&id) if !self.queues[id as usize].expired => {
+                    self.queues[id as usize].max_waiting = *max_waiting;
+                    id
+                }
+                found => {
+                    let id = match found {
+                        Some(&id) => {
+                            self.revive(id, name, *max_waiting);
+                            id
+                        }
+                        None => self.create_queue(name.clone(), *max_waiting),
+                    };
                     self.queues[id as usize].pacer.rate_per_s = *rate;
                     added += 1;
+                    id
                 }
-            }
+            };
+            self.queues[id as usize].configured = true;
         }
         added
     }
@@ -602,6 +783,7 @@ impl QueueState {
             .iter()
             .map(|q| QueueDump {
                 name: q.name.clone(),
+                expired: q.expired,
                 max_waiting: q.max_waiting,
                 rate_per_s: q.pacer.rate_per_s,
                 paused: q.pacer.paused,
@@ -649,18 +831,20 @@ impl QueueState {
         user: UserId,
         prio: bool,
         conn: ConnRef,
+        now_ms: u64,
         out: &mut Vec<Event>,
     ) -> Applied {
-        let queue = match self.names.get(name) {
-            Some(&id) => id,
-            None if self.limits.auto_create
-                && self.queues.len() < self.limits.max_queues
-                && crate::config::valid_queue_name(name) =>
-            {
-                self.create_queue(name.to_string(), self.limits.auto_max_waiting)
+        let created = match self.queue_id(name) {
+            Some(id) => Some(id),
+            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
+                self.auto_create(name, now_ms)
             }
-            None => return Applied::JoinFailed(JoinError::UnknownQueue),
+            None => None,
         };
+        let Some(queue) = created else {
+            return Applied::JoinFailed(JoinError::UnknownQueue);
+        };
+        self.queues[queue as usize].active_ms = now_ms;
         if let Some(grant) = self.grants.get_mut(&(queue, user)) {
             // The newest login holds the admission, as it would hold a place.
             if let Some(old) = grant.conn {
@@ -864,9 +1048,14 @@ impl QueueState {
             let (_, jti) = self.used_expiry.pop_front().expect("front exists");
             self.used.remove(&jti);
         }
-        // Automatic admission.
+        // Automatic admission; queues in use are not idle.
         for id in 0..self.queues.len() {
             let q = &mut self.queues[id];
+            let busy = !q.is_idle();
+            if busy || q.busy {
+                q.active_ms = now_ms;
+            }
+            q.busy = busy;
             let n = q.pacer.allowance(dt_ms, q.waiting(), q.unused_grants);
             if n > 0 {
                 self.admit(id as QueueId, n, now_ms, false, out);

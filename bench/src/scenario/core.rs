@@ -92,6 +92,7 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
         auto_create: false,
         auto_max_waiting: users,
         max_queues: 1000,
+        auto_expire_ms: 0,
     };
     let rss0 = rss_bytes();
     let mut state = QueueState::new(limits, &[("default".to_string(), users, 0.0)], 0x5eed);

@@ -15,6 +15,7 @@ fn limits() -> Limits {
         auto_create: true,
         auto_max_waiting: 40,
         max_queues: 1000,
+        auto_expire_ms: 0,
     }
 }
 
@@ -494,6 +495,99 @@ fn everysec_and_none_still_write_before_answers() {
         let r = recover(&d, limits()).unwrap().unwrap();
         assert_eq!(r.state.queues()[0].waiting(), 1, "{fsync:?}");
         drop(drv);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+/// Issue 7: queue expiry is logged and replayed exactly: random joins, leaves and
+/// admissions over many fresh names with a small `max_queues`, ticks with the expiries
+/// the core would apply, snapshots in between; replay equals the live state, tombstones
+/// and slot reuse included.
+#[test]
+fn replay_repeats_queue_expiry_and_slot_reuse() {
+    let mut l = limits();
+    l.max_queues = 4;
+    l.auto_expire_ms = 2_000;
+    for seed in [5u64, 11, 0xfeed] {
+        let d = dir(&format!("expiry-{seed}"));
+        let cfg = config(&d, FsyncPolicy::None);
+        let (state, wal) = open(&cfg, l.clone(), &queues(), 1_000_000).unwrap();
+        let mut drv = Driver {
+            state,
+            wal: wal.unwrap(),
+            rng: Rng::new(seed),
+            now_ms: 1_000_000,
+            next_conn: 1,
+            events: Vec::new(),
+        };
+        let (mut expired, mut saw_free, mut saw_quarantined) = (0, false, false);
+        for _ in 0..3_000 {
+            drv.now_ms += drv.rng.below(800);
+            let name = format!("n{}", drv.rng.below(12));
+            let user = drv.rng.below(3);
+            match drv.rng.below(10) {
+                0..=2 => {
+                    drv.next_conn += 1;
+                    let conn = ConnRef {
+                        loop_id: 0,
+                        session: drv.next_conn,
+                    };
+                    drv.apply(Op::Join {
+                        queue: name,
+                        user,
+                        prio: false,
+                        conn,
+                    });
+                }
+                3..=6 => {
+                    if let Some(queue) = drv.state.queue_id(&name) {
+                        if let Some(conn) = drv.state.place(queue, user).and_then(|p| p.conn) {
+                            drv.apply(Op::Leave { queue, user, conn });
+                        } else if drv.state.grant(queue, user).is_some() {
+                            let jti = drv.state.grant(queue, user).unwrap().jti;
+                            let jti = drv.state.jti_text(jti);
+                            drv.apply(Op::ConsumeJti { jti, exp: u64::MAX });
+                        }
+                    }
+                }
+                7 => {
+                    if drv.rng.below(8) == 0 {
+                        if let Some(queue) = drv.state.queue_id(&name) {
+                            drv.apply(Op::Admit { queue, count: 1 });
+                        }
+                    }
+                }
+                _ => {
+                    drv.apply(Op::Tick);
+                    let (now_ms, mut from) = (drv.now_ms, 0);
+                    while let Some(queue) = drv.state.next_expiry(now_ms, from) {
+                        assert_eq!(drv.apply(Op::ExpireQueue { queue }), Applied::Ok);
+                        expired += 1;
+                        from = queue as usize + 1;
+                        let t = &drv.state.queues()[queue as usize];
+                        saw_free |= t.name.is_empty();
+                        saw_quarantined |= !t.name.is_empty();
+                    }
+                }
+            }
+            if drv.rng.below(200) == 0 && !drv.wal.writer.busy() {
+                drv.wal.snapshot(&drv.state).unwrap();
+            }
+        }
+        drv.write_out();
+        assert!(expired > 20, "seed {seed}: only {expired} expiries");
+        let live_dump = drv.state.dump();
+        assert!(
+            saw_free && saw_quarantined,
+            "seed {seed}: both kinds of tombstone"
+        );
+        assert!(live_dump.queues.len() <= 4 + 12, "slots are bounded");
+        let live = encoded(&drv.state);
+        drop(drv);
+        let r = recover(&d, l.clone()).unwrap().expect("on disk");
+        assert!(r.records > 0);
+        assert_eq!(r.state.dump(), live_dump, "seed {seed}");
+        assert_eq!(encoded(&r.state), live, "seed {seed}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

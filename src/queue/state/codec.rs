@@ -15,6 +15,10 @@
 //!   per grant in the grants' order. Snapshots written before that section existed end
 //!   after the used `jti`s and still decode: their grants get no holder and count as
 //!   returned (a `leave` then never voids them; use or expiry still ends them).
+//! - format history: the tombstone of an expired queue is a queue record with an empty
+//!   name (which no queue can have) followed by its own fields, and [`Op::ExpireQueue`]
+//!   is a new tag. Payloads written before queues could expire contain neither, so they
+//!   decode unchanged; nothing else changed.
 
 use std::fmt;
 
@@ -50,6 +54,11 @@ const TAG_PAUSE: u8 = 7;
 const TAG_CONSUME_JTI: u8 = 8;
 const TAG_TICK: u8 = 9;
 const TAG_RESTART: u8 = 10;
+const TAG_EXPIRE_QUEUE: u8 = 11;
+
+/// Tombstone kinds in a snapshot.
+const TOMBSTONE_FREE: u8 = 0;
+const TOMBSTONE_QUARANTINED: u8 = 1;
 
 /// Appends fixed-width values to a byte buffer.
 trait Put {
@@ -241,6 +250,10 @@ pub fn encode_op(op: &Op, now_ms: u64, out: &mut Vec<u8>) {
             out.str(jti);
         }
         Op::Tick => out.u8(TAG_TICK),
+        Op::ExpireQueue { queue } => {
+            out.u8(TAG_EXPIRE_QUEUE);
+            out.u32(*queue);
+        }
         Op::Restart => out.u8(TAG_RESTART),
     }
 }
@@ -291,6 +304,7 @@ pub fn decode_op(payload: &[u8]) -> Result<(Op, u64), CodecError> {
             }
         }
         TAG_TICK => Op::Tick,
+        TAG_EXPIRE_QUEUE => Op::ExpireQueue { queue: r.u32()? },
         TAG_RESTART => Op::Restart,
         _ => {
             return Err(CodecError {
@@ -311,6 +325,20 @@ impl QueueState {
         out.u64(self.last_tick_ms);
         out.u32(self.queues.len() as u32);
         for (id, q) in self.queues.iter().enumerate() {
+            if q.expired {
+                // A tombstone: an empty name, then what it keeps (lanes are empty and
+                // seqs are renumbered on decode anyway).
+                out.str("");
+                if q.name.is_empty() {
+                    out.u8(TOMBSTONE_FREE);
+                } else {
+                    out.u8(TOMBSTONE_QUARANTINED);
+                    out.str(&q.name);
+                    out.u64(q.admitted_total);
+                    out.u64(q.left_total);
+                }
+                continue;
+            }
             out.str(&q.name);
             out.u64(q.max_waiting);
             out.u64(q.admitted_total);
@@ -400,7 +428,36 @@ impl QueueState {
         let queues = r.u32()?;
         for id in 0..queues {
             let at = r.at;
-            let name = r.str()?.to_string();
+            let mut name = r.str()?.to_string();
+            if name.is_empty() {
+                let mut t = Queue::new(String::new(), 0);
+                t.expired = true;
+                match r.u8()? {
+                    TOMBSTONE_FREE => {}
+                    TOMBSTONE_QUARANTINED => {
+                        let at = r.at;
+                        name = r.str()?.to_string();
+                        t.admitted_total = r.u64()?;
+                        t.left_total = r.u64()?;
+                        if name.is_empty() || t.admitted_total == 0 {
+                            return Err(CodecError {
+                                what: "quarantined tombstone without a name or admissions",
+                                at,
+                            });
+                        }
+                        if s.names.contains_key(&name) {
+                            return Err(CodecError {
+                                what: "duplicate queue name",
+                                at,
+                            });
+                        }
+                        t.name = name;
+                    }
+                    _ => return r.fail("unknown tombstone kind"),
+                }
+                s.push_tombstone(t);
+                continue;
+            }
             if s.names.contains_key(&name) {
                 return Err(CodecError {
                     what: "duplicate queue name",
@@ -486,7 +543,7 @@ impl QueueState {
                 conn: None,
                 returned: true,
             };
-            let fresh = (queue as usize) < s.queues.len()
+            let fresh = s.queues.get(queue as usize).is_some_and(|q| !q.expired)
                 && s.grants.insert((queue, user), grant).is_none()
                 && s.issued.insert(grant.jti, (queue, user)).is_none();
             if !fresh {
