@@ -73,11 +73,25 @@ pub fn render(
         "Seconds since the queue core last ended a round (it ends one at least every tick)",
         age,
     );
+    loop_families(&mut registry, loops);
+    queue_families(&mut registry, queues);
+    if let Some(d) = durability {
+        durability_families(&mut registry, d);
+    }
+    if let Some((allocations, bytes)) = alloc {
+        alloc_families(&mut registry, allocations, bytes);
+    }
+    let mut out = String::with_capacity(4096);
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// The per-loop families, labelled `core`.
+fn loop_families(registry: &mut Registry, loops: &[LoopStats]) {
     let core = |i: usize| [("core", i.to_string())];
-    let queue = |q: &QueueStats| [("queue", q.name.clone())];
 
     gauges(
-        &mut registry,
+        registry,
         "queue_connections",
         "Open player connections",
         |f| {
@@ -113,14 +127,18 @@ pub fn render(
         ),
     ];
     for (name, help, field) in loop_counters {
-        counters(&mut registry, name, help, |f| {
+        counters(registry, name, help, |f| {
             for (i, l) in loops.iter().enumerate() {
                 f.get_or_create(&core(i))
                     .inc_by(field(l).load(Ordering::Relaxed));
             }
         });
     }
+}
 
+/// The per-queue families, labelled `queue`.
+fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
+    let queue = |q: &QueueStats| [("queue", q.name.clone())];
     let queue_gauges: [QueueValue; 4] = [
         (
             "queue_waiting",
@@ -144,7 +162,7 @@ pub fn render(
         ),
     ];
     for (name, help, field) in queue_gauges {
-        gauges(&mut registry, name, help, |f| {
+        gauges(registry, name, help, |f| {
             for q in queues {
                 f.get_or_create(&queue(q)).set(field(q));
             }
@@ -159,7 +177,7 @@ pub fn render(
         ),
     ];
     for (name, help, field) in queue_counters {
-        counters(&mut registry, name, help, |f| {
+        counters(registry, name, help, |f| {
             for q in queues {
                 f.get_or_create(&queue(q)).inc_by(field(q));
             }
@@ -174,55 +192,53 @@ pub fn render(
         "Measured admission rate, players per second",
         rate,
     );
+}
 
-    if let Some(d) = durability {
-        let degraded = Gauge::<i64>::default();
-        degraded.set(i64::from(d.degraded.load(Ordering::Relaxed)));
-        registry.register(
-            "queue_durability_degraded",
-            "1 after a log write or fsync failed: joins and admissions are refused until restart",
-            degraded,
-        );
-        for (name, help, value) in [
-            (
-                "queue_wal_records",
-                "Write-ahead log records appended",
-                &d.records,
-            ),
-            ("queue_wal_fsyncs", "Write-ahead log fsyncs", &d.syncs),
-            ("queue_snapshots", "Snapshots written", &d.snapshots),
-            (
-                "queue_snapshot_errors",
-                "Snapshots that failed",
-                &d.snapshot_errors,
-            ),
-        ] {
-            let c = Counter::<u64>::default();
-            c.inc_by(value.load(Ordering::Relaxed));
-            registry.register(name, help, c);
-        }
-    }
-
-    if let Some((allocations, bytes)) = alloc {
+/// The write-ahead log's status.
+fn durability_families(registry: &mut Registry, d: &DurabilityStatus) {
+    let degraded = Gauge::<i64>::default();
+    degraded.set(i64::from(d.degraded.load(Ordering::Relaxed)));
+    registry.register(
+        "queue_durability_degraded",
+        "1 after a log write or fsync failed: joins and admissions are refused until restart",
+        degraded,
+    );
+    for (name, help, value) in [
+        (
+            "queue_wal_records",
+            "Write-ahead log records appended",
+            &d.records,
+        ),
+        ("queue_wal_fsyncs", "Write-ahead log fsyncs", &d.syncs),
+        ("queue_snapshots", "Snapshots written", &d.snapshots),
+        (
+            "queue_snapshot_errors",
+            "Snapshots that failed",
+            &d.snapshot_errors,
+        ),
+    ] {
         let c = Counter::<u64>::default();
-        c.inc_by(allocations);
-        registry.register(
-            "queue_server_allocations",
-            "Heap allocations since start",
-            c,
-        );
-        let c = Counter::<u64>::default();
-        c.inc_by(bytes);
-        registry.register(
-            "queue_server_allocated_bytes",
-            "Bytes allocated since start",
-            c,
-        );
+        c.inc_by(value.load(Ordering::Relaxed));
+        registry.register(name, help, c);
     }
+}
 
-    let mut out = String::with_capacity(4096);
-    encode(&mut out, &registry).expect("writing to a String cannot fail");
-    out
+/// The counting allocator's totals.
+fn alloc_families(registry: &mut Registry, allocations: u64, bytes: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(allocations);
+    registry.register(
+        "queue_server_allocations",
+        "Heap allocations since start",
+        c,
+    );
+    let c = Counter::<u64>::default();
+    c.inc_by(bytes);
+    registry.register(
+        "queue_server_allocated_bytes",
+        "Bytes allocated since start",
+        c,
+    );
 }
 
 #[cfg(test)]

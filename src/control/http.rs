@@ -9,15 +9,18 @@
 //!   also runs while a kept-alive connection waits for its next request), lives at most
 //!   [`CONNECTION_LIFETIME`], and then gets [`REQUEST_TIMEOUT`] to finish the answer in
 //!   flight before it is dropped;
+//! - a request head is at most [`HEADER_BYTES_MAX`] (431 past it) and a connection
+//!   buffers at most [`CONNECTION_BUFFER_BYTES_MAX`];
 //! - an accept error (e.g. no descriptor left) is logged and retried after
 //!   [`ACCEPT_ERROR_BACKOFF`]: the listener is never given up;
 //! - once `stop` is set the listener closes, every connection shuts down gracefully
-//!   (answer in flight finished, then closed) and [`serve`] returns within
-//!   [`REQUEST_TIMEOUT`].
+//!   (answer in flight finished, then closed) and [`serve`] returns within twice
+//!   [`SHUTDOWN_GRACE`].
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -29,11 +32,18 @@ use tokio::task::JoinSet;
 
 use super::{
     routes, ControlContext, CONNECTIONS_MAX, CONNECTION_LIFETIME, HEADER_READ_TIMEOUT,
-    REQUEST_TIMEOUT, STOP_POLL_INTERVAL,
+    REQUEST_TIMEOUT, SHUTDOWN_GRACE, STOP_POLL_INTERVAL,
 };
 
 /// Pause after a failed accept, so a process out of descriptors does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Least time between two log lines about connections refused over the cap.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest request head (start line and headers), bytes; past it: 431 and closed.
+const HEADER_BYTES_MAX: usize = 16 * 1024;
+/// Largest read or write buffer of one connection, bytes: bounds the memory of
+/// [`CONNECTIONS_MAX`] open connections (16 MiB of read buffers in all).
+const CONNECTION_BUFFER_BYTES_MAX: usize = 64 * 1024;
 
 /// Serves `listener` until `stop` is set, then shuts every connection down.
 pub(super) async fn serve(
@@ -52,6 +62,7 @@ pub(super) async fn serve(
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut refused = Refused::default();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -64,8 +75,8 @@ pub(super) async fn serve(
                         connections.spawn(conn);
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, max = CONNECTIONS_MAX, "control connection over the cap: closed");
                         drop(stream);
+                        refused.note(peer);
                     }
                 },
                 Err(e) => {
@@ -79,11 +90,42 @@ pub(super) async fn serve(
     drop(listener);
     let _ = shutdown_tx.send(true);
     let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(REQUEST_TIMEOUT, drained)
+    if tokio::time::timeout(SHUTDOWN_GRACE * 2, drained)
         .await
         .is_err()
     {
         tracing::warn!("control connections still open at shutdown: dropped");
+    }
+}
+
+/// Connections closed over the cap, logged at most once per [`REFUSED_LOG_INTERVAL`]
+/// so a flood of them cannot flood the log.
+#[derive(Default)]
+struct Refused {
+    /// Closed since the last log line.
+    count: u64,
+    /// When the last log line was written.
+    logged_at: Option<Instant>,
+}
+
+impl Refused {
+    /// Counts one refused connection from `peer`; logs when due.
+    fn note(&mut self, peer: SocketAddr) {
+        self.count += 1;
+        if self
+            .logged_at
+            .is_some_and(|t| t.elapsed() < REFUSED_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            refused = self.count,
+            max = CONNECTIONS_MAX,
+            "control connections over the cap: closed unanswered"
+        );
+        self.count = 0;
+        self.logged_at = Some(Instant::now());
     }
 }
 
@@ -107,9 +149,11 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true)
+        .max_buf_size(CONNECTION_BUFFER_BYTES_MAX)
+        .max_header_size(HEADER_BYTES_MAX)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
+    let grace = tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "control connection ended");
@@ -117,12 +161,12 @@ async fn connection(
             drop(slot);
             return;
         }
-        () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-        _ = shutdown.wait_for(|stop| *stop) => {}
-    }
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => REQUEST_TIMEOUT,
+        _ = shutdown.wait_for(|stop| *stop) => SHUTDOWN_GRACE,
+    };
     // Finish the answer in flight, then close; a peer that does not read it is dropped.
     conn.as_mut().graceful_shutdown();
-    if tokio::time::timeout(REQUEST_TIMEOUT, conn).await.is_err() {
+    if tokio::time::timeout(grace, conn).await.is_err() {
         tracing::debug!("control connection did not finish in time: dropped");
     }
     drop(slot);

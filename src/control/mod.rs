@@ -71,6 +71,9 @@ pub const CORE_CALLS_MAX: usize = 8;
 /// Oldest core round accepted by `/readyz`; the core ends a round at least every tick
 /// (10 ms by default), so 2 s means it is wedged.
 pub const CORE_ROUND_AGE_MAX: Duration = Duration::from_secs(2);
+/// Time a connection gets at shutdown to finish the answer in flight (the core is
+/// already stopped then, so only a client too slow to send or read is cut short).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How often the serving thread looks at the stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -160,7 +163,7 @@ async fn ask_core(ctx: &Arc<ControlContext>, req: ControlReq) -> Result<ControlR
 
 /// Binds `addr` and serves it on a thread named `control`; returns the bound address
 /// (useful with port 0) and the thread, which returns once `stop` is set and open
-/// connections have finished their answer in flight (at most [`REQUEST_TIMEOUT`]).
+/// connections have finished their answer in flight (within two seconds).
 pub fn spawn(
     addr: SocketAddr,
     ctx: ControlContext,

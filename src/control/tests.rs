@@ -268,6 +268,9 @@ fn put(h: &Harness, path: &str, body: &str) -> Resp {
 fn assert_error(r: &Resp, status: u16, text: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.headers["content-type"], "application/json");
+    // Always a Content-Length, never chunked: the length is known.
+    assert_eq!(r.headers["content-length"], r.body.len().to_string());
+    assert!(!r.headers.contains_key("transfer-encoding"));
     let error = r.json()["error"].as_str().unwrap().to_string();
     assert!(error.contains(text), "`{error}` lacks `{text}`");
 }
@@ -279,6 +282,7 @@ fn healthz_flips_while_draining() {
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     let r = call(&h, "HEAD", "/healthz", &[], b"");
     assert_eq!((r.status, r.body.as_str()), (200, ""));
+    assert_eq!(r.headers["content-length"], "2");
     h.draining.store(true, Ordering::Release);
     let r = get(&h, "/healthz");
     assert_eq!((r.status, r.body.as_str()), (503, "draining"));
@@ -774,4 +778,164 @@ fn constant_time_eq_compares() {
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
     assert!(constant_time_eq(b"", b""));
+}
+
+/// Polls `path` until it answers `status`, within 15 s.
+#[track_caller]
+fn wait_for_status(h: &Harness, path: &str, status: u16) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(h, path);
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed {}: {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn readyz_follows_the_core_round_clock() {
+    let h = start("", true);
+    let r = wait_for_status(&h, "/readyz", 200);
+    assert_eq!(r.body, "ready");
+    assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(call(&h, "HEAD", "/readyz", &[], b"").status, 200);
+    h.wedged.store(true, Ordering::Release);
+    let r = wait_for_status(&h, "/readyz", 503);
+    assert!(r.body.contains("core stalled"), "{}", r.body);
+    // Liveness and what needs no core still answer.
+    assert_eq!(get(&h, "/healthz").status, 200);
+    assert_eq!(get(&h, "/v1/keys").status, 200);
+    h.wedged.store(false, Ordering::Release);
+    assert_eq!(wait_for_status(&h, "/readyz", 200).body, "ready");
+    h.draining.store(true, Ordering::Release);
+    let r = get(&h, "/readyz");
+    assert_eq!((r.status, r.body.as_str()), (503, "not ready: draining"));
+}
+
+#[test]
+fn wedged_core_gives_503_and_stalls_nobody_else() {
+    let h = start("", true);
+    h.wedged.store(true, Ordering::Release);
+    // More core calls at once than the blocking pool has threads, and than the fake
+    // core's inbox holds: each ends in 503, none blocks the port.
+    let addr = h.addr;
+    let calls: Vec<_> = (0..CORE_CALLS_MAX + 12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let path = if i % 2 == 0 { "/v1/stats" } else { "/metrics" };
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).unwrap();
+                let mut raw = String::new();
+                s.read_to_string(&mut raw).unwrap();
+                raw
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        // Well under CORE_REPLY_TIMEOUT: these must not queue behind the core calls.
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    }
+    for call in calls {
+        let raw = call.join().unwrap();
+        assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+        assert!(raw.contains("core unavailable"), "{raw}");
+    }
+    h.wedged.store(false, Ordering::Release);
+    assert_eq!(get(&h, "/v1/stats").status, 200);
+}
+
+#[test]
+fn body_bounds_match_their_constants() {
+    use crate::queue::core::ADMIT_MAX;
+    use crate::queue::pacing::{CAPACITY_MAX, RATE_MAX_PER_S};
+    use body::{parse_body, BodyError, BodyKind, ControlBody};
+    let range = |kind, body: String| match parse_body(kind, body.as_bytes()) {
+        Err(BodyError::OutOfRange { field, range }) => Some((field, range)),
+        _ => None,
+    };
+    let admit = |n: u64| format!(r#"{{"count":{n}}}"#);
+    assert!(parse_body(BodyKind::Admit, admit(ADMIT_MAX).as_bytes()).is_ok());
+    let (_, words) = range(BodyKind::Admit, admit(ADMIT_MAX + 1)).unwrap();
+    assert!(words.ends_with(&format!(" {ADMIT_MAX}")), "{words}");
+    let rate = |r: f64| format!(r#"{{"per_second":{r}}}"#);
+    assert!(parse_body(BodyKind::Rate, rate(RATE_MAX_PER_S).as_bytes()).is_ok());
+    let (_, words) = range(BodyKind::Rate, rate(RATE_MAX_PER_S * 1.5)).unwrap();
+    assert!(words.ends_with(&format!(" {RATE_MAX_PER_S}")), "{words}");
+    let cap = |c: u64| format!(r#"{{"online":0,"capacity":{c}}}"#);
+    assert!(parse_body(BodyKind::Capacity, cap(CAPACITY_MAX).as_bytes()).is_ok());
+    let (field, words) = range(BodyKind::Capacity, cap(CAPACITY_MAX + 1)).unwrap();
+    assert_eq!(field, "capacity");
+    assert!(words.ends_with(&format!(" {CAPACITY_MAX}")), "{words}");
+    assert_eq!(
+        parse_body(BodyKind::Rate, br#"{"per_second":-0.0}"#),
+        Ok(ControlBody::Rate { per_second: 0.0 })
+    );
+    let deep = format!(
+        r#"{{"token":"t","x":{}{}}}"#,
+        "[".repeat(17),
+        "]".repeat(17)
+    );
+    assert_eq!(
+        parse_body(BodyKind::Verify, deep.as_bytes()),
+        Err(BodyError::TooDeep)
+    );
+    let big = vec![b' '; BODY_BYTES_MAX + 1];
+    assert_eq!(parse_body(BodyKind::Admit, &big), Err(BodyError::TooLarge));
+}
+
+/// Sends `head` (and nothing more) and reads the answer, which must come within 3 s:
+/// well under the header and request deadlines, so it was not waiting for the body.
+fn answer_without_body(h: &Harness, head: &str) -> String {
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&raw).to_string()
+}
+
+#[test]
+fn refusals_come_before_the_body_is_read() {
+    let h = start("s3cret-key", true);
+    let raw = answer_without_body(
+        &h,
+        "POST /v1/queues/default/admit HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(raw.contains("www-authenticate: Bearer"), "{raw}");
+    let raw = answer_without_body(
+        &h,
+        "POST /v1/queues/default/admit HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret-key\r\nContent-Length: 70000\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    // Headers over the connection's buffer are refused too.
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(20 * 1024)
+    );
+    let raw = answer_without_body(&h, &head);
+    assert!(raw.starts_with("HTTP/1.1 431"), "{raw}");
+    assert_eq!(get(&h, "/healthz").status, 200);
+    assert!(h.seen.lock().unwrap().is_empty());
 }
