@@ -4,9 +4,10 @@
 //! [`ControlReq`] and a bounded wait for its [`ControlReply`].
 //!
 //! Map: this file holds the context, the limits, [`spawn`] and the core round trip;
-//! [`http`] accepts and runs connections (caps and deadlines); [`routes`] answers
+//! `http` accepts and runs connections (caps and deadlines); `routes` answers
 //! requests (auth, routing, deadlines); [`body`] parses and range-checks request
-//! bodies; `shapes` holds the JSON answers.
+//! bodies; `shapes` holds the JSON answers; `tests` drives all of it over sockets
+//! against a fake core.
 //!
 //! Invariants:
 //! - tokio runs on the control thread only (never on an io loop or the core), and the
@@ -49,8 +50,6 @@ use crate::token::TokenSigner;
 
 pub use body::BODY_BYTES_MAX;
 
-/// Largest request body read, bytes (the old name of [`BODY_BYTES_MAX`]).
-pub const MAX_BODY_BYTES: usize = BODY_BYTES_MAX;
 /// Longest wait for the core to take a request and answer it.
 pub const CORE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest time a client may take to send a request's headers (and, on a kept-alive

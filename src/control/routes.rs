@@ -1,10 +1,11 @@
 //! Answers control requests: the axum router of PROTOCOL.md section 3 plus `/readyz`,
 //! the gate every request passes first (API key, declared body size, whole-request
-//! deadline) and the JSON shapes of the answers.
+//! deadline) and the handlers (answer shapes are in `shapes`).
 //!
 //! Invariants:
-//! - the gate runs before routing decides anything and before any body is read: with
-//!   an API key set, every `/v1/` path except `GET`/`HEAD /v1/keys` needs it (401 with
+//! - the gate runs before any handler, 404 or 405 answers and before any body is
+//!   read: with an API key set, every `/v1/` path except `GET`/`HEAD /v1/keys` needs
+//!   it (401 with
 //!   `WWW-Authenticate: Bearer`, compared in constant time); a declared body over
 //!   [`BODY_BYTES_MAX`] gets 413; a request not answered within [`REQUEST_TIMEOUT`]
 //!   (its body read included) gets 408 and its connection is closed;

@@ -487,7 +487,7 @@ fn bad_requests_are_refused_before_the_core() {
         "invalid JSON",
     );
     // Over 64 KiB: refused whether the length is declared or streamed in chunks.
-    let big = format!(r#"{{"count":1,"pad":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
+    let big = format!(r#"{{"count":1,"pad":"{}"}}"#, "x".repeat(BODY_BYTES_MAX));
     assert_error(&post(&h, admit, &big), 413, "65536");
     let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
     chunked.extend_from_slice(big.as_bytes());
@@ -505,7 +505,7 @@ fn bad_requests_are_refused_before_the_core() {
     // Just under the limit is fine.
     let fits = format!(
         r#"{{"count":1,"pad":"{}"}}"#,
-        "x".repeat(MAX_BODY_BYTES - 30)
+        "x".repeat(BODY_BYTES_MAX - 30)
     );
     assert_eq!(post(&h, admit, &fits).status, 200);
     assert_eq!(
