@@ -10,8 +10,8 @@ use queue_server::control::CONNECTIONS_MAX;
 use serde_json::{json, Value};
 
 /// How long a control request may take while a misbehaving client is connected: well
-/// under the misbehaving client's own lifetime (header 5 s, request 10 s).
-const PROMPT: Duration = Duration::from_secs(3);
+/// under the misbehaving client's own lifetime (headers 5 s, body 4 s).
+const PROMPT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz` on another connection answers 200 within [`PROMPT`].
 #[track_caller]
@@ -42,7 +42,7 @@ fn slow_body_does_not_stall_other_requests() {
     }
     let (status, _) = s.http("GET", "/v1/stats", None);
     assert_eq!(status, 200);
-    // The slow POST is cut off by the request deadline with a 408.
+    // The slow POST is cut off by the body deadline with a 408.
     let (raw, closed) = read_until_closed(&mut slow_post);
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
     assert!(closed, "connection left open after its 408");

@@ -17,9 +17,9 @@
 //!   requests that need no core (`/healthz`, `/readyz`, `/v1/keys`) are never delayed;
 //! - no client can hold up another: every connection has its own task, at most
 //!   [`CONNECTIONS_MAX`] are open (more are closed at once, unanswered), headers must
-//!   arrive within [`HEADER_READ_TIMEOUT`], a whole request (body included) must be
-//!   answered within [`REQUEST_TIMEOUT`] (408 otherwise), and a connection lives at most
-//!   [`CONNECTION_LIFETIME`];
+//!   arrive within [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`] (408
+//!   otherwise), a whole request is answered within [`REQUEST_TIMEOUT`] (408), and a
+//!   connection lives at most [`CONNECTION_LIFETIME`];
 //! - with an API key set, every `/v1/` call except `GET /v1/keys` is checked against it
 //!   (constant time) before any body is read;
 //! - no more than [`BODY_BYTES_MAX`] of a body is read (413 past it), and a body nested
@@ -55,9 +55,17 @@ pub const CORE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest time a client may take to send a request's headers (and, on a kept-alive
 /// connection, to start the next request): a slow or silent client is cut off.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest time from a request's headers to its answer, reading the body included
-/// (past it: 408). Above [`CORE_REPLY_TIMEOUT`], so a slow core still gets its 503.
+/// Longest time from a request's headers to the end of its body (past it: 408). Kept
+/// apart from the core round trip, so a request the core may have applied is never
+/// answered 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest time from a request's headers to its answer (past it: 408): a backstop
+/// above [`BODY_READ_TIMEOUT`] + [`CORE_REPLY_TIMEOUT`], so a slow body gets its 408
+/// and a slow core its 503 first.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(
+    REQUEST_TIMEOUT.as_millis() > BODY_READ_TIMEOUT.as_millis() + CORE_REPLY_TIMEOUT.as_millis()
+);
 /// Longest life of one connection: it is then closed after the answer in flight (or
 /// dropped [`REQUEST_TIMEOUT`] later if that answer cannot be written), so a client
 /// that never reads its answers cannot hold a connection slot for ever.

@@ -8,7 +8,9 @@
 //!   it (401 with
 //!   `WWW-Authenticate: Bearer`, compared in constant time); a declared body over
 //!   [`BODY_BYTES_MAX`] gets 413; a request not answered within [`REQUEST_TIMEOUT`]
-//!   (its body read included) gets 408 and its connection is closed;
+//!   gets 408 and its connection is closed;
+//! - a body not read whole within [`BODY_READ_TIMEOUT`] gets 408 (connection closed),
+//!   before anything reaches the core;
 //! - a body is read through `Limited` (never more than [`BODY_BYTES_MAX`] bytes, even
 //!   chunked) and parsed by [`super::body::parse_body`]; nothing invalid reaches the core;
 //! - a wrong method gets 405 with `Allow`, an unknown path 404, both JSON;
@@ -28,7 +30,9 @@ use serde::Serialize;
 
 use super::body::{parse_body, BodyError, BodyKind, ControlBody};
 use super::shapes;
-use super::{ask_core, ControlContext, CoreError, BODY_BYTES_MAX, REQUEST_TIMEOUT};
+use super::{
+    ask_core, ControlContext, CoreError, BODY_BYTES_MAX, BODY_READ_TIMEOUT, REQUEST_TIMEOUT,
+};
 use crate::msg::{ControlReply, ControlReq};
 
 /// `Content-Type` of every JSON answer.
@@ -159,12 +163,15 @@ async fn gate(State(ctx): Ctx, request: Request, next: Next) -> Response {
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => Reply::error(408, "request not complete in time")
-            .with(header::CONNECTION, "close")
-            .into_response(),
+        Err(_) => timed_out().into_response(),
     };
     tracing::debug!(%method, %uri, status = response.status().as_u16(), "control");
     response
+}
+
+/// 408, closing the connection (the rest of the request is not read).
+fn timed_out() -> Reply {
+    Reply::error(408, "request not complete in time").with(header::CONNECTION, "close")
 }
 
 /// `Authorization: Bearer <key>` (scheme case-insensitive), compared in constant time.
@@ -313,12 +320,18 @@ fn core_error(reply: ControlReply) -> Reply {
     }
 }
 
-/// Reads at most [`BODY_BYTES_MAX`] bytes of `body` and parses them as `kind`.
+/// Reads at most [`BODY_BYTES_MAX`] bytes of `body` within [`BODY_READ_TIMEOUT`] and
+/// parses them as `kind`.
 async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
-    let bytes = match Limited::new(body, BODY_BYTES_MAX).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge.into()),
-        Err(_) => return Err(Reply::error(400, "cannot read request body")),
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, BODY_BYTES_MAX).collect(),
+    );
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge.into()),
+        Ok(Err(_)) => return Err(Reply::error(400, "cannot read request body")),
+        Err(_) => return Err(timed_out()),
     };
     parse_body(kind, &bytes).map_err(Reply::from)
 }
