@@ -30,6 +30,8 @@ struct Harness {
     signer: Arc<TokenSigner>,
     /// While set, the fake core neither answers nor ends rounds (a wedged core).
     wedged: Arc<AtomicBool>,
+    /// Set by the fake core once it has seen `wedged` and stopped.
+    stuck: Arc<AtomicBool>,
 }
 
 impl Drop for Harness {
@@ -121,6 +123,8 @@ struct FakeCore {
     signer: Arc<TokenSigner>,
     /// While set: no answer, no round.
     wedged: Arc<AtomicBool>,
+    /// Whether it is stopped because of `wedged`.
+    stuck: Arc<AtomicBool>,
     /// The round clock the control port reads.
     round_ms: Arc<AtomicU64>,
 }
@@ -129,7 +133,9 @@ impl FakeCore {
     fn run(self, inbox: crossbeam_channel::Receiver<CoreMsg>) {
         let mut used = HashSet::new();
         loop {
-            if self.wedged.load(Ordering::Acquire) {
+            let wedged = self.wedged.load(Ordering::Acquire);
+            self.stuck.store(wedged, Ordering::Release);
+            if wedged {
                 // Stuck: the inbox is not read, the round clock stands still.
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
@@ -157,12 +163,14 @@ fn start(api_key: &str, with_core: bool) -> Harness {
     let (core_tx, core_rx) = crossbeam_channel::bounded::<CoreMsg>(16);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let wedged = Arc::new(AtomicBool::new(false));
+    let stuck = Arc::new(AtomicBool::new(false));
     let round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
     let core = if with_core {
         let fake = FakeCore {
             seen: seen.clone(),
             signer: signer.clone(),
             wedged: wedged.clone(),
+            stuck: stuck.clone(),
             round_ms: round_ms.clone(),
         };
         Some(std::thread::spawn(move || fake.run(core_rx)))
@@ -195,6 +203,19 @@ fn start(api_key: &str, with_core: bool) -> Harness {
         draining,
         signer,
         wedged,
+        stuck,
+    }
+}
+
+impl Harness {
+    /// Wedges the fake core and waits (bounded) until it has really stopped.
+    fn wedge(&self) {
+        self.wedged.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.stuck.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "fake core did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -806,7 +827,7 @@ fn readyz_follows_the_core_round_clock() {
     assert_eq!(r.body, "ready");
     assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
     assert_eq!(call(&h, "HEAD", "/readyz", &[], b"").status, 200);
-    h.wedged.store(true, Ordering::Release);
+    h.wedge();
     let r = wait_for_status(&h, "/readyz", 503);
     assert!(r.body.contains("core stalled"), "{}", r.body);
     // Liveness and what needs no core still answer.
@@ -822,7 +843,7 @@ fn readyz_follows_the_core_round_clock() {
 #[test]
 fn wedged_core_gives_503_and_stalls_nobody_else() {
     let h = start("", true);
-    h.wedged.store(true, Ordering::Release);
+    h.wedge();
     // More core calls at once than the blocking pool has threads, and than the fake
     // core's inbox holds: each ends in 503, none blocks the port.
     let addr = h.addr;
