@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (libFuzzer via cargo-fuzz) of the frame decoder and the
-# request parser. cargo-fuzz needs nightly-only flags; on a stable toolchain
-# RUSTC_BOOTSTRAP=1 enables them for this build only.
+# Coverage-guided fuzzing (libFuzzer via cargo-fuzz) of the frame decoder, the
+# request parser and the control port's body parser. cargo-fuzz needs nightly-only
+# flags; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them for this build only.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
 # A crash leaves its input in scripts/fuzz/artifacts/<target>/ and fails the script.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for target in frame_decoder request_parser; do
+for target in frame_decoder request_parser control_body; do
   # New inputs go to corpus/ (not committed); seeds/ holds the committed starting set.
   mkdir -p scripts/fuzz/corpus/$target
   echo "== $target for ${SECS}s"

@@ -7,7 +7,10 @@
 //! - counters are registered without `_total`; `prometheus-client` appends it, so the
 //!   exposed names are exactly `queue_accepted_total`, `queue_admitted_total`, ...;
 //! - per-loop families carry one label `core` (the loop index), per-queue families one
-//!   label `queue` (the queue name).
+//!   label `queue` (the queue name);
+//! - `queue_core_round_age_seconds` is the time since the core last ended a round, read
+//!   from its round clock at scrape time (it ends one at least every tick: a value of
+//!   seconds means the core is wedged).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::msg::QueueStats;
 use crate::queue::durability::DurabilityStatus;
@@ -51,20 +55,43 @@ fn gauges(registry: &mut Registry, name: &str, help: &str, fill: impl FnOnce(&Ga
 }
 
 /// The whole exposition (ending in `# EOF`) for these loop counters, queue counters,
-/// the write-ahead log's status when durability is on and, when the counting allocator
-/// is built in, its `(allocations, allocated bytes)`.
+/// the write-ahead log's status when durability is on, when the counting allocator
+/// is built in its `(allocations, allocated bytes)`, and the time since the core's
+/// last round.
 pub fn render(
     loops: &[LoopStats],
     queues: &[QueueStats],
     durability: Option<&DurabilityStatus>,
     alloc: Option<(u64, u64)>,
+    core_round_age: Duration,
 ) -> String {
     let mut registry = Registry::default();
+    let age = Gauge::<f64, AtomicU64>::default();
+    age.set(core_round_age.as_secs_f64());
+    registry.register(
+        "queue_core_round_age_seconds",
+        "Seconds since the queue core last ended a round (it ends one at least every tick)",
+        age,
+    );
+    loop_families(&mut registry, loops);
+    queue_families(&mut registry, queues);
+    if let Some(d) = durability {
+        durability_families(&mut registry, d);
+    }
+    if let Some((allocations, bytes)) = alloc {
+        alloc_families(&mut registry, allocations, bytes);
+    }
+    let mut out = String::with_capacity(4096);
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// The per-loop families, labelled `core`.
+fn loop_families(registry: &mut Registry, loops: &[LoopStats]) {
     let core = |i: usize| [("core", i.to_string())];
-    let queue = |q: &QueueStats| [("queue", q.name.clone())];
 
     gauges(
-        &mut registry,
+        registry,
         "queue_connections",
         "Open player connections",
         |f| {
@@ -100,14 +127,18 @@ pub fn render(
         ),
     ];
     for (name, help, field) in loop_counters {
-        counters(&mut registry, name, help, |f| {
+        counters(registry, name, help, |f| {
             for (i, l) in loops.iter().enumerate() {
                 f.get_or_create(&core(i))
                     .inc_by(field(l).load(Ordering::Relaxed));
             }
         });
     }
+}
 
+/// The per-queue families, labelled `queue`.
+fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
+    let queue = |q: &QueueStats| [("queue", q.name.clone())];
     let queue_gauges: [QueueValue; 4] = [
         (
             "queue_waiting",
@@ -131,7 +162,7 @@ pub fn render(
         ),
     ];
     for (name, help, field) in queue_gauges {
-        gauges(&mut registry, name, help, |f| {
+        gauges(registry, name, help, |f| {
             for q in queues {
                 f.get_or_create(&queue(q)).set(field(q));
             }
@@ -146,7 +177,7 @@ pub fn render(
         ),
     ];
     for (name, help, field) in queue_counters {
-        counters(&mut registry, name, help, |f| {
+        counters(registry, name, help, |f| {
             for q in queues {
                 f.get_or_create(&queue(q)).inc_by(field(q));
             }
@@ -161,55 +192,53 @@ pub fn render(
         "Measured admission rate, players per second",
         rate,
     );
+}
 
-    if let Some(d) = durability {
-        let degraded = Gauge::<i64>::default();
-        degraded.set(i64::from(d.degraded.load(Ordering::Relaxed)));
-        registry.register(
-            "queue_durability_degraded",
-            "1 after a log write or fsync failed: joins and admissions are refused until restart",
-            degraded,
-        );
-        for (name, help, value) in [
-            (
-                "queue_wal_records",
-                "Write-ahead log records appended",
-                &d.records,
-            ),
-            ("queue_wal_fsyncs", "Write-ahead log fsyncs", &d.syncs),
-            ("queue_snapshots", "Snapshots written", &d.snapshots),
-            (
-                "queue_snapshot_errors",
-                "Snapshots that failed",
-                &d.snapshot_errors,
-            ),
-        ] {
-            let c = Counter::<u64>::default();
-            c.inc_by(value.load(Ordering::Relaxed));
-            registry.register(name, help, c);
-        }
-    }
-
-    if let Some((allocations, bytes)) = alloc {
+/// The write-ahead log's status.
+fn durability_families(registry: &mut Registry, d: &DurabilityStatus) {
+    let degraded = Gauge::<i64>::default();
+    degraded.set(i64::from(d.degraded.load(Ordering::Relaxed)));
+    registry.register(
+        "queue_durability_degraded",
+        "1 after a log write or fsync failed: joins and admissions are refused until restart",
+        degraded,
+    );
+    for (name, help, value) in [
+        (
+            "queue_wal_records",
+            "Write-ahead log records appended",
+            &d.records,
+        ),
+        ("queue_wal_fsyncs", "Write-ahead log fsyncs", &d.syncs),
+        ("queue_snapshots", "Snapshots written", &d.snapshots),
+        (
+            "queue_snapshot_errors",
+            "Snapshots that failed",
+            &d.snapshot_errors,
+        ),
+    ] {
         let c = Counter::<u64>::default();
-        c.inc_by(allocations);
-        registry.register(
-            "queue_server_allocations",
-            "Heap allocations since start",
-            c,
-        );
-        let c = Counter::<u64>::default();
-        c.inc_by(bytes);
-        registry.register(
-            "queue_server_allocated_bytes",
-            "Bytes allocated since start",
-            c,
-        );
+        c.inc_by(value.load(Ordering::Relaxed));
+        registry.register(name, help, c);
     }
+}
 
-    let mut out = String::with_capacity(4096);
-    encode(&mut out, &registry).expect("writing to a String cannot fail");
-    out
+/// The counting allocator's totals.
+fn alloc_families(registry: &mut Registry, allocations: u64, bytes: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(allocations);
+    registry.register(
+        "queue_server_allocations",
+        "Heap allocations since start",
+        c,
+    );
+    let c = Counter::<u64>::default();
+    c.inc_by(bytes);
+    registry.register(
+        "queue_server_allocated_bytes",
+        "Bytes allocated since start",
+        c,
+    );
 }
 
 #[cfg(test)]
@@ -242,7 +271,13 @@ mod tests {
         LoopStats::add(&loops[0].pushes, 50);
         LoopStats::add(&loops[1].errors, 1);
         let queues = [queue("default", 12, 2.5, false), queue("w-1", 0, 0.0, true)];
-        let text = render(&loops, &queues, None, Some((7, 4096)));
+        let text = render(
+            &loops,
+            &queues,
+            None,
+            Some((7, 4096)),
+            Duration::from_millis(1500),
+        );
         for line in [
             "# TYPE queue_connections gauge",
             "queue_connections{core=\"0\"} 3",
@@ -266,6 +301,8 @@ mod tests {
             "queue_unused_tokens{queue=\"default\"} 5",
             "queue_server_allocations_total 7",
             "queue_server_allocated_bytes_total 4096",
+            "# TYPE queue_core_round_age_seconds gauge",
+            "queue_core_round_age_seconds 1.5",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -278,7 +315,7 @@ mod tests {
     #[test]
     fn no_allocator_no_queues() {
         let loops = [LoopStats::default()];
-        let text = render(&loops, &[], None, None);
+        let text = render(&loops, &[], None, None, Duration::ZERO);
         assert!(text.contains("queue_connections{core=\"0\"} 0"), "{text}");
         assert!(!text.contains("queue_server_allocations"), "{text}");
         assert!(!text.contains("queue=\""), "{text}");

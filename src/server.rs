@@ -5,8 +5,9 @@
 //! Invariants:
 //! - every listener is bound (and every channel exists) before any loop runs, so a
 //!   bind error fails `start` with nothing left running;
-//! - stop order: draining flag (healthz 503, logins refused) -> loops kick everyone and
-//!   exit -> core flushes and exits -> control thread exits.
+//! - stop order: draining flag (healthz and readyz 503, logins refused) -> loops kick
+//!   everyone and exit -> core flushes and exits -> control thread exits (its
+//!   connections get a second to finish the answer in flight).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

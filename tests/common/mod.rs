@@ -265,3 +265,47 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// A raw connection to `addr` that sent `bytes` and nothing more (a slow or silent
+/// client); reads on it time out after [`WAIT`].
+pub fn raw_connection(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(bytes).expect("write");
+    s
+}
+
+/// What a raw connection got before it ended: the bytes read, and whether the server
+/// closed it (EOF or reset) rather than the read timing out.
+pub fn read_until_closed(s: &mut TcpStream) -> (String, bool) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&raw).to_string(), true),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let timed_out = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+                return (String::from_utf8_lossy(&raw).to_string(), !timed_out);
+            }
+        }
+    }
+}
+
+/// `GET path` on a fresh connection, answered within `within`: `Some((status, body))`,
+/// or `None` when no whole answer came in time (or the connection was refused/closed).
+pub fn get_within(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(within)).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
+}
