@@ -1128,6 +1128,48 @@ mod tests {
         }
     }
 
+    /// The claims are parsed by `jsonwebtoken` (serde_json) only after the signature
+    /// checked, and within [`TOKEN_BYTES_MAX`] (~1,500 levels at most). serde_json skips
+    /// an unknown value without recursing and stops a parsed one at 128 levels, so even a
+    /// key holder's deeply nested claims cannot overflow a thread stack of the default
+    /// 2 MiB (io loops and the control thread get that).
+    #[test]
+    fn deep_claims_from_a_key_holder_do_not_recurse() {
+        let depth = 1400;
+        let signed = |field: &str| {
+            let claims = format!(
+                r#"{{"sub":"1","exp":{},"{field}":{}{}}}"#,
+                now() + 60,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let head = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+            let message = format!("{head}.{}", URL_SAFE_NO_PAD.encode(claims));
+            let sig = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            let token = format!("{message}.{sig}");
+            assert!(token.len() <= TOKEN_BYTES_MAX);
+            token
+        };
+        let (unknown, aud) = (signed("x"), signed("aud"));
+        let (unknown, aud) = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let v =
+                    TicketVerifier::from_config(&auth_cfg(TokenAlg::HS256, HS_SECRET, "")).unwrap();
+                (v.verify(Some(&unknown), 1), v.verify(Some(&aud), 1))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(unknown, Ok(Ticket { prio: false }), "unknown claim skipped");
+        assert!(aud.is_err(), "a parsed claim stops at serde_json's limit");
+    }
+
     #[test]
     fn oversized_token_or_header_is_malformed() {
         let s = ed_signer();
