@@ -782,12 +782,13 @@ def auto_expire(srv, names=10, batch=3):
     accepted = 0
     refused = ""
     t0 = now()
+    row_deadline = t0 + 30
     for start in range(0, names, batch):
         for i in range(start, min(names, start + batch)):
             name = f"auto-{i}"
             # The previous batch's queues expire after 1 s: retry a refused name until
             # then (bounded).
-            deadline = now() + 8
+            deadline = min(now() + 8, row_deadline)
             while True:
                 p = Player(srv.player)
                 try:
@@ -914,7 +915,7 @@ def slow_consumer(srv):
         reason = kick[0]["data"]["reason"] if kick else "none"
         # A reset may swallow the `kicked` frame (the server closed with our heartbeats
         # unread): being cut off is what counts.
-        ok = reason == "slow_consumer" or (not kick and p.reset)
+        ok = reason == "slow_consumer" or (not kick and p.reset and len(frames) < sent)
         answer = f"sent {sent} heartbeats, read {len(frames)} frames, kicked: {reason}; {how_closed(p)}"
         return answer, ok
     except Timeout:
