@@ -1066,6 +1066,13 @@ def main():
             if check_after:
                 alive = srv.alive()
                 serve_ok, serve_why = served(srv) if alive else (False, "-")
+                if not serve_ok and alive:
+                    # A process that aborts takes a moment to go: do not call it alive
+                    # (and run the next attack on it) while it is dying.
+                    try:
+                        srv.proc.wait(timeout=3)
+                    except subprocess.TimeoutExpired:
+                        pass
                 alive = alive and srv.alive()
                 if not alive:
                     srv.proc.wait(timeout=5)
