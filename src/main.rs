@@ -1,5 +1,10 @@
 //! The `queue-server` binary: flags, config, logging, signals. Everything else is in
 //! the library (`queue_server::server`).
+//!
+//! Signals: the first SIGINT / SIGTERM starts a graceful stop (drain, final snapshot,
+//! exit 0). A second one during that stop exits at once with 128 + its number
+//! ([`FORCED_EXIT_BASE`]), skipping whatever of the stop is left: an operator must never
+//! need SIGKILL to stop a stop that hangs (say, a final snapshot on a stalled disk).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +20,10 @@ static GLOBAL: queue_server::alloc_count::CountingAlloc = queue_server::alloc_co
 #[cfg(not(feature = "count-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A forced exit (second signal) exits with this plus the signal number, as a shell
+/// reports a process killed by that signal (130 for SIGINT, 143 for SIGTERM).
+const FORCED_EXIT_BASE: i32 = 128;
 
 /// Thread-per-core login queue for online games.
 #[derive(Parser, Debug)]
@@ -90,8 +99,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     ])?;
     let server = ServerHandle::start(&config)?;
     if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "stopping: draining sessions");
+        tracing::info!(
+            signal,
+            "stopping: draining sessions (a second SIGINT / SIGTERM exits at once)"
+        );
     }
+    // The stop may hang on things no timeout covers (a final snapshot on a stalled disk):
+    // a second signal ends the process, without the rest of the stop.
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let code = FORCED_EXIT_BASE + signal;
+                tracing::warn!(
+                    signal,
+                    code,
+                    "second signal during the stop: exiting now, drain and final snapshot not finished"
+                );
+                std::process::exit(code);
+            }
+        })?;
     server.shutdown();
     tracing::info!("stopped");
     Ok(())

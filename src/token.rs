@@ -12,7 +12,14 @@
 //!   an admitted player who reconnects the very same token;
 //! - a shared HS256 secret is never published: the JWKS is empty and the derived `kid`
 //!   is an HMAC of a constant, not a hash of the secret;
-//! - both types are immutable after construction (`Send + Sync`, shared by `Arc`).
+//! - both types are immutable after construction (`Send + Sync`, shared by `Arc`);
+//! - untrusted input is parsed within bounds: a token or ticket longer than
+//!   [`TOKEN_BYTES_MAX`], a header that decodes to more than [`HEADER_BYTES_MAX`] or that
+//!   nests deeper than [`HEADER_DEPTH_MAX`] is `malformed` before any JSON parser sees it
+//!   (sonic-rs recurses once per nesting level: a 16 Ki-deep header overflowed the io
+//!   loop's or control thread's stack and aborted the process). The claims are parsed by
+//!   `jsonwebtoken` (serde_json, recursion limit 128) only after the signature checked,
+//!   and are bounded by [`TOKEN_BYTES_MAX`] too.
 
 use std::fmt;
 
@@ -32,6 +39,17 @@ use crate::config::{AuthConfig, AuthMode, TokenAlg, TokenConfig};
 /// Clock skew allowed on ticket `exp` and `nbf`: tickets are issued on the account
 /// service's clock, not ours.
 pub const TICKET_LEEWAY_SECS: u64 = 30;
+/// Longest token or ticket accepted, in bytes (longer ones are `malformed`, unparsed).
+/// Our admission tokens are ~300 bytes, account-service tickets well under 1 KiB; the
+/// bound keeps every parse of untrusted text (base64, JSON, signature) small.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+/// Largest decoded JWT header accepted, in bytes. A header is `alg`, `typ`, `kid` and
+/// perhaps a thumbprint: ~100 bytes.
+pub const HEADER_BYTES_MAX: usize = 1024;
+/// Deepest nesting of objects/arrays accepted in a JWT header (checked by a byte scan,
+/// [`crate::protocol::depth_within`], before sonic-rs parses it). A header is one flat
+/// object; an embedded `jwk` with an `x5c` array is 3 levels.
+pub const HEADER_DEPTH_MAX: u32 = 4;
 /// Shortest HS256 secret accepted (RFC 7518 section 3.2: at least the hash size).
 pub const HS256_SECRET_MIN_BYTES: usize = 32;
 /// Length of an Ed25519 seed and of an Ed25519 public key.
@@ -336,15 +354,28 @@ fn check_secret(key: &'static str, secret: &[u8]) -> Result<(), TokenError> {
 }
 
 /// Reads `alg` and `kid` from the first segment, so that `alg: none` or an unknown
-/// algorithm is reported as `wrong_alg` rather than as an unparsable header.
+/// algorithm is reported as `wrong_alg` rather than as an unparsable header. Refuses,
+/// as `malformed` and before decoding or parsing, a token longer than
+/// [`TOKEN_BYTES_MAX`], a header longer than [`HEADER_BYTES_MAX`] decoded, and a header
+/// nested deeper than [`HEADER_DEPTH_MAX`] (sonic-rs would recurse once per level).
 fn peek_header(token: &str) -> Result<HeaderPeek, &'static str> {
+    if token.len() > TOKEN_BYTES_MAX {
+        return Err("malformed");
+    }
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("malformed");
     };
+    // Unpadded base64 of n bytes is ceil(4n / 3) characters.
+    if header.len() > HEADER_BYTES_MAX.div_ceil(3) * 4 {
+        return Err("malformed");
+    }
     let json = URL_SAFE_NO_PAD.decode(header).map_err(|_| "malformed")?;
+    if json.len() > HEADER_BYTES_MAX || !crate::protocol::depth_within(&json, HEADER_DEPTH_MAX) {
+        return Err("malformed");
+    }
     sonic_rs::from_slice(&json).map_err(|_| "malformed")
 }
 
@@ -1030,6 +1061,135 @@ mod tests {
         .unwrap();
         assert_eq!(open.verify(None, 1), Ok(Ticket { prio: false }));
         assert_eq!(open.verify(Some("anything"), 1), Ok(Ticket { prio: false }));
+    }
+
+    /// `header.claims.sig` whose header is `depth` nested arrays (or `{"a":` objects).
+    fn deep_header_token(depth: usize, objects: bool) -> String {
+        let header = if objects {
+            format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+        } else {
+            format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+        };
+        format!(
+            "{}.{}.AAAA",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(r#"{"sub":"1","exp":99999999999}"#)
+        )
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: an unbounded recursive parse of a
+    /// 16 Ki-deep header overflows it for sure (the old code aborted this test binary,
+    /// which `cargo test` reports as a failure).
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn deep_header_token_is_malformed_without_recursing() {
+        for objects in [false, true] {
+            let token = deep_header_token(16 * 1024, objects);
+            let reason = on_small_stack(move || ed_signer().verify(&token).unwrap_err().reason);
+            assert_eq!(reason, "malformed");
+        }
+        // Just past the bound is refused; at the bound it parses (and fails later, on kid).
+        let reason = ed_signer()
+            .verify(&deep_header_token(HEADER_DEPTH_MAX as usize + 1, false))
+            .unwrap_err()
+            .reason;
+        assert_eq!(reason, "malformed");
+        let s = ed_signer();
+        let nested =
+            "[".repeat(HEADER_DEPTH_MAX as usize - 1) + &"]".repeat(HEADER_DEPTH_MAX as usize - 1);
+        let header: serde_json::Value = serde_json::from_str(&format!(
+            r#"{{"alg":"EdDSA","kid":"{}","x":{nested}}}"#,
+            s.kid()
+        ))
+        .unwrap();
+        let claims = serde_json::json!({"sub":"1","queue":"q","iat":now(),"exp":now()+300,"jti":"j","iss":"queue-server"});
+        let t = forge(&header, &claims, "AAAA");
+        assert_eq!(s.verify(&t).unwrap_err().reason, "bad_signature");
+    }
+
+    #[test]
+    fn deep_header_ticket_is_malformed_without_recursing() {
+        for objects in [false, true] {
+            let ticket = deep_header_token(16 * 1024, objects);
+            let reason = on_small_stack(move || {
+                let v =
+                    TicketVerifier::from_config(&auth_cfg(TokenAlg::HS256, HS_SECRET, "")).unwrap();
+                v.verify(Some(&ticket), 1).unwrap_err().reason
+            });
+            assert_eq!(reason, "malformed");
+        }
+    }
+
+    /// The claims are parsed by `jsonwebtoken` (serde_json) only after the signature
+    /// checked, and within [`TOKEN_BYTES_MAX`] (~1,500 levels at most). serde_json skips
+    /// an unknown value without recursing and stops a parsed one at 128 levels, so even a
+    /// key holder's deeply nested claims cannot overflow a thread stack of the default
+    /// 2 MiB (io loops and the control thread get that).
+    #[test]
+    fn deep_claims_from_a_key_holder_do_not_recurse() {
+        let depth = 1400;
+        let signed = |field: &str| {
+            let claims = format!(
+                r#"{{"sub":"1","exp":{},"{field}":{}{}}}"#,
+                now() + 60,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let head = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+            let message = format!("{head}.{}", URL_SAFE_NO_PAD.encode(claims));
+            let sig = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            let token = format!("{message}.{sig}");
+            assert!(token.len() <= TOKEN_BYTES_MAX);
+            token
+        };
+        let (unknown, aud) = (signed("x"), signed("aud"));
+        let (unknown, aud) = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let v =
+                    TicketVerifier::from_config(&auth_cfg(TokenAlg::HS256, HS_SECRET, "")).unwrap();
+                (v.verify(Some(&unknown), 1), v.verify(Some(&aud), 1))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(unknown, Ok(Ticket { prio: false }), "unknown claim skipped");
+        assert!(aud.is_err(), "a parsed claim stops at serde_json's limit");
+    }
+
+    #[test]
+    fn oversized_token_or_header_is_malformed() {
+        let s = ed_signer();
+        // Correctly signed, but longer than the bound.
+        let long = s.sign(1, &"q".repeat(TOKEN_BYTES_MAX), "j", now(), now() + 300);
+        assert!(long.len() > TOKEN_BYTES_MAX);
+        assert_eq!(s.verify(&long).unwrap_err().reason, "malformed");
+        let fits = s.sign(1, &"q".repeat(1000), "j", now(), now() + 300);
+        assert!(s.verify(&fits).is_ok());
+        // A flat header past HEADER_BYTES_MAX, in a token under TOKEN_BYTES_MAX.
+        let header =
+            serde_json::json!({"alg":"EdDSA","kid":s.kid(),"pad":"x".repeat(HEADER_BYTES_MAX)});
+        let claims = serde_json::json!({"sub":"1","queue":"q","iat":now(),"exp":now()+300,"jti":"j","iss":"queue-server"});
+        let t = forge(&header, &claims, "AAAA");
+        assert!(t.len() <= TOKEN_BYTES_MAX);
+        assert_eq!(s.verify(&t).unwrap_err().reason, "malformed");
+        let v = TicketVerifier::from_config(&auth_cfg(TokenAlg::HS256, HS_SECRET, "")).unwrap();
+        let big =
+            ticket(serde_json::json!({"sub":"1","exp":now()+60,"pad":"x".repeat(TOKEN_BYTES_MAX)}));
+        assert_eq!(v.verify(Some(&big), 1).unwrap_err().reason, "malformed");
     }
 
     #[test]

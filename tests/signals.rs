@@ -1,10 +1,12 @@
 //! The binary: starts on a config file, and on SIGTERM / SIGINT kicks every session
-//! `shutdown` and exits 0.
+//! `shutdown` and exits 0; a second SIGTERM / SIGINT during that stop exits at once with
+//! 128 + the signal number.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::Client;
@@ -21,6 +23,11 @@ fn free_port() -> u16 {
 /// Starts the binary with `args`; returns once it logged "listening". Its log keeps
 /// being drained so it never blocks on a full pipe.
 fn spawn_server(args: &[&std::ffi::OsStr]) -> Child {
+    spawn_server_logged(args).0
+}
+
+/// Like [`spawn_server`], also handing back every later log line.
+fn spawn_server_logged(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
         .args(args)
         .env("RUST_LOG", "info")
@@ -36,8 +43,27 @@ fn spawn_server(args: &[&std::ffi::OsStr]) -> Child {
         assert!(out.read_line(&mut line).unwrap() > 0, "server exited early");
         assert!(Instant::now() < deadline);
     }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    child
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { return };
+            // The receiver may be gone: keep draining anyway.
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Kills the child on drop unless it exited: a failing test leaves no server behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Sends `signal` to the server (its sessions get `kicked` `shutdown`).
@@ -176,4 +202,98 @@ fn sigterm_with_durability_keeps_every_place_across_the_restart() {
     }
     stop(child);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stop that cannot finish is cut short by a second signal. What can hold a stop: not
+/// player sessions (a closing session that does not read is cut after 2 s whatever
+/// `drain_timeout_secs` says) but the final snapshot, on a disk that stalls. The test
+/// stalls it for good: once the server runs, `snapshot.bin.tmp` is made a FIFO that
+/// nobody reads, so the final snapshot's open(2) blocks forever. The first signal starts
+/// the drain (`/healthz` turns 503), the second must end the process at once with
+/// 128 + its number; before, it was ignored and only SIGKILL ended the process.
+fn second_signal_exits_at_once(second: i32) {
+    let dir = std::env::temp_dir().join(format!("qs-signal-twice-{}-{second}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let player = free_port();
+    let control = free_port();
+    let data = dir.join("data");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{player}\"\ndrain_timeout_secs = 60\n\
+             [control]\nlisten = \"127.0.0.1:{control}\"\n\
+             [tokens]\nkey = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\"\n\
+             [durability]\ndir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (child, log) = spawn_server_logged(&["--config".as_ref(), config.as_ref()]);
+    let mut child = KillOnDrop(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{player}").parse().unwrap();
+    let control_addr: std::net::SocketAddr = format!("127.0.0.1:{control}").parse().unwrap();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.login(1)["code"], 0);
+
+    // The start-up snapshot is written and its temp file gone: stall the final one.
+    let fifo = std::ffi::CString::new(
+        data.join("snapshot.bin.tmp")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    signal(&child.0, libc::SIGTERM);
+    assert_eq!(c.next_cmd("kicked")["data"]["reason"], "shutdown");
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let (status, _) = common::http_text(control_addr, "GET", "/healthz", None, None);
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the stop finished by itself"
+    );
+
+    signal(&child.0, second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second signal did not end the stop (drain_timeout_secs = 60, snapshot stalled)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + second), "exit status {status}");
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a log line saying why the server exited");
+        if line.contains("second signal") {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn second_sigterm_during_a_stuck_stop_exits_at_once() {
+    second_signal_exits_at_once(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_during_a_stuck_stop_exits_at_once() {
+    second_signal_exits_at_once(libc::SIGINT);
 }
