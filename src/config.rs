@@ -12,6 +12,11 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+/// Largest config file read, bytes: every key of the default fits in a few KiB, so a
+/// bigger file is a mistake (a log, a binary, a device) and is refused before parsing.
+/// Nesting is bounded by the TOML parser itself.
+pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
 /// The built-in default configuration, embedded at build time.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -287,8 +292,22 @@ impl Config {
 
     /// Reads and parses a config file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(&path.display().to_string(), format!("cannot read: {e}")))?;
+        use std::io::Read;
+        let name = path.display().to_string();
+        let file =
+            std::fs::File::open(path).map_err(|e| err(&name, format!("cannot open: {e}")))?;
+        // Read one byte past the cap so an oversized file (or a device that never ends,
+        // such as /dev/zero) is refused without reading it whole.
+        let mut text = String::new();
+        file.take(CONFIG_BYTES_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| err(&name, format!("cannot read: {e}")))?;
+        if text.len() as u64 > CONFIG_BYTES_MAX {
+            return Err(err(
+                &name,
+                format!("larger than {CONFIG_BYTES_MAX} bytes: not a config file"),
+            ));
+        }
         Config::from_toml_str(&text)
     }
 
@@ -553,6 +572,39 @@ mod tests {
         assert_eq!(c.queues.list[0].name, "default");
         assert_eq!(c.queues.list[0].admit_rate_per_s, 0.0);
         assert_eq!(c.tokens.alg, TokenAlg::EdDSA);
+    }
+
+    #[test]
+    fn oversized_or_endless_config_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("qs-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.toml");
+        let mut big = String::from("[server]\n");
+        while big.len() as u64 <= CONFIG_BYTES_MAX {
+            big.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&path, &big).unwrap();
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let e = Config::from_file(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("larger than") || e.contains("cannot read"),
+            "{e}"
+        );
+        std::fs::write(&path, "[server]\nidle_timeout_secs = 3\n").unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap().server.idle_timeout_secs,
+            3
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deeply_nested_config_is_an_error_not_a_crash() {
+        let text = format!("x = {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Config::from_toml_str(&text).is_err());
     }
 
     #[test]
