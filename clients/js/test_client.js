@@ -49,16 +49,21 @@ class Recorder {
     this.done = this.client.start().catch((e) => { this.crash = e; });
   }
 
+  /** The last events, for failure messages (a client in a loop makes thousands). */
+  tail() {
+    return (this.events.length > 12 ? '... ' : '') + JSON.stringify(this.events.slice(-12));
+  }
+
   of(kind) {
     return this.events.filter((e) => e.kind === kind);
   }
 
   wait(pred, what) {
-    return until(() => this.events.find(pred), `${what}; events ${JSON.stringify(this.events)}`);
+    return until(() => this.events.find(pred), `${what}; events ${this.tail()}`);
   }
 
   async outcome() {
-    await until(() => this.client.outcome || this.crash, `the outcome; events ${JSON.stringify(this.events)}`);
+    await until(() => this.client.outcome || this.crash, `the outcome; events ${this.tail()}`);
     check(!this.crash, `client threw: ${this.crash && this.crash.stack}`);
     return this.client.outcome;
   }
@@ -219,7 +224,7 @@ const CHECKS = {
     px.cut();
     const e = await c.wait(joined(true), 'joined again, resumed');
     check(e.position === 2, `resumed at ${e.position}, not 2`);
-    check(c.of('connecting').length === 2, `connections ${JSON.stringify(c.events)}`);
+    check(c.of('connecting').length === 2, `connections ${c.tail()}`);
     check(c.of('reconnecting').length >= 1, 'no reconnecting event');
     for (const r of [c, first]) {
       r.client.leave();
@@ -244,7 +249,7 @@ const CHECKS = {
     // 12 answered heartbeats 0.2 s apart span well over idle_timeout_secs = 1.
     await until(() => c.of('heartbeat').length >= 12, '12 heartbeats');
     check(!c.of('kicked').length, `kicked ${JSON.stringify(c.of('kicked'))}`);
-    check(c.of('connecting').length === 1, `reconnected ${JSON.stringify(c.events)}`);
+    check(c.of('connecting').length === 1, `reconnected ${c.tail()}`);
     c.client.leave();
     check((await c.outcome()).kind === 'left', 'left');
   },
@@ -256,7 +261,7 @@ const CHECKS = {
     await newer.wait(joined(true, 1), 'newer joined, resumed');
     const out = await older.outcome(); // settled: the older client will not come back
     check(out.kind === 'kicked' && out.reason === 'duplicate_login', `older ${JSON.stringify(out)}`);
-    check(older.of('connecting').length === 1, `older reconnected ${JSON.stringify(older.events)}`);
+    check(older.of('connecting').length === 1, `older reconnected ${older.tail()}`);
     newer.client.leave();
     check((await newer.outcome()).kind === 'left', 'newer left');
   },
@@ -268,7 +273,7 @@ const CHECKS = {
     c.client.leave();
     check((await c.outcome()).kind === 'left', 'left');
     await waitWaiting(control, 'leave', 0);
-    check(c.of('connecting').length === 1, `reconnected after leave ${JSON.stringify(c.events)}`);
+    check(c.of('connecting').length === 1, `reconnected after leave ${c.tail()}`);
   },
 
   async real_admitted_token_verifies(addr, control) {
