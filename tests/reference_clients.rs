@@ -271,11 +271,13 @@ fn node_example_moves_up_and_is_admitted() {
     example_moves_up_and_is_admitted(Lang::Node);
 }
 
-/// The client's own check script, against a server with a 1 s idle timeout and
-/// auto-created queues (each check uses its own queue).
+/// The client's own check script, against a server with a 2 s idle timeout (short, so
+/// the idle kick comes quickly; 10 times the checks' 0.2 s heartbeat, so a stalled
+/// box does not kick a heartbeating client) and auto-created queues (each check uses
+/// its own queue).
 fn client_checks_pass(lang: Lang) {
     let s = start(
-        "[server]\npush_interval_ms = 20\nidle_timeout_secs = 1\n[queues]\nauto_create = true\n",
+        "[server]\npush_interval_ms = 20\nidle_timeout_secs = 2\n[queues]\nauto_create = true\n",
     );
     let args = [
         "--addr".to_string(),

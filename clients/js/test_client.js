@@ -5,7 +5,7 @@
  *
  *   node test_client.js --addr HOST:PORT --control HOST:PORT [--only NAME]
  *
- * The server must run with `idle_timeout_secs = 1`, `[queues] auto_create = true` and a
+ * The server must run with `idle_timeout_secs = 2`, `[queues] auto_create = true` and a
  * short `push_interval_ms` (tests/reference_clients.rs starts it so). Every check waits
  * for events with a deadline, never for a fixed time. Node built-ins only. Prints one
  * line per check; exit 0 when all pass, 1 on the first failure.
@@ -234,7 +234,7 @@ const CHECKS = {
   },
 
   async real_resume_after_idle_kick(addr) {
-    // Heartbeats far apart: the server (idle_timeout_secs = 1) kicks, the client resumes.
+    // Heartbeats far apart: the server (idle_timeout_secs = 2) kicks, the client resumes.
     const c = new Recorder(addr, 200, 'idle', { heartbeatMs: 30000, backoffInitialMs: 50 });
     await c.wait(joined(false), 'joined');
     await c.wait((e) => e.kind === 'kicked' && e.reason === 'idle_timeout', 'kicked idle_timeout');
@@ -246,8 +246,8 @@ const CHECKS = {
   async real_heartbeat_keeps_alive(addr) {
     const c = new Recorder(addr, 300, 'alive', FAST);
     await c.wait(joined(), 'joined');
-    // 12 answered heartbeats 0.2 s apart span well over idle_timeout_secs = 1.
-    await until(() => c.of('heartbeat').length >= 12, '12 heartbeats');
+    // 15 answered heartbeats 0.2 s apart span well over idle_timeout_secs = 2.
+    await until(() => c.of('heartbeat').length >= 15, '15 heartbeats');
     check(!c.of('kicked').length, `kicked ${JSON.stringify(c.of('kicked'))}`);
     check(c.of('connecting').length === 1, `reconnected ${c.tail()}`);
     c.client.leave();
@@ -408,8 +408,10 @@ const CHECKS = {
         conn.send(garbage);
         await conn.untilClosed(); // the client must be the one to hang up
       });
-      // giveUpMs 0: no reconnect, so the first failure is the outcome.
-      const c = new Recorder(fake.addr, 1, 'q', { heartbeatMs: 5000, answerTimeoutMs: 300, giveUpMs: 0 });
+      // giveUpMs 0: no reconnect, so the first failure is the outcome. Only the silent
+      // server waits for the answer deadline; the others must fail before it.
+      const answerTimeoutMs = name === 'silence' ? 300 : 10000;
+      const c = new Recorder(fake.addr, 1, 'q', { heartbeatMs: 5000, answerTimeoutMs, giveUpMs: 0 });
       const out = await c.outcome();
       check(out.kind === 'gave_up', `${name}: outcome ${JSON.stringify(out)}`);
       check(out.error.includes(expect), `${name}: error ${out.error} lacks ${expect}`);
@@ -444,7 +446,7 @@ const CHECKS = {
       conn.send(push('admitted', { token: 'tok-4', expires_at: 1, login_addr: null }));
       await conn.untilClosed();
     });
-    const c = new Recorder(fake.addr, 1, 'q', { heartbeatMs: 100, answerTimeoutMs: 300, backoffInitialMs: 10 });
+    const c = new Recorder(fake.addr, 1, 'q', { heartbeatMs: 100, answerTimeoutMs: 1000, backoffInitialMs: 10 });
     const out = await c.outcome();
     check(out.kind === 'admitted' && out.token === 'tok-4', `outcome ${JSON.stringify(out)}`);
     check(c.of('error').some((e) => e.error.includes('no answer to heartbeat')), `errors ${JSON.stringify(c.of('error'))}`);
