@@ -112,6 +112,8 @@ impl Script {
         let mut child = Command::new(lang.find())
             .arg(lang.script(name))
             .args(args)
+            // No __pycache__ left in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
