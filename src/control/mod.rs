@@ -45,7 +45,7 @@ use crossbeam_channel::Sender;
 
 use crate::msg::{ControlReply, ControlReq, CoreMsg};
 use crate::queue::durability::DurabilityStatus;
-use crate::stats::LoopStats;
+use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 pub use body::BODY_BYTES_MAX;
@@ -100,6 +100,8 @@ pub struct ControlContext {
     pub api_key: String,
     /// Unix ms at the end of the core's last round (`Core::with_round_clock`).
     pub core_round_ms: Arc<AtomicU64>,
+    /// Core round times and the per-minute history (`Core::with_stats`).
+    pub server_stats: Arc<ServerStats>,
 }
 
 impl ControlContext {

@@ -289,6 +289,11 @@ async fn metrics(State(ctx): Ctx) -> Reply {
         ctx.durability.as_deref(),
         alloc,
         ctx.core_round_age(),
+        Some(&crate::metrics::Extra {
+            server: &ctx.server_stats,
+            inbox_depth: ctx.core.len(),
+            process: crate::stats::process::ProcessStats::read(),
+        }),
     );
     Reply::text(200, crate::metrics::CONTENT_TYPE, text)
 }
