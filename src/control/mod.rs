@@ -29,6 +29,7 @@
 //!   (OpenMetrics text).
 
 pub mod body;
+mod dashboard;
 mod http;
 mod routes;
 mod shapes;

@@ -126,7 +126,6 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/stats", get(stats))
         .route("/v1/keys", get(keys))
         .route("/v1/tokens/verify", post(verify))
         .route("/v1/queues/{queue}/admit", post(admit))
@@ -134,6 +133,7 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/v1/queues/{queue}/capacity", put(capacity))
         .route("/v1/queues/{queue}/pause", post(pause))
         .route("/v1/queues/{queue}/resume", post(resume))
+        .merge(super::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
@@ -296,15 +296,6 @@ async fn metrics(State(ctx): Ctx) -> Reply {
         }),
     );
     Reply::text(200, crate::metrics::CONTENT_TYPE, text)
-}
-
-/// `GET /v1/stats`.
-async fn stats(State(ctx): Ctx) -> Reply {
-    match ask_core(&ctx, ControlReq::Stats).await {
-        Ok(ControlReply::Stats(queues)) => Reply::json(200, &shapes::stats(&ctx, &queues)),
-        Ok(other) => core_error(other),
-        Err(e) => e.into(),
-    }
 }
 
 /// `GET /v1/keys`: the JWKS.
