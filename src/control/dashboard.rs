@@ -293,7 +293,7 @@ impl Live {
         let admitted: u64 = queues.iter().map(|q| q.admitted_total).sum();
         let omitted = queues.len().saturating_sub(EVENT_QUEUES_MAX);
         if omitted > 0 {
-            queues.sort_by(|a, b| b.waiting.cmp(&a.waiting));
+            queues.sort_by_key(|q| std::cmp::Reverse(q.waiting));
             queues.truncate(EVENT_QUEUES_MAX);
         }
         let mut stats = shapes::stats(ctx, &queues);
