@@ -284,7 +284,10 @@ fn page_matches_stats(b: &Browser, s: &Value, q: &str) -> Result<(), String> {
             format!("q-{q}-waiting-priority"),
             queue["waiting_priority"].to_string(),
         ),
-        (format!("q-{q}-admitted"), queue["admitted_total"].to_string()),
+        (
+            format!("q-{q}-admitted"),
+            queue["admitted_total"].to_string(),
+        ),
         (
             format!("q-{q}-paused"),
             if queue["paused"] == true {
@@ -295,7 +298,10 @@ fn page_matches_stats(b: &Browser, s: &Value, q: &str) -> Result<(), String> {
             .to_string(),
         ),
         ("connections".to_string(), s["connections"].to_string()),
-        ("version".to_string(), s["version"].as_str().unwrap().to_string()),
+        (
+            "version".to_string(),
+            s["version"].as_str().unwrap().to_string(),
+        ),
         (
             "durability".to_string(),
             s["durability"].as_str().unwrap().to_string(),
@@ -365,8 +371,7 @@ fn dashboard_in_headless_chromium_shows_stats_acts_and_asks_for_the_key() {
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
         let target = b.text("q-default-target").unwrap_or_default();
-        if target == "/ 4.00" && shown >= 8 && b.text("q-default-eta").unwrap_or_default() != "-"
-        {
+        if target == "/ 4.00" && shown >= 8 && b.text("q-default-eta").unwrap_or_default() != "-" {
             Ok(())
         } else {
             Err(format!("admitted {shown}, target {target:?}, stats {s}"))
