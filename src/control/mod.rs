@@ -5,7 +5,8 @@
 //!
 //! Map: this file holds the context, the limits, [`spawn`] and the core round trip;
 //! `http` accepts and runs connections (caps and deadlines); `routes` answers
-//! requests (auth, routing, deadlines); [`body`] parses and range-checks request
+//! requests (auth, routing, deadlines); `dashboard` serves the operator's page, the
+//! `/v1/events` stream and `/v1/stats`; [`body`] parses and range-checks request
 //! bodies; `shapes` holds the JSON answers; `tests` drives all of it over sockets
 //! against a fake core.
 //!
@@ -25,8 +26,10 @@
 //! - no more than [`BODY_BYTES_MAX`] of a body is read (413 past it), and a body nested
 //!   deeper than [`body::JSON_DEPTH_MAX`] is refused (400) before it is parsed;
 //! - answers are JSON (`{"error": ..}` with a 4xx/5xx on failure) with a
-//!   `Content-Length`, except `/healthz` and `/readyz` (plain text) and `/metrics`
-//!   (OpenMetrics text).
+//!   `Content-Length`, except `/healthz` and `/readyz` (plain text), `/metrics`
+//!   (OpenMetrics text), `/` and `/dashboard` (the page, public: it holds no data) and
+//!   `/v1/events` (a Server-Sent Events stream, at most 16 open, each ending within
+//!   50 s: see `dashboard`).
 
 pub mod body;
 mod dashboard;

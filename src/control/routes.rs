@@ -14,7 +14,11 @@
 //! - a body is read through `Limited` (never more than [`BODY_BYTES_MAX`] bytes, even
 //!   chunked) and parsed by [`super::body::parse_body`]; nothing invalid reaches the core;
 //! - a wrong method gets 405 with `Allow`, an unknown path 404, both JSON;
-//! - every answer has a `Content-Length` (bodies are whole buffers, never streamed).
+//! - every answer has a `Content-Length` (bodies are whole buffers, never streamed),
+//!   except the `/v1/events` stream of `super::dashboard` (bounded there: a cap on
+//!   open streams and a lifetime of its own);
+//! - the dashboard's routes (`/`, `/dashboard`, `/v1/stats`, `/v1/events`) live in
+//!   `super::dashboard` and are merged here, behind the same gate.
 
 use std::sync::Arc;
 
