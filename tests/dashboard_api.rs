@@ -173,6 +173,7 @@ fn events_stream_snapshots_that_follow_changes() {
         "{}",
         events.head
     );
+    assert!(events.head.contains("connection: close"), "{}", events.head);
     let first = events.until("the queue", |v| v["queues"]["default"].is_object());
     assert_eq!(first["queues"]["default"]["waiting"], 0);
     assert!(first["recent"].is_array() && first["history"].is_array());

@@ -13,8 +13,10 @@
 //! - a stream is bounded: at most [`EVENT_STREAMS_MAX`] at once (503 past it, so
 //!   dashboards can never take all [`super::CONNECTIONS_MAX`] control connections), and
 //!   each ends by itself after [`EVENT_STREAM_LIFETIME`] (below
-//!   [`super::CONNECTION_LIFETIME`], which otherwise cuts it); the page reconnects at
-//!   once, so the connection lifetime stays as it was for every connection;
+//!   [`super::CONNECTION_LIFETIME`]) and closes its connection (`Connection: close`), so
+//!   each stream has a fresh connection and ends by itself before the connection
+//!   lifetime would cut it; the page reconnects at once (1 s after an error). The
+//!   connection lifetime stays as it was for every connection;
 //! - snapshots are built at most every [`SNAPSHOT_FRESH`] whatever the number of
 //!   streams (one core round trip, shared), so a number on screen is at most
 //!   [`EVENT_INTERVAL`] + [`SNAPSHOT_FRESH`] old: under 2 s;
@@ -188,6 +190,10 @@ async fn events(ctx: Arc<ControlContext>, live: Arc<Live>) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Proxies (nginx) must pass each event on at once.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // The next stream gets a fresh connection, whose full `CONNECTION_LIFETIME` is
+    // longer than `EVENT_STREAM_LIFETIME`: a stream then always ends by itself, never
+    // cut short by the lifetime of a reused connection.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
