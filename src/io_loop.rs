@@ -434,7 +434,7 @@ impl Shard {
 
     fn push_position(&self, session: &Session, now: Instant) {
         session.last_push.set(now);
-        LoopStats::add(&self.stats().pushes, 1);
+        self.stats().pushed(session.queue_id());
         session.send_position(self, 0);
     }
 
@@ -562,7 +562,7 @@ impl Shard {
     }
 
     fn send_admitted(&self, s: &Session, token: &str, expires_at: u64) {
-        LoopStats::add(&self.stats().pushes, 1);
+        self.stats().pushed(s.queue_id());
         let addr = self.cfg.login_addr.as_deref();
         s.send(self, 1, |out| {
             protocol::encode_admitted(out, token, expires_at, addr)
@@ -594,8 +594,9 @@ impl Shard {
         };
         match result {
             Ok(ok) => {
-                LoopStats::add(&self.stats().logins, 1);
+                self.stats().logged_in(ok.queue);
                 s.queue.set(ok.queue);
+                s.in_queue.set(true);
                 self.set_queue_view(ok.queue, ok.queue_len, ok.rate_per_s);
                 let eta = crate::msg::eta_secs(ok.position, ok.rate_per_s);
                 let admitted = ok.admitted.is_some();
@@ -637,6 +638,7 @@ impl Shard {
                 };
                 s.phase.set(Phase::Connected);
                 if code == Code::ShuttingDown {
+                    self.stats().error(code);
                     let retry = self.cfg.retry_after_secs;
                     s.send(self, 1, |out| {
                         protocol::encode_error_retry(out, "login", seq, code, msg, retry)
@@ -648,6 +650,11 @@ impl Shard {
                 s.login_done();
             }
         }
+        // The reader reads nothing while the login is with the core, so `last_frame`
+        // is still the time the `login` frame was read.
+        self.stats()
+            .login_answer
+            .observe(s.last_frame.get().elapsed());
     }
 
     /// Kicks idle sessions and closes those that never logged in.

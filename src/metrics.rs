@@ -10,19 +10,62 @@
 //!   label `queue` (the queue name);
 //! - `queue_core_round_age_seconds` is the time since the core last ended a round, read
 //!   from its round clock at scrape time (it ends one at least every tick: a value of
-//!   seconds means the core is wedged).
+//!   seconds means the core is wedged);
+//! - histograms (`queue_core_round_seconds`, `queue_wal_fsync_seconds`,
+//!   `queue_login_answer_seconds`) are read from the writers' atomic buckets
+//!   ([`crate::stats::histogram`]) and exposed as classic Prometheus histograms;
+//! - `process_*` follow the names every Prometheus client library uses, read from
+//!   `/proc/self` at scrape time.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::msg::QueueStats;
 use crate::queue::durability::DurabilityStatus;
-use crate::stats::LoopStats;
+use crate::stats::histogram::{Histogram, HistogramValues};
+use crate::stats::process::ProcessStats;
+use crate::stats::{LoopStats, ServerStats, ERROR_CODES, KICK_REASONS};
+
+/// What `/metrics` shows beyond the loops, the queues and durability.
+pub struct Extra<'a> {
+    /// Core round times.
+    pub server: &'a ServerStats,
+    /// Messages waiting in the core's inbox now.
+    pub inbox_depth: usize,
+    /// The process's own figures.
+    pub process: ProcessStats,
+}
+
+/// A histogram's values, registered as one metric.
+#[derive(Debug)]
+struct ConstHistogram(HistogramValues);
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let v = &self.0;
+        encoder.encode_histogram::<NoLabelSet>(v.sum_seconds, v.count, &v.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Registers `values` as histogram `name`.
+fn histogram(registry: &mut Registry, name: &str, help: &str, values: HistogramValues) {
+    let mut values = values;
+    if values.buckets.is_empty() {
+        Histogram::default().add_to(&mut values);
+    }
+    registry.register(name, help, ConstHistogram(values));
+}
 
 /// The `Content-Type` of [`render`]'s output (what `prometheus-client` documents for it).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,6 +107,7 @@ pub fn render(
     durability: Option<&DurabilityStatus>,
     alloc: Option<(u64, u64)>,
     core_round_age: Duration,
+    extra: Option<&Extra<'_>>,
 ) -> String {
     let mut registry = Registry::default();
     let age = Gauge::<f64, AtomicU64>::default();
@@ -80,6 +124,9 @@ pub fn render(
     }
     if let Some((allocations, bytes)) = alloc {
         alloc_families(&mut registry, allocations, bytes);
+    }
+    if let Some(extra) = extra {
+        extra_families(&mut registry, loops, durability, extra);
     }
     let mut out = String::with_capacity(4096);
     encode(&mut out, &registry).expect("writing to a String cannot fail");
@@ -192,6 +239,154 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
         "Measured admission rate, players per second",
         rate,
     );
+    let target = RateFamily::default();
+    for q in queues {
+        target.get_or_create(&queue(q)).set(q.target_rate_per_s);
+    }
+    registry.register(
+        "queue_target_rate_per_s",
+        "Configured automatic admission rate, players per second (0 = manual only)",
+        target,
+    );
+    gauges(
+        registry,
+        "queue_capacity",
+        "Players the login server can hold, as last reported (queues with a report)",
+        |f| {
+            for q in queues {
+                if let Some((_, capacity)) = q.capacity {
+                    f.get_or_create(&queue(q)).set(capacity);
+                }
+            }
+        },
+    );
+    gauges(
+        registry,
+        "queue_online",
+        "Players online at the login server, as last reported (queues with a report)",
+        |f| {
+            for q in queues {
+                if let Some((online, _)) = q.capacity {
+                    f.get_or_create(&queue(q)).set(online);
+                }
+            }
+        },
+    );
+}
+
+/// Histograms, kicks and errors by kind, the core's inbox, the process, the build.
+fn extra_families(
+    registry: &mut Registry,
+    loops: &[LoopStats],
+    durability: Option<&DurabilityStatus>,
+    extra: &Extra<'_>,
+) {
+    histogram(
+        registry,
+        "queue_core_round_seconds",
+        "Duration of a queue core round: apply the messages taken, commit, flush",
+        extra.server.core_round.values(),
+    );
+    if let Some(d) = durability {
+        histogram(
+            registry,
+            "queue_wal_fsync_seconds",
+            "Duration of a write-ahead log fsync",
+            d.fsync.values(),
+        );
+    }
+    let mut login = HistogramValues::empty();
+    for l in loops {
+        l.login_answer.add_to(&mut login);
+    }
+    histogram(
+        registry,
+        "queue_login_answer_seconds",
+        "Time from reading a login frame to writing its answer (logins sent to the core)",
+        login,
+    );
+    let depth = Gauge::<u64, AtomicU64>::default();
+    depth.set(extra.inbox_depth as u64);
+    registry.register(
+        "queue_core_inbox_depth",
+        "Messages waiting in the queue core's inbox",
+        depth,
+    );
+    counters(
+        registry,
+        "queue_kicks",
+        "kicked pushes sent, by reason",
+        |f| {
+            for (i, reason) in KICK_REASONS.iter().enumerate() {
+                let n: u64 = loops.iter().map(|l| LoopStats::get(&l.kicks[i])).sum();
+                f.get_or_create(&[("reason", reason.as_str().to_string())])
+                    .inc_by(n);
+            }
+        },
+    );
+    counters(
+        registry,
+        "queue_errors_by_code",
+        "Error answers sent to players, by protocol error code name",
+        |f| {
+            for (i, code) in ERROR_CODES.iter().enumerate().skip(1) {
+                let n: u64 = loops
+                    .iter()
+                    .map(|l| LoopStats::get(&l.errors_by_code[i]))
+                    .sum();
+                f.get_or_create(&[("code", code.name().to_string())])
+                    .inc_by(n);
+            }
+        },
+    );
+    gauges(
+        registry,
+        "queue_build_info",
+        "Always 1; the label carries the server's version",
+        |f| {
+            f.get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_string())])
+                .set(1);
+        },
+    );
+    let p = &extra.process;
+    let int_gauges = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            p.resident_bytes,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors (soft limit)",
+            p.max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the unix epoch in seconds",
+            Some(extra.server.started_unix_secs),
+        ),
+    ];
+    for (name, help, value) in int_gauges {
+        if let Some(v) = value {
+            let g = Gauge::<u64, AtomicU64>::default();
+            g.set(v);
+            registry.register(name, help, g);
+        }
+    }
+    if let Some(cpu) = p.cpu_seconds {
+        let c = Counter::<f64, AtomicU64>::default();
+        c.inc_by(cpu);
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            c,
+        );
+    }
 }
 
 /// The write-ahead log's status.
@@ -256,6 +451,7 @@ mod tests {
             target_rate_per_s: 10.0,
             paused,
             unused_tokens: 5,
+            capacity: None,
         }
     }
 
@@ -277,6 +473,7 @@ mod tests {
             None,
             Some((7, 4096)),
             Duration::from_millis(1500),
+            None,
         );
         for line in [
             "# TYPE queue_connections gauge",
@@ -315,9 +512,73 @@ mod tests {
     #[test]
     fn no_allocator_no_queues() {
         let loops = [LoopStats::default()];
-        let text = render(&loops, &[], None, None, Duration::ZERO);
+        let text = render(&loops, &[], None, None, Duration::ZERO, None);
         assert!(text.contains("queue_connections{core=\"0\"} 0"), "{text}");
         assert!(!text.contains("queue_server_allocations"), "{text}");
         assert!(!text.contains("queue=\""), "{text}");
+    }
+
+    #[test]
+    fn renders_histograms_kicks_errors_process_and_build() {
+        let loops: Vec<LoopStats> = (0..2).map(|_| LoopStats::new(4)).collect();
+        loops[0].kicked(Some(0), crate::msg::KickReason::IdleTimeout);
+        loops[1].kicked(None, crate::msg::KickReason::IdleTimeout);
+        loops[1].error(crate::protocol::Code::RateLimited);
+        loops[0].login_answer.observe(Duration::from_micros(300));
+        loops[1].login_answer.observe(Duration::from_micros(400));
+        let server = ServerStats::default();
+        server.core_round.observe(Duration::from_micros(20));
+        let durability = DurabilityStatus::default();
+        durability.fsync.observe(Duration::from_millis(2));
+        let extra = Extra {
+            server: &server,
+            inbox_depth: 7,
+            process: ProcessStats {
+                resident_bytes: Some(1 << 20),
+                open_fds: Some(12),
+                max_fds: Some(1024),
+                cpu_seconds: Some(1.5),
+            },
+        };
+        let mut q = queue("default", 1, 0.0, false);
+        q.capacity = Some((40, 100));
+        let text = render(
+            &loops,
+            &[q],
+            Some(&durability),
+            None,
+            Duration::ZERO,
+            Some(&extra),
+        );
+        let version = env!("CARGO_PKG_VERSION");
+        for line in [
+            "# TYPE queue_core_round_seconds histogram",
+            "queue_core_round_seconds_count 1",
+            "queue_core_round_seconds_bucket{le=\"0.000025\"} 1",
+            "queue_core_round_seconds_bucket{le=\"+Inf\"} 1",
+            "queue_wal_fsync_seconds_count 1",
+            "queue_wal_fsync_seconds_bucket{le=\"0.001\"} 0",
+            "queue_wal_fsync_seconds_bucket{le=\"0.0025\"} 1",
+            "queue_login_answer_seconds_count 2",
+            "queue_login_answer_seconds_bucket{le=\"0.0005\"} 2",
+            "queue_core_inbox_depth 7",
+            "queue_kicks_total{reason=\"idle_timeout\"} 2",
+            "queue_kicks_total{reason=\"removed\"} 0",
+            "queue_errors_by_code_total{code=\"RATE_LIMITED\"} 1",
+            "queue_errors_by_code_total{code=\"BAD_FRAME\"} 0",
+            "queue_target_rate_per_s{queue=\"default\"} 10.0",
+            "queue_capacity{queue=\"default\"} 100",
+            "queue_online{queue=\"default\"} 40",
+            "process_resident_memory_bytes 1048576",
+            "process_open_fds 12",
+            "process_max_fds 1024",
+            "process_cpu_seconds_total 1.5",
+            &format!("queue_build_info{{version=\"{version}\"}} 1"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
     }
 }

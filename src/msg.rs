@@ -203,6 +203,8 @@ pub struct QueueStats {
     pub paused: bool,
     /// Tokens issued, not yet used, not expired.
     pub unused_tokens: u64,
+    /// The login server's last load report `(online, capacity)`, if any.
+    pub capacity: Option<(u64, u64)>,
 }
 
 /// From the core to one io loop.

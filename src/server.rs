@@ -27,7 +27,7 @@ use crate::msg::{CoreMsg, LoopEvent};
 use crate::queue::core::{Core, CoreTiming, LoopLink};
 use crate::queue::durability::{self, DurabilityStatus, RecoveryError};
 use crate::queue::state::Limits;
-use crate::stats::LoopStats;
+use crate::stats::{LoopStats, ServerStats};
 use crate::token::{TicketVerifier, TokenSigner};
 
 /// Why the server could not start.
@@ -227,7 +227,12 @@ impl ServerHandle {
             connection_budget(config.server.max_connections, n),
             config.server.max_connections_per_ip,
         ));
-        let stats: Arc<Vec<LoopStats>> = Arc::new((0..n).map(|_| LoopStats::default()).collect());
+        let stats: Arc<Vec<LoopStats>> = Arc::new(
+            (0..n)
+                .map(|_| LoopStats::new(config.queues.max_queues))
+                .collect(),
+        );
+        let server_stats = Arc::new(ServerStats::default());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
         let mut links = Vec::with_capacity(n);
         let mut loop_links = Vec::with_capacity(n);
@@ -265,6 +270,7 @@ impl ServerHandle {
             durability: durability.clone(),
             api_key: config.control.api_key.clone(),
             core_round_ms: core_round_ms.clone(),
+            server_stats: server_stats.clone(),
         };
         let (control_addr, control) =
             control::spawn(config.control.listen, ctx, control_stop.clone()).map_err(|source| {
@@ -280,7 +286,8 @@ impl ServerHandle {
         };
         let core = Core::new(state, signer, core_rx, links, timing, draining.clone())
             .with_durability(wal)
-            .with_round_clock(core_round_ms);
+            .with_round_clock(core_round_ms)
+            .with_stats(server_stats, stats.clone());
         let core_pin = pin(n);
         let core = std::thread::Builder::new()
             .name("queue-core".into())

@@ -80,6 +80,8 @@ pub struct Session {
     pub left: Cell<bool>,
     /// The core holds a place for this connection (disconnect must be reported).
     pub holds_place: Cell<bool>,
+    /// `queue` is set: the login was answered OK (per-queue counters apply).
+    pub in_queue: Cell<bool>,
     /// When the session started closing (flush deadline).
     closing_since: Cell<Option<Instant>>,
     /// The socket was shut down already.
@@ -112,12 +114,19 @@ impl Session {
             last_frame: Cell::new(now),
             left: Cell::new(false),
             holds_place: Cell::new(false),
+            in_queue: Cell::new(false),
             closing_since: Cell::new(None),
             aborted: Cell::new(false),
             out: RefCell::new(BytesMut::new()),
             write_ready: Notify::default(),
             login_answered: Notify::default(),
         }
+    }
+
+    /// The session's queue, once its login was answered OK (for per-queue counters).
+    #[inline]
+    pub fn queue_id(&self) -> Option<QueueId> {
+        self.in_queue.get().then(|| self.queue.get())
     }
 
     /// True once the session is going away.
@@ -150,7 +159,9 @@ impl Session {
                 out.clear();
                 protocol::encode_kicked(&mut out, KickReason::SlowConsumer.as_str(), None);
             }
-            LoopStats::add(&shard.stats().pushes, 1);
+            shard
+                .stats()
+                .kicked(self.queue_id(), KickReason::SlowConsumer);
             self.close();
             return;
         }
@@ -159,7 +170,7 @@ impl Session {
 
     /// Sends a `kicked` push and closes after it is flushed.
     pub fn kick(&self, shard: &Shard, reason: KickReason, retry_after_secs: Option<u64>) {
-        LoopStats::add(&shard.stats().pushes, 1);
+        shard.stats().kicked(self.queue_id(), reason);
         self.send(shard, 1, |out| {
             protocol::encode_kicked(out, reason.as_str(), retry_after_secs)
         });
@@ -357,7 +368,7 @@ fn cmd_name<'a>(cmd: &Cmd<'a>) -> &'a str {
 
 /// Answers with an error; closes when the code says so.
 pub fn reply_error(shard: &Shard, session: &Session, cmd: &str, seq: u32, code: Code, msg: &str) {
-    LoopStats::add(&shard.stats().errors, 1);
+    shard.stats().error(code);
     session.send(shard, 1, |out| {
         protocol::encode_error(out, cmd, seq, code, msg)
     });
@@ -367,7 +378,7 @@ pub fn reply_error(shard: &Shard, session: &Session, cmd: &str, seq: u32, code: 
 }
 
 fn handle_frame(shard: &Rc<Shard>, session: &Rc<Session>, body: &[u8]) {
-    LoopStats::add(&shard.stats().frames_in, 1);
+    shard.stats().frame_in(session.queue_id());
     session.last_frame.set(Instant::now());
     let req = match protocol::parse_request(body) {
         Ok(req) => req,
@@ -472,7 +483,7 @@ fn login(shard: &Rc<Shard>, session: &Rc<Session>, req: &Request<'_>) {
     };
     if shard.draining() {
         let retry = shard.cfg.retry_after_secs;
-        LoopStats::add(&shard.stats().errors, 1);
+        shard.stats().error(Code::ShuttingDown);
         session.send(shard, 1, |out| {
             protocol::encode_error_retry(
                 out,

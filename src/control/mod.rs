@@ -5,7 +5,8 @@
 //!
 //! Map: this file holds the context, the limits, [`spawn`] and the core round trip;
 //! `http` accepts and runs connections (caps and deadlines); `routes` answers
-//! requests (auth, routing, deadlines); [`body`] parses and range-checks request
+//! requests (auth, routing, deadlines); `dashboard` serves the operator's page, the
+//! `/v1/events` stream and `/v1/stats`; [`body`] parses and range-checks request
 //! bodies; `shapes` holds the JSON answers; `tests` drives all of it over sockets
 //! against a fake core.
 //!
@@ -25,10 +26,13 @@
 //! - no more than [`BODY_BYTES_MAX`] of a body is read (413 past it), and a body nested
 //!   deeper than [`body::JSON_DEPTH_MAX`] is refused (400) before it is parsed;
 //! - answers are JSON (`{"error": ..}` with a 4xx/5xx on failure) with a
-//!   `Content-Length`, except `/healthz` and `/readyz` (plain text) and `/metrics`
-//!   (OpenMetrics text).
+//!   `Content-Length`, except `/healthz` and `/readyz` (plain text), `/metrics`
+//!   (OpenMetrics text), `/` and `/dashboard` (the page, public: it holds no data) and
+//!   `/v1/events` (a Server-Sent Events stream, at most 16 open, each ending within
+//!   50 s: see `dashboard`).
 
 pub mod body;
+mod dashboard;
 mod http;
 mod routes;
 mod shapes;
@@ -45,7 +49,7 @@ use crossbeam_channel::Sender;
 
 use crate::msg::{ControlReply, ControlReq, CoreMsg};
 use crate::queue::durability::DurabilityStatus;
-use crate::stats::LoopStats;
+use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 pub use body::BODY_BYTES_MAX;
@@ -100,6 +104,8 @@ pub struct ControlContext {
     pub api_key: String,
     /// Unix ms at the end of the core's last round (`Core::with_round_clock`).
     pub core_round_ms: Arc<AtomicU64>,
+    /// Core round times and the per-minute history (`Core::with_stats`).
+    pub server_stats: Arc<ServerStats>,
 }
 
 impl ControlContext {

@@ -14,7 +14,11 @@
 //! - a body is read through `Limited` (never more than [`BODY_BYTES_MAX`] bytes, even
 //!   chunked) and parsed by [`super::body::parse_body`]; nothing invalid reaches the core;
 //! - a wrong method gets 405 with `Allow`, an unknown path 404, both JSON;
-//! - every answer has a `Content-Length` (bodies are whole buffers, never streamed).
+//! - every answer has a `Content-Length` (bodies are whole buffers, never streamed),
+//!   except the `/v1/events` stream of `super::dashboard` (bounded there: a cap on
+//!   open streams and a lifetime of its own);
+//! - the dashboard's routes (`/`, `/dashboard`, `/v1/stats`, `/v1/events`) live in
+//!   `super::dashboard` and are merged here, behind the same gate.
 
 use std::sync::Arc;
 
@@ -126,7 +130,6 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/stats", get(stats))
         .route("/v1/keys", get(keys))
         .route("/v1/tokens/verify", post(verify))
         .route("/v1/queues/{queue}/admit", post(admit))
@@ -134,6 +137,7 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/v1/queues/{queue}/capacity", put(capacity))
         .route("/v1/queues/{queue}/pause", post(pause))
         .route("/v1/queues/{queue}/resume", post(resume))
+        .merge(super::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
@@ -289,17 +293,13 @@ async fn metrics(State(ctx): Ctx) -> Reply {
         ctx.durability.as_deref(),
         alloc,
         ctx.core_round_age(),
+        Some(&crate::metrics::Extra {
+            server: &ctx.server_stats,
+            inbox_depth: ctx.core.len(),
+            process: crate::stats::process::ProcessStats::read(),
+        }),
     );
     Reply::text(200, crate::metrics::CONTENT_TYPE, text)
-}
-
-/// `GET /v1/stats`.
-async fn stats(State(ctx): Ctx) -> Reply {
-    match ask_core(&ctx, ControlReq::Stats).await {
-        Ok(ControlReply::Stats(queues)) => Reply::json(200, &shapes::stats(&ctx, &queues)),
-        Ok(other) => core_error(other),
-        Err(e) => e.into(),
-    }
 }
 
 /// `GET /v1/keys`: the JWKS.

@@ -73,6 +73,7 @@ fn queue_stats(name: &str, waiting: u64) -> QueueStats {
         target_rate_per_s: 2.0,
         paused: name == "w-1",
         unused_tokens: 4,
+        capacity: None,
     }
 }
 
@@ -191,6 +192,7 @@ fn start(api_key: &str, with_core: bool) -> Harness {
         draining: draining.clone(),
         api_key: api_key.to_string(),
         core_round_ms: round_ms,
+        server_stats: Arc::default(),
     };
     let (addr, control) = spawn("127.0.0.1:0".parse().unwrap(), ctx, stop.clone()).unwrap();
     Harness {
@@ -541,7 +543,8 @@ fn bad_requests_are_refused_before_the_core() {
 #[test]
 fn unknown_routes_and_wrong_methods() {
     let h = start("", true);
-    assert_error(&get(&h, "/"), 404, "not found");
+    // `/` is the dashboard now (issue 10); any other unknown path is still 404.
+    assert_error(&get(&h, "/nope"), 404, "not found");
     assert_error(&get(&h, "/v1/stats/"), 404, "not found");
     assert_error(&get(&h, "/v1/queues/default/kick"), 404, "not found");
     assert_error(&get(&h, "/v2/stats"), 404, "not found");

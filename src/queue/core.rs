@@ -26,6 +26,10 @@
 //!   applied, and the round is committed (`Durability::commit`: one write, at most one
 //!   fsync) before the flush sends anything, control answers included, so nothing
 //!   leaves the core before its record is as durable as `durability.fsync` promises;
+//! - with [`Core::with_stats`], each round adds one observation to the round-time
+//!   histogram (two relaxed atomic adds) and each tick checks whether a minute of the
+//!   history ended (one division; the sampling itself once a minute, never waiting on
+//!   a lock): the per-op path is unchanged;
 //! - once the log fails the core is *degraded* for good: it applies nothing more,
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
@@ -45,6 +49,8 @@ use crate::msg::{
     AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
     QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
 };
+use crate::stats::history::Sampler;
+use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 /// Most messages applied before a flush, so answers keep flowing under a flood.
@@ -127,6 +133,8 @@ pub struct Core {
     /// Unix ms at the end of the last round, read by `/readyz` and `/metrics` to tell a
     /// wedged core from a live one.
     round_clock: Arc<AtomicU64>,
+    /// Round times (histogram) and the per-minute history, when the server reports them.
+    stats: Option<(Arc<ServerStats>, Sampler)>,
 }
 
 /// The answer to control writes while degraded.
@@ -172,7 +180,16 @@ impl Core {
             replies: Vec::new(),
             degraded: false,
             round_clock: Arc::new(AtomicU64::new(unix_ms())),
+            stats: None,
         }
+    }
+
+    /// Records every round's duration into `stats.core_round` and closes the minutes of
+    /// `stats.history` from the queues and the `loops`' counters.
+    pub fn with_stats(mut self, stats: Arc<ServerStats>, loops: Arc<Vec<LoopStats>>) -> Core {
+        let sampler = Sampler::new(stats.clone(), loops, unix_ms());
+        self.stats = Some((stats, sampler));
+        self
     }
 
     /// Publishes the end time of every round (unix ms) into `clock`.
@@ -204,6 +221,7 @@ impl Core {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let started = Instant::now();
             let now_ms = unix_ms();
             if let Some(msg) = first {
                 running = self.handle(msg, now_ms);
@@ -222,6 +240,9 @@ impl Core {
                     self.apply(&Op::Tick, now_ms);
                     self.expire_queues(now_ms);
                 }
+                if let Some((_, sampler)) = &mut self.stats {
+                    sampler.tick(now_ms, self.state.queues());
+                }
                 next_tick = now + self.timing.tick;
             }
             let resync = now >= next_resync;
@@ -232,6 +253,9 @@ impl Core {
             self.flush(now_ms, resync && !self.degraded);
             self.maybe_snapshot(now);
             self.round_clock.store(unix_ms(), Ordering::Relaxed);
+            if let Some((stats, _)) = &self.stats {
+                stats.core_round.observe(started.elapsed());
+            }
         }
         self.commit(false);
         self.flush(unix_ms(), false);
@@ -530,6 +554,7 @@ impl Core {
                 target_rate_per_s: q.pacer.rate_per_s,
                 paused: q.pacer.paused,
                 unused_tokens: q.unused_grants,
+                capacity: q.pacer.capacity.map(|c| (c.online, c.capacity)),
             })
             .collect()
     }

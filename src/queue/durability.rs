@@ -113,6 +113,8 @@ pub struct DurabilityStatus {
     pub snapshots: AtomicU64,
     /// Snapshots that failed (not fatal: the log keeps everything).
     pub snapshot_errors: AtomicU64,
+    /// Time each log fsync took (written by the core only).
+    pub fsync: crate::stats::histogram::Histogram,
 }
 
 /// What [`recover`] found on disk.
@@ -357,8 +359,10 @@ impl Durability {
         if self.status.fail_next_sync.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected fsync failure (test hook)"));
         }
+        let started = Instant::now();
         self.log.sync()?;
         self.last_sync = Instant::now();
+        self.status.fsync.observe(self.last_sync - started);
         self.status.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
