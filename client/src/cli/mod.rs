@@ -182,6 +182,7 @@ pub enum CtlCommand {
     /// Admit automatically at R players per second (0 = manual only).
     Rate {
         /// Players per second.
+        #[arg(allow_negative_numbers = true)]
         per_second: f64,
         /// The queue.
         #[arg(long, default_value = "default")]
