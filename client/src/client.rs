@@ -672,6 +672,14 @@ async fn session(
                         return SessionEnd::Lost(cause, retry_after_secs);
                     }
                     Message::Push(Push::Other(_)) => {}
+                    Message::Answer(frame) if frame.seq == 0 => {
+                        // An error about no request of ours: a frame the server could
+                        // not parse, or a connection-level refusal (RATE_LIMITED over
+                        // the connection limits). The server closes after it.
+                        let e = answer_error(&frame);
+                        let retry = e.retry_after_secs();
+                        return if e.is_transient() { SessionEnd::Lost(e, retry) } else { SessionEnd::Final(e) };
+                    }
                     Message::Answer(frame) => {
                         let Some(at) = pending.iter().position(|p| p.0 == frame.seq) else {
                             return SessionEnd::Lost(

@@ -17,7 +17,9 @@ const QUEUECTL: &str = env!("CARGO_BIN_EXE_queuectl");
 
 /// A running CLI process whose stdout lines arrive on a channel.
 struct Proc {
+    /// The process (killed on drop).
     child: Child,
+    /// Its stdout, line by line.
     lines: mpsc::Receiver<String>,
 }
 
@@ -383,7 +385,7 @@ fn tmux_capture(socket: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Kills the tmux server of a test, whatever happens.
+/// Kills the tmux server of a test (named by its socket), whatever happens.
 struct Tmux(String);
 
 impl Drop for Tmux {

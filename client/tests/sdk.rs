@@ -24,7 +24,7 @@ fn fast(addr: &str, user: u64) -> queue_client::ClientBuilder {
 async fn login_positions_move_and_admission_ends_the_stream() {
     let server = Server::start(BASE);
     let addr = server.addr();
-    let a = fast(&addr, 1).connect().await.expect("login 1");
+    let mut a = fast(&addr, 1).connect().await.expect("login 1");
     let mut b = fast(&addr, 2).connect().await.expect("login 2");
     let mut c = fast(&addr, 3).connect().await.expect("login 3");
     assert_eq!(
@@ -40,6 +40,14 @@ async fn login_positions_move_and_admission_ends_the_stream() {
 
     // The player ahead leaves: 3 -> 2.
     a.leave().await.expect("leave");
+    assert!(
+        matches!(next(&mut a).await, Event::Position { position: 1, .. }),
+        "the login's position is still there to read"
+    );
+    assert!(
+        next_item(&mut a).await.is_none(),
+        "the stream ends after leave"
+    );
     wait_position(&mut c, 2).await;
     // The next one is admitted over HTTP: b gets the token, c moves to 1.
     let server = std::sync::Arc::new(server);
@@ -62,6 +70,20 @@ async fn login_positions_move_and_admission_ends_the_stream() {
         next_item(&mut b).await.is_none(),
         "the stream ends after Admitted"
     );
+    // Back again with the token unused: the same admission, at once.
+    let mut again = fast(&addr, 2)
+        .connect()
+        .await
+        .expect("login after admission");
+    assert_eq!(
+        next(&mut again).await,
+        Event::Admitted {
+            token: token.clone(),
+            expires_at: admitted[0]["expires_at"].as_u64().unwrap(),
+            login_addr: None
+        }
+    );
+    assert!(next_item(&mut again).await.is_none());
     wait_position(&mut c, 1).await;
 
     let s = server.clone();
@@ -384,6 +406,22 @@ async fn refusals_are_typed_errors() {
     assert_eq!(e.code(), Some(6));
     assert!(!e.is_transient());
 
+    // Over the per-address connection limit: RATE_LIMITED (8, a frame with seq 0) is
+    // retried with backoff, then given up.
+    let limited = Server::start(&format!("{BASE}max_connections_per_ip = 1\n"));
+    let _holder = fast(&limited.addr(), 1).connect().await.expect("first");
+    let e = fast(&limited.addr(), 2)
+        .max_reconnect_attempts(2)
+        .connect()
+        .await
+        .unwrap_err();
+    match &e {
+        Error::GaveUp { attempts: 2, last } => {
+            assert!(matches!(**last, Error::RateLimited { .. }), "{last:?}")
+        }
+        other => panic!("expected GaveUp after RATE_LIMITED, got {other:?}"),
+    }
+
     // Nothing listening: a connect error at once, no retries.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -407,4 +445,56 @@ fn every_protocol_code_maps_to_its_own_variant() {
         Some(3)
     );
     assert_eq!(Error::from_code(42, "m", None).code(), Some(42));
+}
+
+/// A fake server: answers `login` (waiting, position 1), then sends an error frame
+/// with seq 0 (about no request of the client's). RATE_LIMITED (8) is ridden out by
+/// reconnecting; BAD_FRAME (1) ends the client with that error.
+#[tokio::test(flavor = "current_thread")]
+async fn an_error_frame_about_no_request_is_typed_by_its_code() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(body: &str) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        for code in [8, 1] {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let login = r#"{"cmd":"login","seq":1,"code":0,"msg":"ok","data":{"state":"waiting","position":1,"queue_len":1,"eta_secs":null,"resumed":true}}"#;
+            s.write_all(&frame(login)).await.unwrap();
+            let err = format!(r#"{{"cmd":"","seq":0,"code":{code},"msg":"x","data":{{}}}}"#);
+            s.write_all(&frame(&err)).await.unwrap();
+            // Hold the socket until the client closes it.
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let mut client = fast(&addr, 1).connect().await.expect("login");
+    let e = wait_for(&mut client, "reconnecting", |e| {
+        matches!(e, Event::Reconnecting { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            e,
+            Event::Reconnecting {
+                cause: Error::RateLimited { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(next(&mut client).await, Event::Resumed { position: 1 });
+    wait_position(&mut client, 1).await;
+    match next_item(&mut client).await {
+        Some(Err(Error::BadFrame { .. })) => {}
+        other => panic!("expected BAD_FRAME to end the client, got {other:?}"),
+    }
+    assert!(next_item(&mut client).await.is_none());
+    drop(client);
+    server.await.unwrap();
 }

@@ -58,7 +58,7 @@ The API key comes from --api-key or the QUEUE_API_KEY environment variable.";
 
 /// Player-side client and operator tool for queue-server.
 #[derive(Parser, Debug)]
-#[command(name = "queue-client", version, about, after_help = CLIENT_EXIT_CODES)]
+#[command(name = "queue-client", version, about = "Player client (join, swarm) and operator tool (ctl) for queue-server", after_help = CLIENT_EXIT_CODES)]
 pub struct ClientArgs {
     /// What to do.
     #[command(subcommand)]
