@@ -30,7 +30,7 @@ pub struct ServerProcess {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,11 +56,19 @@ impl ServerProcess {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_queue-server"));
+        command
             .arg("--cores")
             .arg(cores.to_string())
             .arg("--config")
-            .arg(&config)
+            .arg(&config);
+        Self::spawn(command, player, control, dir)
+    }
+
+    /// Runs `command` (which starts a server on these ports) and returns once it logged
+    /// "listening"; `dir` is removed on drop.
+    pub fn spawn(mut command: Command, player: u16, control: u16, dir: PathBuf) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
