@@ -55,7 +55,8 @@ const PROTOBUF: &str = "application/octet-stream";
 /// `Content-Type` of the flamegraph answer.
 const SVG: &str = "image/svg+xml";
 
-/// Set while a profile runs; cleared by [`Running`]'s drop when its thread ends.
+/// Set while a profile runs; cleared by [`Running`]'s drop once its thread has stopped
+/// the sampler, before the answer is sent.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// Holds [`RUNNING`] for as long as it lives.
@@ -186,8 +187,11 @@ pub(super) async fn profile(uri: Uri) -> Reply {
     let spawned = std::thread::Builder::new()
         .name("pprof".to_string())
         .spawn(move || {
-            let _running = running;
-            let _ = done_tx.send(run(query, &cancel_rx));
+            let answer = run(query, &cancel_rx);
+            // Free before answering: a client may ask for its next profile as soon as
+            // it has this one (the sampler itself stopped inside `run`).
+            drop(running);
+            let _ = done_tx.send(answer);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the cpu profile thread");
