@@ -235,6 +235,19 @@ pub enum FsyncPolicy {
 pub struct LogConfig {
     /// Default level filter.
     pub level: String,
+    /// Line format on stdout.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`), for log
+    /// collectors; the audit trail's lines have `target` = `audit`.
+    Json,
 }
 
 /// A configuration that cannot be used: which key, and why.
@@ -640,6 +653,15 @@ mod tests {
         assert_eq!(e.key, "auth.key");
         let e = Config::from_toml_str("[[queues.list]]\nname = \"a b\"\n").unwrap_err();
         assert_eq!(e.key, "queues.list[0].name");
+    }
+
+    #[test]
+    fn log_format_is_text_by_default_json_on_request_and_checked() {
+        assert_eq!(Config::default().log.format, LogFormat::Text);
+        let c = Config::from_toml_str("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let e = Config::from_toml_str("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert_eq!(e.key, "log.format");
     }
 
     #[test]

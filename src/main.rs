@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use queue_server::config::Config;
+use queue_server::config::{Config, LogFormat};
 use queue_server::server::ServerHandle;
 
 #[cfg(feature = "count-alloc")]
@@ -78,10 +78,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => logs.with_target(false).init(),
+        // The target tells audit lines ("audit") from the rest in a collector.
+        LogFormat::Json => logs.json().init(),
+    }
     tracing::info!(
         config = args.config.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string()),
         loops = config.loop_count(),

@@ -11,6 +11,7 @@
 //!   flight before it is dropped;
 //! - a request head is at most [`HEADER_BYTES_MAX`] (431 past it) and a connection
 //!   buffers at most [`CONNECTION_BUFFER_BYTES_MAX`];
+//! - every request carries its connection's peer address (`audit::Peer` extension);
 //! - an accept error (e.g. no descriptor left) is logged and retried after
 //!   [`ACCEPT_ERROR_BACKOFF`]: the listener is never given up;
 //! - once `stop` is set the listener closes, every connection shuts down gracefully
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::audit::Peer;
 use super::{
     routes, ControlContext, CONNECTIONS_MAX, CONNECTION_LIFETIME, HEADER_READ_TIMEOUT,
     REQUEST_TIMEOUT, SHUTDOWN_GRACE, STOP_POLL_INTERVAL,
@@ -71,7 +73,8 @@ pub(super) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let conn = connection(stream, router.clone(), shutdown_rx.clone(), slot);
+                        let router = router.clone();
+                        let conn = connection(stream, peer, router, shutdown_rx.clone(), slot);
                         connections.spawn(conn);
                     }
                     Err(_) => {
@@ -139,12 +142,14 @@ async fn stopped(stop: Arc<AtomicBool>) {
 /// One connection, holding its `slot` until it ends.
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = TowerToHyperService::new(router);
+    // The peer address, for the audit trail.
+    let service = TowerToHyperService::new(router.layer(Extension(Peer(peer))));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -7,8 +7,9 @@
 //! `http` accepts and runs connections (caps and deadlines); `routes` answers
 //! requests (auth, routing, deadlines); `dashboard` serves the operator's page, the
 //! `/v1/events` stream and `/v1/stats`; [`body`] parses and range-checks request
-//! bodies; `shapes` holds the JSON answers; `tests` drives all of it over sockets
-//! against a fake core.
+//! bodies; `shapes` holds the JSON answers; `audit` logs every action with its peer;
+//! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `tests` drives all of it over
+//! sockets against a fake core.
 //!
 //! Invariants:
 //! - tokio runs on the control thread only (never on an io loop or the core), and the
@@ -21,19 +22,21 @@
 //!   arrive within [`HEADER_READ_TIMEOUT`], a body within [`BODY_READ_TIMEOUT`] (408
 //!   otherwise), a whole request is answered within [`REQUEST_TIMEOUT`] (408), and a
 //!   connection lives at most [`CONNECTION_LIFETIME`];
-//! - with an API key set, every `/v1/` call except `GET /v1/keys` is checked against it
-//!   (constant time) before any body is read;
+//! - with an API key set, every `/v1/` call except `GET /v1/keys`, and every `/debug/`
+//!   call, is checked against it (constant time) before any body is read;
 //! - no more than [`BODY_BYTES_MAX`] of a body is read (413 past it), and a body nested
 //!   deeper than [`body::JSON_DEPTH_MAX`] is refused (400) before it is parsed;
 //! - answers are JSON (`{"error": ..}` with a 4xx/5xx on failure) with a
 //!   `Content-Length`, except `/healthz` and `/readyz` (plain text), `/metrics`
-//!   (OpenMetrics text), `/` and `/dashboard` (the page, public: it holds no data) and
+//!   (OpenMetrics text), `/` and `/dashboard` (the page, public: it holds no data),
 //!   `/v1/events` (a Server-Sent Events stream, at most 16 open, each ending within
-//!   50 s: see `dashboard`).
+//!   50 s: see `dashboard`) and `/debug/pprof/profile` (protobuf or SVG).
 
+mod audit;
 pub mod body;
 mod dashboard;
 mod http;
+pub mod pprof;
 mod routes;
 mod shapes;
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //!
 //! Invariants:
 //! - the gate runs before any handler, 404 or 405 answers and before any body is
-//!   read: with an API key set, every `/v1/` path except `GET`/`HEAD /v1/keys` needs
-//!   it (401 with
+//!   read: with an API key set, every `/v1/` path except `GET`/`HEAD /v1/keys`, and
+//!   every `/debug/` path, needs it (401 with
 //!   `WWW-Authenticate: Bearer`, compared in constant time); a declared body over
 //!   [`BODY_BYTES_MAX`] gets 413; a request not answered within [`REQUEST_TIMEOUT`]
-//!   gets 408 and its connection is closed;
+//!   (`/debug/pprof/`: [`super::pprof::REQUEST_TIMEOUT`]) gets 408 and its connection
+//!   is closed;
+//! - every action is logged by `audit`, which wraps the gate (refused ones too);
 //! - a body not read whole within [`BODY_READ_TIMEOUT`] gets 408 (connection closed),
 //!   before anything reaches the core;
 //! - a body is read through `Limited` (never more than [`BODY_BYTES_MAX`] bytes, even
@@ -140,7 +142,9 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .merge(super::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .route("/debug/pprof/profile", get(super::pprof::profile))
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
+        .layer(middleware::from_fn(super::audit::record))
         .with_state(ctx)
 }
 
@@ -149,7 +153,7 @@ async fn gate(State(ctx): Ctx, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = path == "/v1/keys" && matches!(*request.method(), Method::GET | Method::HEAD);
     if !ctx.api_key.is_empty()
-        && path.starts_with("/v1/")
+        && (path.starts_with("/v1/") || path.starts_with("/debug/"))
         && !public
         && !authorized(request.headers(), &ctx.api_key)
     {
@@ -165,7 +169,13 @@ async fn gate(State(ctx): Ctx, request: Request, next: Next) -> Response {
         return Reply::from(BodyError::TooLarge).into_response();
     }
     let (method, uri) = (request.method().clone(), request.uri().clone());
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    // A CPU profile samples for up to a minute before it answers.
+    let deadline = if uri.path().starts_with("/debug/pprof/") {
+        super::pprof::REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    let response = match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => timed_out().into_response(),
     };
@@ -333,7 +343,9 @@ async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
         Ok(Err(_)) => return Err(Reply::error(400, "cannot read request body")),
         Err(_) => return Err(timed_out()),
     };
-    parse_body(kind, &bytes).map_err(Reply::from)
+    let parsed = parse_body(kind, &bytes).map_err(Reply::from)?;
+    super::audit::note_body(&parsed);
+    Ok(parsed)
 }
 
 /// `POST /v1/tokens/verify`: signature, `kid`, `exp`, `iss` here; then the core
