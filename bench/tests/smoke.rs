@@ -80,6 +80,7 @@ fn steady_answers_on_schedule() {
             users: 10,
             interval: Duration::from_millis(200),
             duration: Duration::from_millis(600),
+            warmup: Duration::ZERO,
             cmd: cmd.into(),
             login_rate: 0.0,
             leave: true,
@@ -99,6 +100,7 @@ fn pingpong_against_the_server_and_the_echo_server() {
     let o = scenario::pingpong::PingpongOpts {
         conns: 4,
         duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
         cmd: "position".into(),
         leave: true,
     };

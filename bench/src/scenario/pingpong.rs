@@ -6,7 +6,9 @@
 //! Invariants:
 //! - one request in flight per connection; its RTT is measured from its send time
 //!   (closed loop: the intended time *is* the send time, nothing is scheduled);
-//! - only answers inside the window count toward the rate.
+//! - only answers inside the window count toward the rate; with `--warmup` the
+//!   requests sent in the warm-up are not measured ([`Window`]);
+//! - there is no send lag to report: nothing is scheduled.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::{BenchError, Common, Outcome, Phase};
 use crate::client::{self, share};
 use crate::report::Tally;
+use crate::series::Window;
 use crate::wire;
 
 /// Flags of `pingpong`.
@@ -25,6 +28,8 @@ pub struct PingpongOpts {
     pub conns: u64,
     /// Length of the measured window.
     pub duration: Duration,
+    /// Load run before the window, not measured.
+    pub warmup: Duration,
     /// `position` or `heartbeat`.
     pub cmd: String,
     /// Send `leave` at the end.
@@ -75,7 +80,8 @@ async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Ta
         conns.extend(l.await);
     }
     let start = shared.ready.arrive().await;
-    let end = start + o.duration;
+    let window = Window::new(start, o.warmup, o.duration);
+    let end = window.end;
     let mut tasks = Vec::new();
     for (mut s, mut r, mut w) in conns {
         let (tally, cmd) = (tally.clone(), o.cmd.clone());
@@ -97,8 +103,9 @@ async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Ta
                 let mut t = tally.borrow_mut();
                 match result {
                     Ok(_) => {
-                        if now <= end {
+                        if now <= end && window.keeps(sent) {
                             t.rtt.record(now - sent);
+                            t.series.record(window.second(now), now - sent);
                             t.count("answers", 1);
                         }
                     }
