@@ -115,7 +115,13 @@ fn measured(
     let mut report = finish(out);
     let mut echo = None;
     if t.compare_echo {
+        let began = std::time::Instant::now();
         let out = echo_run(t, users, &run)?;
+        // How long the echo phase took (setup included): scripts that time the whole
+        // command (server CPU % in scripts/bench.sh) take it off.
+        report
+            .values
+            .insert("echo_run_s".into(), began.elapsed().as_secs_f64());
         echo = Some(out.tally.clone());
         let mut e = finish(out);
         e.param("target", "echo-server");
