@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use queue_bench::client::Threads;
 use queue_bench::limits;
 use queue_bench::pace::parse_duration;
+use queue_bench::scenario::core::CoreOpts;
+use queue_bench::scenario::drain::DrainOpts;
+use queue_bench::scenario::pingpong::PingpongOpts;
+use queue_bench::scenario::steady::SteadyOpts;
 use queue_bench::scenario::{BenchError, Common};
 
 /// Load tool for queue-server.
@@ -78,124 +82,148 @@ pub struct Target {
 #[derive(Subcommand, Debug)]
 pub enum Scenario {
     /// N players connect and log in, at once or ramped at --rate per second.
-    Storm {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Connects per second (0 = all at once).
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
+    Storm(StormArgs),
     /// Every player sends one request per interval, spread evenly, for a duration.
-    Steady {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Time between two requests of one player.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Measured window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Run the load this long before the measured window; its samples are dropped.
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Request: position or heartbeat.
-        #[arg(long, default_value = "position")]
-        cmd: String,
-        /// Logins per second during setup (0 = all at once).
-        #[arg(long, default_value_t = 0.0)]
-        login_rate: f64,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
+    Steady(SteadyArgs),
     /// Closed loop: one request in flight per connection, for the highest rate.
-    Pingpong {
-        #[command(flatten)]
-        target: Target,
-        /// Connections.
-        #[arg(long)]
-        conns: u64,
-        /// Measured window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Run the load this long before the measured window; its samples are dropped.
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Request: position or heartbeat.
-        #[arg(long, default_value = "position")]
-        cmd: String,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
+    Pingpong(PingpongArgs),
     /// Fill a queue, admit through the control API at --admit-rate, check every admission.
-    Drain {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Admissions per second.
-        #[arg(long)]
-        admit_rate: f64,
-        /// Wait this long for the last pushes after the last admit call.
-        #[arg(long, default_value = "15s", value_parser = parse_duration)]
-        settle: Duration,
-        /// Skip verifying every token through the control API.
-        #[arg(long)]
-        no_verify: bool,
-    },
+    Drain(DrainArgs),
     /// A bare frame echo server (same framing and threading, no JSON): the ceiling.
-    EchoServer {
-        /// Where to listen.
-        #[arg(long, default_value = "127.0.0.1:7100")]
-        listen: SocketAddr,
-        /// Threads (one listener each, SO_REUSEPORT).
-        #[arg(long, default_value_t = 1)]
-        cores: usize,
-        /// Pin the threads to these CPUs, round-robin.
-        #[arg(long, value_delimiter = ',')]
-        cpus: Vec<usize>,
-        /// Stop after this long (default: run until killed).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-    },
+    EchoServer(EchoServerArgs),
     /// The queue core and rank broadcast in process, virtual sessions, no sockets.
-    Core {
-        /// Players to queue.
-        #[arg(long, default_value_t = 1_000_000)]
-        users: u64,
-        /// Automatic admission, players per second.
-        #[arg(long, default_value_t = 5000.0)]
-        admit_rate: f64,
-        /// Virtual io loops.
-        #[arg(long, default_value_t = 2)]
-        loops: usize,
-        /// Core ticks after the joins.
-        #[arg(long, default_value_t = 300)]
-        ticks: u64,
-        /// Virtual ms per tick (core.tick_ms).
-        #[arg(long, default_value_t = 10)]
-        tick_ms: u64,
-        /// Push throttle, ms (server.push_interval_ms).
-        #[arg(long, default_value_t = 1000)]
-        push_interval_ms: u64,
-        /// Do not sign tokens.
-        #[arg(long)]
-        no_sign: bool,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Core(CoreArgs),
+}
+
+/// Flags of `storm`.
+#[derive(Args, Debug)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Players.
+    #[arg(long)]
+    pub users: u64,
+    /// Connects per second (0 = all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Keep the places (do not send `leave` at the end).
+    #[arg(long)]
+    pub no_leave: bool,
+}
+
+/// Flags of `steady`.
+#[derive(Args, Debug)]
+pub struct SteadyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Players.
+    #[arg(long)]
+    pub users: u64,
+    /// Time between two requests of one player.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Run the load this long before the measured window; its samples are dropped.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Request: position or heartbeat.
+    #[arg(long, default_value = "position")]
+    pub cmd: String,
+    /// Logins per second during setup (0 = all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub login_rate: f64,
+    /// Keep the places (do not send `leave` at the end).
+    #[arg(long)]
+    pub no_leave: bool,
+}
+
+/// Flags of `pingpong`.
+#[derive(Args, Debug)]
+pub struct PingpongArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Connections.
+    #[arg(long)]
+    pub conns: u64,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Run the load this long before the measured window; its samples are dropped.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Request: position or heartbeat.
+    #[arg(long, default_value = "position")]
+    pub cmd: String,
+    /// Keep the places (do not send `leave` at the end).
+    #[arg(long)]
+    pub no_leave: bool,
+}
+
+/// Flags of `drain`.
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Players.
+    #[arg(long)]
+    pub users: u64,
+    /// Admissions per second.
+    #[arg(long)]
+    pub admit_rate: f64,
+    /// Wait this long for the last pushes after the last admit call.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Skip verifying every token through the control API.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// Flags of `echo-server`.
+#[derive(Args, Debug)]
+pub struct EchoServerArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Threads (one listener each, SO_REUSEPORT).
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+    /// Pin the threads to these CPUs, round-robin.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Stop after this long (default: run until killed).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// Flags of `core`.
+#[derive(Args, Debug)]
+pub struct CoreArgs {
+    /// Players to queue.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
+    /// Automatic admission, players per second.
+    #[arg(long, default_value_t = 5000.0)]
+    pub admit_rate: f64,
+    /// Virtual io loops.
+    #[arg(long, default_value_t = 2)]
+    pub loops: usize,
+    /// Core ticks after the joins.
+    #[arg(long, default_value_t = 300)]
+    pub ticks: u64,
+    /// Virtual ms per tick (core.tick_ms).
+    #[arg(long, default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Push throttle, ms (server.push_interval_ms).
+    #[arg(long, default_value_t = 1000)]
+    pub push_interval_ms: u64,
+    /// Do not sign tokens.
+    #[arg(long)]
+    pub no_sign: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// The default user base: changes every second, so a run never resumes an earlier
@@ -227,5 +255,60 @@ impl Target {
             server_build: self.server_build.clone(),
             procs: self.procs.max(1),
         })
+    }
+}
+
+impl SteadyArgs {
+    /// The scenario's options.
+    pub fn opts(&self) -> SteadyOpts {
+        SteadyOpts {
+            users: self.users,
+            interval: self.interval,
+            duration: self.duration,
+            warmup: self.warmup,
+            cmd: self.cmd.clone(),
+            login_rate: self.login_rate,
+            leave: !self.no_leave,
+        }
+    }
+}
+
+impl PingpongArgs {
+    /// The scenario's options.
+    pub fn opts(&self) -> PingpongOpts {
+        PingpongOpts {
+            conns: self.conns,
+            duration: self.duration,
+            warmup: self.warmup,
+            cmd: self.cmd.clone(),
+            leave: !self.no_leave,
+        }
+    }
+}
+
+impl DrainArgs {
+    /// The scenario's options.
+    pub fn opts(&self) -> DrainOpts {
+        DrainOpts {
+            users: self.users,
+            admit_rate: self.admit_rate,
+            settle: self.settle,
+            verify: !self.no_verify,
+        }
+    }
+}
+
+impl CoreArgs {
+    /// The scenario's options.
+    pub fn opts(&self) -> CoreOpts {
+        CoreOpts {
+            users: self.users,
+            admit_rate: self.admit_rate,
+            loops: self.loops,
+            ticks: self.ticks,
+            tick_ms: self.tick_ms,
+            push_interval_ms: self.push_interval_ms,
+            sign: !self.no_sign,
+        }
     }
 }

@@ -325,92 +325,15 @@ fn output(m: &Measured, json: Option<&Path>) -> Result<(), BenchError> {
 
 fn run(cli: Cli) -> Result<(), BenchError> {
     let (m, json) = match cli.scenario {
-        Scenario::Storm {
-            target,
-            users,
-            rate,
-            no_leave,
-        } => (storm(&target, users, rate, no_leave)?, target.json),
-        Scenario::Steady {
-            target,
-            users,
-            interval,
-            duration,
-            warmup,
-            cmd,
-            login_rate,
-            no_leave,
-        } => {
-            let o = SteadyOpts {
-                users,
-                interval,
-                duration,
-                warmup,
-                cmd,
-                login_rate,
-                leave: !no_leave,
-            };
-            (steady(&target, o)?, target.json)
+        Scenario::Storm(a) => {
+            let t = &a.target;
+            (storm(t, a.users, a.rate, a.no_leave)?, t.json.clone())
         }
-        Scenario::Pingpong {
-            target,
-            conns,
-            duration,
-            warmup,
-            cmd,
-            no_leave,
-        } => {
-            let o = PingpongOpts {
-                conns,
-                duration,
-                warmup,
-                cmd,
-                leave: !no_leave,
-            };
-            (pingpong(&target, o)?, target.json)
-        }
-        Scenario::Drain {
-            target,
-            users,
-            admit_rate,
-            settle,
-            no_verify,
-        } => {
-            let o = DrainOpts {
-                users,
-                admit_rate,
-                settle,
-                verify: !no_verify,
-            };
-            (drain(&target, o)?, target.json)
-        }
-        Scenario::EchoServer {
-            listen,
-            cores,
-            cpus,
-            duration,
-        } => return echo_server(listen, cores, &cpus, duration),
-        Scenario::Core {
-            users,
-            admit_rate,
-            loops,
-            ticks,
-            tick_ms,
-            push_interval_ms,
-            no_sign,
-            json,
-        } => {
-            let o = CoreOpts {
-                users,
-                admit_rate,
-                loops,
-                ticks,
-                tick_ms,
-                push_interval_ms,
-                sign: !no_sign,
-            };
-            (Some(core(&o)?), json)
-        }
+        Scenario::Steady(a) => (steady(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::Pingpong(a) => (pingpong(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::Drain(a) => (drain(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::EchoServer(a) => return echo_server(a.listen, a.cores, &a.cpus, a.duration),
+        Scenario::Core(a) => (Some(core(&a.opts())?), a.json.clone()),
     };
     // `None`: a `--procs` worker, which already printed its outcome for the parent.
     match m {

@@ -270,22 +270,28 @@ impl Report {
             let _ = writeln!(s, "{}", a.render());
         }
         if let Some(e) = &self.echo {
-            let _ = writeln!(s, "-- the same load against the bench's echo server:");
-            s.push_str(&e.render());
-            let v = |k: &str| self.vs_echo.get(k).copied().unwrap_or(0.0);
-            let _ = writeln!(
-                s,
-                "vs echo (this / echo): rate {:.2}, rtt p50 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}",
-                v("qps"),
-                v("rtt_p50"),
-                v("rtt_p99"),
-                v("rtt_p999"),
-                v("rtt_p9999")
-            );
+            s.push_str(&self.render_echo(e));
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
         }
+        s
+    }
+
+    /// The echo server's run of the same load and the ratios to it.
+    fn render_echo(&self, e: &Report) -> String {
+        let mut s = String::from("-- the same load against the bench's echo server:\n");
+        s.push_str(&e.render());
+        let v = |k: &str| self.vs_echo.get(k).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "vs echo (this / echo): rate {:.2}, rtt p50 {:.2}, p99 {:.2}, p99.9 {:.2}, p99.99 {:.2}",
+            v("qps"),
+            v("rtt_p50"),
+            v("rtt_p99"),
+            v("rtt_p999"),
+            v("rtt_p9999")
+        );
         s
     }
 

@@ -202,6 +202,14 @@ impl Shared {
             .count() as u64
     }
 
+    /// Player `i`'s `admitted` push arrived at `now_ns` (only the first one is timed).
+    fn admitted(&self, i: usize, now_ns: u64) {
+        if self.admitted_count[i].fetch_add(1, Ordering::Relaxed) == 0 {
+            self.admitted_ns[i].store(now_ns + 1, Ordering::Relaxed);
+            self.admitted_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Every logged-in player got exactly one `admitted` push.
     fn admitted_once(&self) -> bool {
         self.login_pos
@@ -392,11 +400,6 @@ async fn thread(c: Common, o: DrainOpts, shared: Arc<Shared>, t: usize) -> Seen 
     }
 }
 
-/// The stop flag, shared with a player's heartbeat task.
-fn shared_stop(shared: &Shared) -> Arc<AtomicBool> {
-    shared.stop.clone()
-}
-
 async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
     let settle = |err: Option<String>| {
         let mut s = seen.borrow_mut();
@@ -409,46 +412,20 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
         Ok(s) => s,
         Err(e) => return settle(Some(format!("connect {:?}", e.kind()))),
     };
-    seen.borrow_mut()
-        .fds
-        .push(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    seen.borrow_mut().fds.push(fd);
     let (mut reader, mut wbuf) = (FrameReader::default(), BytesMut::with_capacity(128));
-    let p0 = match client::login(
-        &mut stream,
-        &mut reader,
-        &mut wbuf,
-        c.user_base + i,
-        c.queue.as_deref(),
-    )
-    .await
-    {
+    let (user, queue) = (c.user_base + i, c.queue.as_deref());
+    let login = client::login(&mut stream, &mut reader, &mut wbuf, user, queue);
+    let p0 = match login.await {
         Ok(p) => p,
         Err(f) => return settle(Some(f.key())),
     };
     shared.login_pos[i as usize].store(p0.max(1), Ordering::Relaxed);
     settle(None);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let admitted = Rc::new(Cell::new(false));
-    let stop = shared_stop(shared);
-    {
-        let admitted = admitted.clone();
-        monoio::spawn(async move {
-            let mut seq = 1u32;
-            loop {
-                monoio::time::sleep(HEARTBEAT).await;
-                if admitted.get() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                seq = seq.wrapping_add(1).max(2);
-                wire::encode_cmd(&mut wbuf, "heartbeat", seq);
-                let (res, b) = client::write(&mut wr, wbuf).await;
-                wbuf = b;
-                if res.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    monoio::spawn(heartbeats(wr, wbuf, admitted.clone(), shared.stop.clone()));
     let mut last = p0;
     loop {
         let len = match reader.next(&mut rd).await {
@@ -476,10 +453,7 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
                 s.pushes.push((i, now, p));
             }
             Ok(Frame::Admitted(token)) => {
-                if shared.admitted_count[i as usize].fetch_add(1, Ordering::Relaxed) == 0 {
-                    shared.admitted_ns[i as usize].store(now + 1, Ordering::Relaxed);
-                    shared.admitted_total.fetch_add(1, Ordering::Relaxed);
-                }
+                shared.admitted(i as usize, now);
                 s.tokens.push((i, token));
                 admitted.set(true);
             }
@@ -487,6 +461,30 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
             Ok(Frame::Kicked(reason)) => s.tally.error(Failure::Closed(Some(reason)).key()),
             Ok(_) => {}
             Err(f) => s.tally.error(f.key()),
+        }
+    }
+}
+
+/// Keeps a waiting player alive: `heartbeat` every `HEARTBEAT` until it is admitted
+/// or the run stops.
+async fn heartbeats(
+    mut wr: monoio::net::tcp::TcpOwnedWriteHalf,
+    mut wbuf: BytesMut,
+    admitted: Rc<Cell<bool>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seq = 1u32;
+    loop {
+        monoio::time::sleep(HEARTBEAT).await;
+        if admitted.get() || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        seq = seq.wrapping_add(1).max(2);
+        wire::encode_cmd(&mut wbuf, "heartbeat", seq);
+        let (res, b) = client::write(&mut wr, wbuf).await;
+        wbuf = b;
+        if res.is_err() {
+            return;
         }
     }
 }

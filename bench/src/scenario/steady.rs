@@ -163,6 +163,17 @@ type Halves = (
     u32,
 );
 
+/// What a player's writer and reader share.
+#[derive(Default)]
+struct Flight {
+    /// (intended, actual) send times of the requests not yet answered, in order.
+    inflight: RefCell<VecDeque<(Instant, Instant)>>,
+    /// The writer has sent its last request (or failed).
+    writer_done: Cell<bool>,
+    /// Last seq sent.
+    sent: Cell<u32>,
+}
+
 /// One player's window: a writer on schedule and a reader matching answers.
 async fn player(
     tally: Rc<RefCell<Tally>>,
@@ -173,66 +184,99 @@ async fn player(
     mut reader: FrameReader,
     wbuf: BytesMut,
 ) -> Option<Halves> {
-    let end = window.end;
-    let (mut rd, mut wr) = stream.into_split();
-    // (intended, actual) send times of the requests not yet answered, in order.
-    let inflight: Rc<RefCell<VecDeque<(Instant, Instant)>>> = Rc::default();
-    let writer_done = Rc::new(Cell::new(false));
-    let sent = Rc::new(Cell::new(1u32));
-    let writer = {
-        let (inflight, writer_done, sent) = (inflight.clone(), writer_done.clone(), sent.clone());
-        let tally = tally.clone();
-        monoio::spawn(async move {
-            let mut wbuf = wbuf;
-            let mut k = 0u64;
-            loop {
-                let at = sched.at(k);
-                if at >= end {
-                    break;
-                }
-                client::sleep_until(at).await;
-                let seq = sent.get().wrapping_add(1).max(2);
-                sent.set(seq);
-                inflight.borrow_mut().push_back((at, Instant::now()));
-                // Say "done" with the last request, not after it: its answer may be
-                // read before this task runs again.
-                if sched.at(k + 1) >= end {
-                    writer_done.set(true);
-                }
-                wire::encode_cmd(&mut wbuf, &cmd, seq);
-                let (res, b) = client::write(&mut wr, wbuf).await;
-                wbuf = b;
-                if let Err(e) = res {
-                    tally.borrow_mut().error(Failure::io(&e).key());
-                    break;
-                }
-                k += 1;
-            }
-            writer_done.set(true);
-            (wr, wbuf)
-        })
-    };
-    let cutoff = end + GRACE;
-    let mut open = true;
-    while !(writer_done.get() && inflight.borrow().is_empty()) {
+    let (mut rd, wr) = stream.into_split();
+    let flight = Rc::new(Flight::default());
+    flight.sent.set(1);
+    let writer = monoio::spawn(writer(
+        tally.clone(),
+        cmd,
+        sched,
+        window.end,
+        flight.clone(),
+        wr,
+        wbuf,
+    ));
+    let open = read_answers(&tally, &window, &flight, &mut rd, &mut reader).await;
+    // Whatever is still in flight never got an answer in time.
+    let now = Instant::now();
+    for (at, sent_at) in flight.inflight.borrow_mut().drain(..) {
+        let mut t = tally.borrow_mut();
+        if window.keeps(at) {
+            t.rtt.record(now - at);
+            t.hist("send_lag").record(sent_at - at);
+        }
+        t.error("no answer");
+    }
+    let (wr, wbuf) = writer.await;
+    let seq = flight.sent.get().wrapping_add(1).max(2);
+    open.then_some((rd, wr, reader, wbuf, seq))
+}
+
+/// Sends one request at each intended time of `sched` before `end`.
+async fn writer(
+    tally: Rc<RefCell<Tally>>,
+    cmd: String,
+    sched: Periodic,
+    end: Instant,
+    flight: Rc<Flight>,
+    mut wr: monoio::net::tcp::TcpOwnedWriteHalf,
+    mut wbuf: BytesMut,
+) -> (monoio::net::tcp::TcpOwnedWriteHalf, BytesMut) {
+    let mut k = 0u64;
+    loop {
+        let at = sched.at(k);
+        if at >= end {
+            break;
+        }
+        client::sleep_until(at).await;
+        let seq = flight.sent.get().wrapping_add(1).max(2);
+        flight.sent.set(seq);
+        flight.inflight.borrow_mut().push_back((at, Instant::now()));
+        // Say "done" with the last request, not after it: its answer may be
+        // read before this task runs again.
+        if sched.at(k + 1) >= end {
+            flight.writer_done.set(true);
+        }
+        wire::encode_cmd(&mut wbuf, &cmd, seq);
+        let (res, b) = client::write(&mut wr, wbuf).await;
+        wbuf = b;
+        if let Err(e) = res {
+            tally.borrow_mut().error(Failure::io(&e).key());
+            break;
+        }
+        k += 1;
+    }
+    flight.writer_done.set(true);
+    (wr, wbuf)
+}
+
+/// Reads answers until the writer is done and every request is answered, or until
+/// `GRACE` after the window; false when the connection failed.
+async fn read_answers(
+    tally: &RefCell<Tally>,
+    window: &Window,
+    flight: &Flight,
+    rd: &mut monoio::net::tcp::TcpOwnedReadHalf,
+    reader: &mut FrameReader,
+) -> bool {
+    let cutoff = window.end + GRACE;
+    while !(flight.writer_done.get() && flight.inflight.borrow().is_empty()) {
         let next = monoio::time::timeout(
             cutoff.saturating_duration_since(Instant::now()),
-            reader.next(&mut rd),
+            reader.next(rd),
         )
         .await;
         let len = match next {
             Ok(Ok(Some(len))) => len,
             Ok(Ok(None)) => {
                 tally.borrow_mut().error(Failure::Closed(None).key());
-                open = false;
-                break;
+                return false;
             }
             Ok(Err(e)) => {
                 tally.borrow_mut().error(Failure::io(&e).key());
-                open = false;
-                break;
+                return false;
             }
-            Err(_) => break,
+            Err(_) => return true,
         };
         let frame = client::classify(reader.body(len));
         reader.consume(len);
@@ -240,12 +284,12 @@ async fn player(
         let mut t = tally.borrow_mut();
         match frame {
             Ok(Frame::Answer { code, .. }) => {
-                let Some((at, sent_at)) = inflight.borrow_mut().pop_front() else {
+                let Some((at, sent_at)) = flight.inflight.borrow_mut().pop_front() else {
                     t.error("answer to nothing");
                     continue;
                 };
                 if window.keeps(at) {
-                    record(&mut t, &window, at, sent_at, now);
+                    record(&mut t, window, at, sent_at, now);
                 } else {
                     t.count("warmup_answers", 1);
                 }
@@ -258,18 +302,7 @@ async fn player(
             Err(f) => t.error(f.key()),
         }
     }
-    // Whatever is still in flight never got an answer in time.
-    let now = Instant::now();
-    for (at, sent_at) in inflight.borrow_mut().drain(..) {
-        let mut t = tally.borrow_mut();
-        if window.keeps(at) {
-            t.rtt.record(now - at);
-            t.hist("send_lag").record(sent_at - at);
-        }
-        t.error("no answer");
-    }
-    let (wr, wbuf) = writer.await;
-    open.then(|| (rd, wr, reader, wbuf, sent.get().wrapping_add(1).max(2)))
+    true
 }
 
 /// Records one measured answer: its RTT from the intended send (and in its second of
