@@ -44,12 +44,18 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(fut),
-        Err(_) => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("cannot build even the legacy monoio runtime")
-            .block_on(fut),
+        Ok(mut rt) => {
+            crate::pacer::reset(matches!(rt, monoio::FusionRuntime::Legacy(_)));
+            rt.block_on(fut)
+        }
+        Err(_) => {
+            crate::pacer::reset(true);
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("cannot build even the legacy monoio runtime")
+                .block_on(fut)
+        }
     }
 }
 
@@ -105,12 +111,10 @@ impl Gate {
     }
 }
 
-/// Sleeps until `at` (returns at once when it has passed).
+/// Waits until `at` (returns at once when it has passed), to within tens of
+/// microseconds: see [`crate::pacer`].
 pub async fn sleep_until(at: Instant) {
-    let now = Instant::now();
-    if at > now {
-        monoio::time::sleep(at - now).await;
-    }
+    crate::pacer::until(at).await;
 }
 
 /// Opens a connection to `target`, from `source` when given (bind before connect).

@@ -8,7 +8,7 @@
 //! - a request that failed because the kept-alive connection had gone is retried once
 //!   on a fresh connection, never more.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -148,62 +148,114 @@ impl Control {
         );
         let conn = self.conn.as_mut().expect("connected");
         conn.get_mut().write_all(req.as_bytes()).map_err(io)?;
-        let mut line = String::new();
-        if conn.read_line(&mut line).map_err(io)? == 0 {
-            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| HttpError::Malformed(format!("status line {line:?}")))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
-        loop {
-            line.clear();
-            if conn.read_line(&mut line).map_err(io)? == 0 {
-                return Err(HttpError::Malformed("headers cut short".into()));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let Some((name, value)) = l.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.parse::<usize>().ok(),
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                "connection" => close = value.eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                conn.read_line(&mut line).map_err(io)?;
-                let n = usize::from_str_radix(line.trim(), 16)
-                    .map_err(|_| HttpError::Malformed(format!("chunk size {line:?}")))?;
-                let mut chunk = vec![0u8; n + 2];
-                conn.read_exact(&mut chunk).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&chunk[..n]);
-            }
-        } else if let Some(n) = length {
-            out.resize(n, 0);
-            conn.read_exact(&mut out).map_err(io)?;
-        } else {
-            conn.read_to_end(&mut out).map_err(io)?;
-            close = true;
-        }
-        if close {
+        let head = read_head(conn).map_err(|e| e.at(addr))?;
+        let out = read_body(conn, &head).map_err(|e| e.at(addr))?;
+        if head.close || (!head.chunked && head.length.is_none()) {
             self.conn = None;
         }
         let text =
             String::from_utf8(out).map_err(|_| HttpError::Malformed("body is not UTF-8".into()))?;
-        Ok((status, text))
+        Ok((head.status, text))
     }
+}
+
+/// What the status line and headers of an answer say.
+struct Head {
+    /// Status code.
+    status: u16,
+    /// `Content-Length`, when given.
+    length: Option<usize>,
+    /// `Transfer-Encoding: chunked`.
+    chunked: bool,
+    /// `Connection: close`.
+    close: bool,
+}
+
+/// A read failure before the caller knows the address.
+enum ReadError {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The answer is not HTTP/1.1 as expected.
+    Malformed(String),
+}
+
+impl ReadError {
+    /// The caller's error, naming the server.
+    fn at(self, addr: std::net::SocketAddr) -> HttpError {
+        match self {
+            ReadError::Io(source) => HttpError::Io { addr, source },
+            ReadError::Malformed(m) => HttpError::Malformed(m),
+        }
+    }
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Reads the status line and the headers.
+fn read_head(conn: &mut impl BufRead) -> Result<Head, ReadError> {
+    let mut line = String::new();
+    if conn.read_line(&mut line)? == 0 {
+        return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ReadError::Malformed(format!("status line {line:?}")))?;
+    let mut head = Head {
+        status,
+        length: None,
+        chunked: false,
+        close: false,
+    };
+    loop {
+        line.clear();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(ReadError::Malformed("headers cut short".into()));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            return Ok(head);
+        }
+        let Some((name, value)) = l.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => head.length = value.parse::<usize>().ok(),
+            "transfer-encoding" => head.chunked = value.eq_ignore_ascii_case("chunked"),
+            "connection" => head.close = value.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads the body the head announced (chunked, sized, or up to the close).
+fn read_body(conn: &mut impl BufRead, head: &Head) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    if head.chunked {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let n = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| ReadError::Malformed(format!("chunk size {line:?}")))?;
+            let mut chunk = vec![0u8; n + 2];
+            conn.read_exact(&mut chunk)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = head.length {
+        out.resize(n, 0);
+        conn.read_exact(&mut out)?;
+    } else {
+        conn.read_to_end(&mut out)?;
+    }
+    Ok(out)
 }

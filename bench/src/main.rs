@@ -1,227 +1,39 @@
-//! The `queue-bench` binary: parses flags, runs one scenario (or spreads it over
-//! `--procs` worker processes), prints the report and writes it with `--json FILE`.
-//! Everything else is in the library (`queue_bench`).
+//! The `queue-bench` binary: parses flags ([`cli`]), runs one scenario (or spreads it
+//! over `--procs` worker processes), with `--compare-echo` runs the same load against
+//! the bench's echo server, prints the report and writes it with `--json FILE` (plus
+//! the full latency spectra as `.hgrm` files beside it). Everything else is in the
+//! library (`queue_bench`).
+
+mod cli;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::Path;
 
-use clap::{Args, Parser, Subcommand};
-use queue_bench::client::Threads;
+use clap::Parser;
+use cli::{clock_user_base, Cli, Scenario, Target};
 use queue_bench::echo::EchoServer;
-use queue_bench::pace::parse_duration;
-use queue_bench::report::Report;
+use queue_bench::procs;
+use queue_bench::report::{write_spectra, Report, Tally};
 use queue_bench::scenario::{self, core::CoreOpts, drain::DrainOpts, pingpong::PingpongOpts};
 use queue_bench::scenario::{steady::SteadyOpts, storm::StormOpts, BenchError, Common, Outcome};
-use queue_bench::{limits, procs};
 
 // The counting allocator (mimalloc underneath, as in the server): `core` reports
 // allocations per join and per tick from it.
 #[global_allocator]
 static GLOBAL: queue_server::alloc_count::CountingAlloc = queue_server::alloc_count::CountingAlloc;
 
-/// Load tool for queue-server.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    scenario: Scenario,
+/// A finished run: the report and the histograms behind it (for the `.hgrm` files).
+struct Measured {
+    /// What is printed and written as JSON.
+    report: Report,
+    /// The merged tally (whole histograms).
+    tally: Tally,
+    /// The echo server's tally, with `--compare-echo`.
+    echo: Option<Tally>,
 }
 
-/// Flags of every socket scenario.
-#[derive(Args, Debug, Clone)]
-struct Target {
-    /// Player port of the server.
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    target: SocketAddr,
-    /// Control port (allocation counters; admissions for `drain`).
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    control: SocketAddr,
-    /// Do not touch the control port (e.g. against `echo-server`).
-    #[arg(long)]
-    no_control: bool,
-    /// Bearer key of the control API, if it has one.
-    #[arg(long)]
-    api_key: Option<String>,
-    /// Queue to log in to (default: the server's `default`).
-    #[arg(long)]
-    queue: Option<String>,
-    /// Client threads (default: one per CPU this process may run on).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Pin client threads to these CPUs, round-robin (e.g. `--cpus 1`).
-    #[arg(long, value_delimiter = ',')]
-    cpus: Vec<usize>,
-    /// Spread the users over this many bench processes (file-descriptor limit).
-    #[arg(long, default_value_t = 1)]
-    procs: u64,
-    /// Loopback source addresses to spread connections over (ephemeral port limit).
-    #[arg(long)]
-    source_addrs: Option<String>,
-    /// `user_id` of the first player (default: derived from the clock, so runs differ).
-    #[arg(long)]
-    user_base: Option<u64>,
-    /// Label of the server build for the allocation report (e.g. `release+count-alloc`).
-    #[arg(long, default_value = "unknown")]
-    server_build: String,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Internal: run as worker I of N of a `--procs` parent.
-    #[arg(long, hide = true)]
-    worker: Option<String>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Scenario {
-    /// N players connect and log in, at once or ramped at --rate per second.
-    Storm {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Connects per second (0 = all at once).
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
-    /// Every player sends one request per interval, spread evenly, for a duration.
-    Steady {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Time between two requests of one player.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        interval: Duration,
-        /// Measured window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Request: position or heartbeat.
-        #[arg(long, default_value = "position")]
-        cmd: String,
-        /// Logins per second during setup (0 = all at once).
-        #[arg(long, default_value_t = 0.0)]
-        login_rate: f64,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
-    /// Closed loop: one request in flight per connection, for the highest rate.
-    Pingpong {
-        #[command(flatten)]
-        target: Target,
-        /// Connections.
-        #[arg(long)]
-        conns: u64,
-        /// Measured window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Request: position or heartbeat.
-        #[arg(long, default_value = "position")]
-        cmd: String,
-        /// Keep the places (do not send `leave` at the end).
-        #[arg(long)]
-        no_leave: bool,
-    },
-    /// Fill a queue, admit through the control API at --admit-rate, check every admission.
-    Drain {
-        #[command(flatten)]
-        target: Target,
-        /// Players.
-        #[arg(long)]
-        users: u64,
-        /// Admissions per second.
-        #[arg(long)]
-        admit_rate: f64,
-        /// Wait this long for the last pushes after the last admit call.
-        #[arg(long, default_value = "15s", value_parser = parse_duration)]
-        settle: Duration,
-        /// Skip verifying every token through the control API.
-        #[arg(long)]
-        no_verify: bool,
-    },
-    /// A bare frame echo server (same framing and threading, no JSON): the ceiling.
-    EchoServer {
-        /// Where to listen.
-        #[arg(long, default_value = "127.0.0.1:7100")]
-        listen: SocketAddr,
-        /// Threads (one listener each, SO_REUSEPORT).
-        #[arg(long, default_value_t = 1)]
-        cores: usize,
-        /// Pin the threads to these CPUs, round-robin.
-        #[arg(long, value_delimiter = ',')]
-        cpus: Vec<usize>,
-        /// Stop after this long (default: run until killed).
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-    },
-    /// The queue core and rank broadcast in process, virtual sessions, no sockets.
-    Core {
-        /// Players to queue.
-        #[arg(long, default_value_t = 1_000_000)]
-        users: u64,
-        /// Automatic admission, players per second.
-        #[arg(long, default_value_t = 5000.0)]
-        admit_rate: f64,
-        /// Virtual io loops.
-        #[arg(long, default_value_t = 2)]
-        loops: usize,
-        /// Core ticks after the joins.
-        #[arg(long, default_value_t = 300)]
-        ticks: u64,
-        /// Virtual ms per tick (core.tick_ms).
-        #[arg(long, default_value_t = 10)]
-        tick_ms: u64,
-        /// Push throttle, ms (server.push_interval_ms).
-        #[arg(long, default_value_t = 1000)]
-        push_interval_ms: u64,
-        /// Do not sign tokens.
-        #[arg(long)]
-        no_sign: bool,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-}
-
-/// The default user base: changes every second, so a run never resumes an earlier
-/// run's places (which outlive their connections for the reconnect grace).
-fn clock_user_base() -> u64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    (secs % 1_000_000) * 10_000_000
-}
-
-impl Target {
-    fn common(&self, user_base: u64) -> Result<Common, BenchError> {
-        let cpus_allowed = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
-        Ok(Common {
-            player: self.target,
-            control: (!self.no_control).then_some(self.control),
-            bearer: self.api_key.clone(),
-            queue: self.queue.clone(),
-            sources: match &self.source_addrs {
-                Some(s) => limits::parse_sources(s).map_err(BenchError::Setup)?,
-                None => Vec::new(),
-            },
-            threads: Threads {
-                count: self.threads.unwrap_or(cpus_allowed).max(1),
-                cpus: self.cpus.clone(),
-            },
-            user_base,
-            server_build: self.server_build.clone(),
-            procs: self.procs.max(1),
-        })
-    }
-}
-
-/// Runs a socket scenario here, as a `--procs` parent, or as a worker.
+/// Runs a socket scenario here, as a `--procs` parent, or as a worker (`None`: the
+/// worker printed its outcome for the parent).
 fn socket_scenario(
     t: &Target,
     users: u64,
@@ -263,6 +75,67 @@ fn socket_scenario(
     Ok(Some(out))
 }
 
+/// The same load against the bench's echo server, started in this process on a free
+/// port: the machine's ceiling for this scenario, measured in the same run.
+fn echo_run(
+    t: &Target,
+    users: u64,
+    run: &impl Fn(&Common, u64) -> Result<Outcome, BenchError>,
+) -> Result<Outcome, BenchError> {
+    if t.procs > 1 {
+        return Err(BenchError::Setup(
+            "--compare-echo runs in one process: drop --procs (or run the echo server \
+             yourself: queue-bench echo-server)"
+                .into(),
+        ));
+    }
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    let echo = EchoServer::start(listen, t.echo_cores, &t.echo_cpus)
+        .map_err(|e| BenchError::Setup(format!("echo server: {e}")))?;
+    let mut c = t.common(t.user_base.unwrap_or_else(clock_user_base))?;
+    c.player = echo.addr;
+    c.control = None;
+    let out = run(&c, users);
+    echo.stop();
+    out
+}
+
+/// Runs a socket scenario (and its echo twin with `--compare-echo`) and makes the
+/// report with `finish` (which adds the scenario's params and notes).
+fn measured(
+    t: &Target,
+    users: u64,
+    run: impl Fn(&Common, u64) -> Result<Outcome, BenchError>,
+    finish: impl Fn(Outcome) -> Report,
+) -> Result<Option<Measured>, BenchError> {
+    let Some(out) = socket_scenario(t, users, &run)? else {
+        return Ok(None);
+    };
+    let tally = out.tally.clone();
+    let mut report = finish(out);
+    let mut echo = None;
+    if t.compare_echo {
+        let began = std::time::Instant::now();
+        let out = echo_run(t, users, &run)?;
+        // How long the echo phase took (setup included): scripts that time the whole
+        // command (server CPU % in scripts/bench.sh) take it off.
+        report
+            .values
+            .insert("echo_run_s".into(), began.elapsed().as_secs_f64());
+        echo = Some(out.tally.clone());
+        let mut e = finish(out);
+        e.param("target", "echo-server");
+        e.notes.clear(); // the same notes as the run it is nested in
+        report.compare_echo(e);
+    }
+    Ok(Some(Measured {
+        report,
+        tally,
+        echo,
+    }))
+}
+
+/// A report from a merged outcome.
 fn report(scenario: &str, op: &str, out: Outcome) -> Report {
     let mut r = Report::from_tally(scenario, op, out.elapsed_s, out.ops, &out.tally);
     r.values.extend(out.values);
@@ -272,193 +145,201 @@ fn report(scenario: &str, op: &str, out: Outcome) -> Report {
     r
 }
 
-fn run(cli: Cli) -> Result<(), BenchError> {
-    let (report, json) = match cli.scenario {
-        Scenario::Storm {
-            target,
-            users,
-            rate,
-            no_leave,
-        } => {
-            let o = |users| StormOpts {
-                users,
-                rate,
-                leave: !no_leave,
-            };
-            let Some(out) = socket_scenario(&target, users, |c, n| scenario::storm::run(c, &o(n)))?
-            else {
-                return Ok(());
-            };
+fn storm(
+    t: &Target,
+    users: u64,
+    rate: f64,
+    no_leave: bool,
+) -> Result<Option<Measured>, BenchError> {
+    let o = |users| StormOpts {
+        users,
+        rate,
+        leave: !no_leave,
+    };
+    measured(
+        t,
+        users,
+        |c, n| scenario::storm::run(c, &o(n)),
+        |out| {
             let mut r = report("storm", "logins answered OK", out);
             r.param("users", users);
             r.param("rate", rate);
-            r.param("procs", target.procs);
+            r.param("procs", t.procs);
             if r.elapsed_s > 0.0 {
                 r.values
                     .insert("logins_per_s".into(), r.ops as f64 / r.elapsed_s);
             }
             r.notes
                 .push("rtt = intended connect time -> login answer (first position)".into());
-            (r, target.json)
-        }
-        Scenario::Steady {
-            target,
-            users,
-            interval,
-            duration,
-            cmd,
-            login_rate,
-            no_leave,
-        } => {
-            let o = |users| SteadyOpts {
-                users,
-                interval,
-                duration,
-                cmd: cmd.clone(),
-                login_rate,
-                leave: !no_leave,
-            };
-            let Some(out) =
-                socket_scenario(&target, users, |c, n| scenario::steady::run(c, &o(n)))?
-            else {
-                return Ok(());
-            };
-            let mut r = report("steady", "answers", out);
-            r.param("users", users);
-            r.param("interval_s", interval.as_secs_f64());
-            r.param("duration_s", duration.as_secs_f64());
-            r.param("cmd", &cmd);
-            r.param("procs", target.procs);
-            r.notes.push(
-                "rtt = intended send time -> answer (open loop, coordinated omission corrected)"
-                    .into(),
-            );
-            (r, target.json)
-        }
-        Scenario::Pingpong {
-            target,
-            conns,
-            duration,
-            cmd,
-            no_leave,
-        } => {
-            let o = |conns| PingpongOpts {
-                conns,
-                duration,
-                cmd: cmd.clone(),
-                leave: !no_leave,
-            };
-            let Some(out) =
-                socket_scenario(&target, conns, |c, n| scenario::pingpong::run(c, &o(n)))?
-            else {
-                return Ok(());
-            };
-            let mut r = report("pingpong", "answers", out);
-            r.param("conns", conns);
-            r.param("duration_s", duration.as_secs_f64());
-            r.param("cmd", &cmd);
-            r.param("target", target.target.to_string());
-            r.param("procs", target.procs);
-            (r, target.json)
-        }
-        Scenario::Drain {
-            target,
-            users,
-            admit_rate,
-            settle,
-            no_verify,
-        } => {
-            if target.procs > 1 {
-                return Err(BenchError::Setup(
-                    "drain runs in one process (it matches every push to its admit call); \
-                     one process opens up to ~19,900 players here"
-                        .into(),
-                ));
-            }
-            let o = DrainOpts {
-                users,
-                admit_rate,
-                settle,
-                verify: !no_verify,
-            };
-            let Some(out) = socket_scenario(&target, users, |c, n| {
-                scenario::drain::run(
-                    c,
-                    &DrainOpts {
-                        users: n,
-                        ..o.clone()
-                    },
-                )
-            })?
-            else {
-                return Ok(());
-            };
-            let mut r = report("drain", "admitted pushes delivered", out);
-            r.param("users", users);
-            r.param("admit_rate", admit_rate);
-            r.notes
-                .push("rtt = admit call sent -> `admitted` push received".into());
-            (r, target.json)
-        }
-        Scenario::EchoServer {
-            listen,
-            cores,
-            cpus,
-            duration,
-        } => {
-            let server = EchoServer::start(listen, cores, &cpus)
-                .map_err(|e| BenchError::Setup(format!("echo server on {listen}: {e}")))?;
-            eprintln!(
-                "echo-server listening on {} ({} thread(s))",
-                server.addr, cores
-            );
-            match duration {
-                Some(d) => {
-                    std::thread::sleep(d);
-                    server.stop();
-                }
-                None => server.wait(),
-            }
-            return Ok(());
-        }
-        Scenario::Core {
-            users,
-            admit_rate,
-            loops,
-            ticks,
-            tick_ms,
-            push_interval_ms,
-            no_sign,
-            json,
-        } => {
-            let o = CoreOpts {
-                users,
-                admit_rate,
-                loops,
-                ticks,
-                tick_ms,
-                push_interval_ms,
-                sign: !no_sign,
-            };
-            let out = scenario::core::run(&o)?;
-            let mut r = report("core", "joins", out);
-            r.param("users", users);
-            r.param("admit_rate", admit_rate);
-            r.param("loops", loops);
-            r.param("ticks", ticks);
-            r.param("tick_ms", tick_ms);
-            r.param("sign", !no_sign);
-            r.notes.push("rtt = one core tick (apply, sort departures, sign tokens); broadcast_pass_per_loop = one loop applying it to its sessions".into());
-            (r, json)
-        }
+            r
+        },
+    )
+}
+
+fn steady(t: &Target, o: SteadyOpts) -> Result<Option<Measured>, BenchError> {
+    let users = o.users;
+    let run = |c: &Common, n| {
+        scenario::steady::run(
+            c,
+            &SteadyOpts {
+                users: n,
+                ..o.clone()
+            },
+        )
     };
-    print!("{}", report.render());
-    if let Some(path) = json {
-        report
-            .write_json(&path)
-            .map_err(|e| BenchError::Setup(format!("writing {}: {e}", path.display())))?;
+    measured(t, users, run, |out| {
+        let mut r = report("steady", "answers", out);
+        r.param("users", users);
+        r.param("interval_s", o.interval.as_secs_f64());
+        r.param("duration_s", o.duration.as_secs_f64());
+        r.param("warmup_s", o.warmup.as_secs_f64());
+        r.param("cmd", &o.cmd);
+        r.param("procs", t.procs);
+        r.notes.push(
+            "rtt = intended send time -> answer (open loop, coordinated omission corrected); \
+             send_lag = actual - intended send time; rtt_from_send = actual send -> answer"
+                .into(),
+        );
+        r
+    })
+}
+
+fn pingpong(t: &Target, o: PingpongOpts) -> Result<Option<Measured>, BenchError> {
+    let conns = o.conns;
+    let run = |c: &Common, n| {
+        scenario::pingpong::run(
+            c,
+            &PingpongOpts {
+                conns: n,
+                ..o.clone()
+            },
+        )
+    };
+    measured(t, conns, run, |out| {
+        let mut r = report("pingpong", "answers", out);
+        r.param("conns", conns);
+        r.param("duration_s", o.duration.as_secs_f64());
+        r.param("warmup_s", o.warmup.as_secs_f64());
+        r.param("cmd", &o.cmd);
+        r.param("target", t.target.to_string());
+        r.param("procs", t.procs);
+        r.notes
+            .push("closed loop: rtt is from the actual send (no schedule, no send lag)".into());
+        r
+    })
+}
+
+fn drain(t: &Target, o: DrainOpts) -> Result<Option<Measured>, BenchError> {
+    if t.procs > 1 {
+        return Err(BenchError::Setup(
+            "drain runs in one process (it matches every push to its admit call); \
+             one process opens up to ~19,900 players here"
+                .into(),
+        ));
+    }
+    if t.compare_echo {
+        return Err(BenchError::Setup(
+            "drain admits through the control API, which the echo server does not have: \
+             --compare-echo does not apply"
+                .into(),
+        ));
+    }
+    let users = o.users;
+    let run = |c: &Common, n| {
+        scenario::drain::run(
+            c,
+            &DrainOpts {
+                users: n,
+                ..o.clone()
+            },
+        )
+    };
+    measured(t, users, run, |out| {
+        let mut r = report("drain", "admitted pushes delivered", out);
+        r.param("users", users);
+        r.param("admit_rate", o.admit_rate);
+        r.notes.push(
+            "rtt = admit call sent -> `admitted` push received; send_lag = admit call sent - \
+             the instant the schedule made that admission due"
+                .into(),
+        );
+        r
+    })
+}
+
+fn core(o: &CoreOpts) -> Result<Measured, BenchError> {
+    let out = scenario::core::run(o)?;
+    let tally = out.tally.clone();
+    let mut r = report("core", "joins", out);
+    r.param("users", o.users);
+    r.param("admit_rate", o.admit_rate);
+    r.param("loops", o.loops);
+    r.param("ticks", o.ticks);
+    r.param("tick_ms", o.tick_ms);
+    r.param("sign", o.sign);
+    r.notes.push("rtt = one core tick (apply, sort departures, sign tokens); broadcast_pass_per_loop = one loop applying it to its sessions".into());
+    Ok(Measured {
+        report: r,
+        tally,
+        echo: None,
+    })
+}
+
+fn echo_server(
+    listen: SocketAddr,
+    cores: usize,
+    cpus: &[usize],
+    duration: Option<std::time::Duration>,
+) -> Result<(), BenchError> {
+    let server = EchoServer::start(listen, cores, cpus)
+        .map_err(|e| BenchError::Setup(format!("echo server on {listen}: {e}")))?;
+    eprintln!(
+        "echo-server listening on {} ({} thread(s))",
+        server.addr, cores
+    );
+    match duration {
+        Some(d) => {
+            std::thread::sleep(d);
+            server.stop();
+        }
+        None => server.wait(),
     }
     Ok(())
+}
+
+/// Prints the report; with `--json FILE` writes it and the `.hgrm` spectra beside it.
+fn output(m: &Measured, json: Option<&Path>) -> Result<(), BenchError> {
+    print!("{}", m.report.render());
+    let Some(path) = json else {
+        return Ok(());
+    };
+    let io =
+        |e: std::io::Error| BenchError::Setup(format!("writing beside {}: {e}", path.display()));
+    m.report.write_json(path).map_err(io)?;
+    write_spectra(path, None, &m.tally).map_err(io)?;
+    if let Some(e) = &m.echo {
+        write_spectra(path, Some("echo"), e).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), BenchError> {
+    let (m, json) = match cli.scenario {
+        Scenario::Storm(a) => {
+            let t = &a.target;
+            (storm(t, a.users, a.rate, a.no_leave)?, t.json.clone())
+        }
+        Scenario::Steady(a) => (steady(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::Pingpong(a) => (pingpong(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::Drain(a) => (drain(&a.target, a.opts())?, a.target.json.clone()),
+        Scenario::EchoServer(a) => return echo_server(a.listen, a.cores, &a.cpus, a.duration),
+        Scenario::Core(a) => (Some(core(&a.opts())?), a.json.clone()),
+    };
+    // `None`: a `--procs` worker, which already printed its outcome for the parent.
+    match m {
+        Some(m) => output(&m, json.as_deref()),
+        None => Ok(()),
+    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -80,6 +80,7 @@ fn steady_answers_on_schedule() {
             users: 10,
             interval: Duration::from_millis(200),
             duration: Duration::from_millis(600),
+            warmup: Duration::ZERO,
             cmd: cmd.into(),
             login_rate: 0.0,
             leave: true,
@@ -94,11 +95,92 @@ fn steady_answers_on_schedule() {
 }
 
 #[test]
+fn steady_drops_the_warmup_and_reports_send_lag_per_answer() {
+    let s = server();
+    let c = common(s.player_addr, Some(s.control_addr));
+    let o = scenario::steady::SteadyOpts {
+        users: 10,
+        interval: Duration::from_millis(200),
+        duration: Duration::from_millis(600),
+        warmup: Duration::from_millis(400),
+        cmd: "position".into(),
+        login_rate: 0.0,
+        leave: true,
+    };
+    let out = scenario::steady::run(&c, &o).unwrap();
+    assert!(out.tally.errors.is_empty(), "{:?}", out.tally.errors);
+    // 2 sends per player in the warm-up (dropped), 3 in the window (measured).
+    assert_eq!(out.tally.get("warmup_answers"), 20);
+    assert_eq!(out.ops, 30);
+    assert_eq!(out.tally.rtt.count(), 30);
+    assert_eq!(out.tally.named["send_lag"].count(), 30);
+    assert_eq!(out.tally.named["rtt_from_send"].count(), 30);
+    let per_second: u64 = out.tally.series.points().iter().map(|p| p.rate).sum();
+    assert_eq!(per_second, 30);
+    s.shutdown();
+}
+
+#[test]
+fn binary_compares_with_the_echo_server_and_writes_spectra() {
+    let s = server();
+    let dir = std::env::temp_dir().join(format!("queue-bench-echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("steady.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-bench"))
+        .args(["steady", "--users", "5", "--interval", "200ms"])
+        .args(["--duration", "400ms", "--threads", "1", "--compare-echo"])
+        .args([
+            "--target",
+            &s.player_addr.to_string(),
+            "--control",
+            &s.control_addr.to_string(),
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("vs echo (this / echo): rate 1.00"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["ops"], 10, "{report}");
+    assert_eq!(report["echo"]["ops"], 10, "{report}");
+    assert_eq!(report["echo"]["params"]["target"], "echo-server");
+    assert_eq!(report["vs_echo"]["qps"], 1.0);
+    assert!(report["rtt"]["p9999_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["latencies"]["send_lag"]["count"], 10);
+    let rates: u64 = report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rate"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rates, 10);
+    for f in ["steady.hgrm", "steady.send_lag.hgrm", "steady.echo.hgrm"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert!(
+            text.contains("Total count    =           10]"),
+            "{f}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    s.shutdown();
+}
+
+#[test]
 fn pingpong_against_the_server_and_the_echo_server() {
     let s = server();
     let o = scenario::pingpong::PingpongOpts {
         conns: 4,
         duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
         cmd: "position".into(),
         leave: true,
     };

@@ -75,101 +75,133 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Runs the scenario.
-pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
-    let loops = o.loops.max(1);
-    let users = o.users.max(1);
-    let signer = if o.sign {
-        let (s, _) = TokenSigner::from_config(&Config::default().tokens)
-            .map_err(|e| BenchError::Setup(format!("token signer: {e}")))?;
-        Some(s)
-    } else {
-        None
-    };
-    let limits = Limits {
-        reconnect_grace_ms: 60_000,
-        token_ttl_secs: 300,
-        auto_create: false,
-        auto_max_waiting: users,
-        max_queues: 1000,
-        auto_expire_ms: 0,
-    };
-    let rss0 = rss_bytes();
-    let mut state = QueueState::new(limits, &[("default".to_string(), users, 0.0)], 0x5eed);
-    let mut sessions: Vec<Vec<VSession>> = (0..loops)
-        .map(|_| Vec::with_capacity(users as usize / loops + 1))
-        .collect();
-    let mut events = Vec::new();
-    let mut out = Outcome::default();
-    let mut t0_ms = 1_700_000_000_000u64;
+/// The simulation: the core's state, the virtual sessions and the tick buffers.
+struct Sim {
+    /// The server's queue state machine.
+    state: QueueState,
+    /// Virtual sessions per virtual io loop.
+    sessions: Vec<Vec<VSession>>,
+    /// Signs a token per admission, when asked.
+    signer: Option<TokenSigner>,
+    /// Events of one `apply`.
+    events: Vec<Event>,
+    /// Virtual clock, ms.
+    now_ms: u64,
+    /// Per loop: sessions admitted by the current tick.
+    per_loop_admits: Vec<Vec<u64>>,
+    /// The current tick's broadcast.
+    delta: QueueDelta,
+    /// Where position pushes are encoded (cleared before it grows large).
+    push_buf: BytesMut,
+    /// Pushes sent (position and admitted).
+    pushes: u64,
+    /// Players admitted.
+    admitted: u64,
+}
 
-    // Joins: the core applies each and answers with the exact position.
-    let allocs0 = alloc_count::allocations();
-    let started = Instant::now();
-    let mut op = Op::Join {
-        queue: "default".to_string(),
-        user: 0,
-        prio: false,
-        conn: ConnRef {
-            loop_id: 0,
-            session: 0,
-        },
-    };
-    for u in 0..users {
-        let l = (u % loops as u64) as usize;
-        if let Op::Join { user, conn, .. } = &mut op {
-            *user = u;
-            *conn = ConnRef {
-                loop_id: l as u16,
-                session: sessions[l].len() as u64,
-            };
-        }
-        state.apply(&op, t0_ms, &mut events);
-        let place = state
-            .place(0, u)
-            .ok_or_else(|| BenchError::Setup(format!("join of {u} failed")))?;
-        let position = state.queues()[0].position(place.key);
-        sessions[l].push(VSession {
-            key: place.key,
-            position,
-            pushed: position,
-            last_push_ms: t0_ms,
-            admitted: false,
-        });
+/// Allocations and timings measured around the ticks.
+#[derive(Default)]
+struct TickCosts {
+    /// One core tick.
+    tick: Latency,
+    /// One broadcast pass of one loop.
+    pass: Latency,
+    /// Allocations during the core's tick work.
+    allocs: u64,
+}
+
+impl Sim {
+    /// An empty queue for `users` players, sessions split over `loops` loops.
+    fn new(o: &CoreOpts, users: u64, loops: usize) -> Result<Sim, BenchError> {
+        let signer = if o.sign {
+            let (s, _) = TokenSigner::from_config(&Config::default().tokens)
+                .map_err(|e| BenchError::Setup(format!("token signer: {e}")))?;
+            Some(s)
+        } else {
+            None
+        };
+        let limits = Limits {
+            reconnect_grace_ms: 60_000,
+            token_ttl_secs: 300,
+            auto_create: false,
+            auto_max_waiting: users,
+            max_queues: 1000,
+            auto_expire_ms: 0,
+        };
+        Ok(Sim {
+            state: QueueState::new(limits, &[("default".to_string(), users, 0.0)], 0x5eed),
+            sessions: (0..loops)
+                .map(|_| Vec::with_capacity(users as usize / loops + 1))
+                .collect(),
+            signer,
+            events: Vec::new(),
+            now_ms: 1_700_000_000_000,
+            per_loop_admits: vec![Vec::new(); loops],
+            delta: QueueDelta::default(),
+            push_buf: BytesMut::with_capacity(1 << 16),
+            pushes: 0,
+            admitted: 0,
+        })
     }
-    let join_s = started.elapsed().as_secs_f64();
-    let join_allocs = alloc_count::allocations() - allocs0;
-    let rss1 = rss_bytes();
-    events.clear();
 
-    // Admission ticks and broadcasts (a first tick sets the state's clock).
-    state.apply(&Op::Tick, t0_ms, &mut events);
-    events.clear();
-    state.apply(
-        &Op::SetRate {
+    /// Joins: the core applies each and answers with the exact position.
+    fn join_all(&mut self, users: u64) -> Result<(), BenchError> {
+        let loops = self.sessions.len();
+        let mut op = Op::Join {
+            queue: "default".to_string(),
+            user: 0,
+            prio: false,
+            conn: ConnRef {
+                loop_id: 0,
+                session: 0,
+            },
+        };
+        for u in 0..users {
+            let l = (u % loops as u64) as usize;
+            if let Op::Join { user, conn, .. } = &mut op {
+                *user = u;
+                *conn = ConnRef {
+                    loop_id: l as u16,
+                    session: self.sessions[l].len() as u64,
+                };
+            }
+            self.state.apply(&op, self.now_ms, &mut self.events);
+            let place = self
+                .state
+                .place(0, u)
+                .ok_or_else(|| BenchError::Setup(format!("join of {u} failed")))?;
+            let position = self.state.queues()[0].position(place.key);
+            self.sessions[l].push(VSession {
+                key: place.key,
+                position,
+                pushed: position,
+                last_push_ms: self.now_ms,
+                admitted: false,
+            });
+        }
+        self.events.clear();
+        Ok(())
+    }
+
+    /// Starts automatic admission (a first tick sets the state's clock).
+    fn start_admission(&mut self, admit_rate: f64) {
+        self.state.apply(&Op::Tick, self.now_ms, &mut self.events);
+        self.events.clear();
+        let op = Op::SetRate {
             queue: 0,
-            per_second: o.admit_rate,
-        },
-        t0_ms,
-        &mut events,
-    );
-    let mut tick_hist = Latency::new();
-    let mut loop_hist = Latency::new();
-    let mut push_buf = BytesMut::with_capacity(1 << 16);
-    let (mut pushes, mut admitted, mut tick_allocs) = (0u64, 0u64, 0u64);
-    let mut per_loop_admits: Vec<Vec<u64>> = vec![Vec::new(); loops];
-    let mut delta = QueueDelta::default();
-    for _ in 0..o.ticks {
-        t0_ms += o.tick_ms;
-        let now_ms = t0_ms;
-        let a0 = alloc_count::allocations();
-        let t = Instant::now();
-        events.clear();
-        state.apply(&Op::Tick, now_ms, &mut events);
-        delta.departed.clear();
-        for e in events.drain(..) {
+            per_second: admit_rate,
+        };
+        self.state.apply(&op, self.now_ms, &mut self.events);
+    }
+
+    /// One core tick: admissions (tokens signed), departures sorted into the delta.
+    fn tick(&mut self) {
+        self.events.clear();
+        self.state.apply(&Op::Tick, self.now_ms, &mut self.events);
+        self.delta.departed.clear();
+        for e in self.events.drain(..) {
             match e {
-                Event::Departed { key, .. } => delta.departed.push(key),
+                Event::Departed { key, .. } => self.delta.departed.push(key),
                 Event::Admitted {
                     user,
                     conn,
@@ -178,113 +210,151 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
                     exp,
                     ..
                 } => {
-                    if let Some(s) = &signer {
-                        let token = s.sign(user, "default", &state.jti_text(jti), iat, exp);
+                    if let Some(s) = &self.signer {
+                        let token = s.sign(user, "default", &self.state.jti_text(jti), iat, exp);
                         std::hint::black_box(token);
                     }
                     if let Some(c) = conn {
-                        per_loop_admits[c.loop_id as usize].push(c.session);
+                        self.per_loop_admits[c.loop_id as usize].push(c.session);
                     }
-                    admitted += 1;
+                    self.admitted += 1;
                 }
                 _ => {}
             }
         }
-        delta.departed.sort_unstable();
-        delta.queue_len = state.queues()[0].waiting();
-        tick_hist.record(t.elapsed());
-        tick_allocs += alloc_count::allocations() - a0;
-        if delta.departed.is_empty() {
-            continue;
+        self.delta.departed.sort_unstable();
+        self.delta.queue_len = self.state.queues()[0].waiting();
+    }
+
+    /// Loop `l` applies the tick's delta to its sessions, as an io loop does.
+    fn broadcast(&mut self, l: usize, push_interval_ms: u64) {
+        let (now_ms, delta) = (self.now_ms, &self.delta);
+        let own = &mut self.sessions[l];
+        for s in self.per_loop_admits[l].drain(..) {
+            own[s as usize].admitted = true;
+            self.pushes += 1;
         }
-        for (l, own) in sessions.iter_mut().enumerate() {
+        for s in own.iter_mut() {
+            if s.admitted {
+                continue;
+            }
+            let shift = delta.shift(s.key);
+            if shift != 0 {
+                s.position = s.position.saturating_add_signed(shift);
+            }
+            if s.position != s.pushed && now_ms - s.last_push_ms >= push_interval_ms {
+                if self.push_buf.len() > 60_000 {
+                    self.push_buf.clear();
+                }
+                queue_server::protocol::encode_position(
+                    &mut self.push_buf,
+                    0,
+                    s.position,
+                    delta.queue_len,
+                    None,
+                );
+                s.pushed = s.position;
+                s.last_push_ms = now_ms;
+                self.pushes += 1;
+            }
+        }
+    }
+
+    /// `ticks` ticks of `tick_ms`, each followed by every loop's broadcast pass.
+    fn run_ticks(&mut self, o: &CoreOpts) -> TickCosts {
+        let mut costs = TickCosts::default();
+        for _ in 0..o.ticks {
+            self.now_ms += o.tick_ms;
+            let a0 = alloc_count::allocations();
             let t = Instant::now();
-            for s in per_loop_admits[l].drain(..) {
-                own[s as usize].admitted = true;
-                pushes += 1;
+            self.tick();
+            costs.tick.record(t.elapsed());
+            costs.allocs += alloc_count::allocations() - a0;
+            if self.delta.departed.is_empty() {
+                continue;
             }
-            for s in own.iter_mut() {
-                if s.admitted {
-                    continue;
-                }
-                let shift = delta.shift(s.key);
-                if shift != 0 {
-                    s.position = s.position.saturating_add_signed(shift);
-                }
-                if s.position != s.pushed && now_ms - s.last_push_ms >= o.push_interval_ms {
-                    if push_buf.len() > 60_000 {
-                        push_buf.clear();
-                    }
-                    queue_server::protocol::encode_position(
-                        &mut push_buf,
-                        0,
-                        s.position,
-                        delta.queue_len,
-                        None,
-                    );
-                    s.pushed = s.position;
-                    s.last_push_ms = now_ms;
-                    pushes += 1;
-                }
+            for l in 0..self.sessions.len() {
+                let t = Instant::now();
+                self.broadcast(l, o.push_interval_ms);
+                costs.pass.record(t.elapsed());
             }
-            loop_hist.record(t.elapsed());
         }
+        costs
     }
 
-    // One exact resync, as the core sends every `core.resync_secs`, and the drift check.
-    let t = Instant::now();
-    let mut per_loop: Vec<Vec<(u64, u64)>> = vec![Vec::new(); loops];
-    let q = &state.queues()[0];
-    for (i, (_, user)) in q.iter().enumerate() {
-        if let Some(conn) = state.place(0, user).and_then(|p| p.conn) {
-            per_loop[conn.loop_id as usize].push((conn.session, i as u64 + 1));
+    /// One exact resync, as the core sends every `core.resync_secs` (its time, ms),
+    /// and the sessions whose position drifted from it.
+    fn resync_and_drift(&self) -> (f64, usize) {
+        let t = Instant::now();
+        let mut per_loop: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.sessions.len()];
+        let q = &self.state.queues()[0];
+        for (i, (_, user)) in q.iter().enumerate() {
+            if let Some(conn) = self.state.place(0, user).and_then(|p| p.conn) {
+                per_loop[conn.loop_id as usize].push((conn.session, i as u64 + 1));
+            }
         }
+        let resync_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let drift = per_loop
+            .iter()
+            .enumerate()
+            .flat_map(|(l, list)| list.iter().map(move |&(s, p)| (l, s, p)))
+            .filter(|&(l, s, p)| self.sessions[l][s as usize].position != p)
+            .count();
+        (resync_ms, drift)
     }
-    let resync_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let drift = per_loop
-        .iter()
-        .enumerate()
-        .flat_map(|(l, list)| list.iter().map(move |&(s, p)| (l, s, p)))
-        .filter(|&(l, s, p)| sessions[l][s as usize].position != p)
-        .count();
+}
 
-    out.tally.rtt = tick_hist;
+/// Runs the scenario.
+pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
+    let loops = o.loops.max(1);
+    let users = o.users.max(1);
+    let rss0 = rss_bytes();
+    let mut sim = Sim::new(o, users, loops)?;
+    let allocs0 = alloc_count::allocations();
+    let started = Instant::now();
+    sim.join_all(users)?;
+    let join_s = started.elapsed().as_secs_f64();
+    let join_allocs = alloc_count::allocations() - allocs0;
+    let rss1 = rss_bytes();
+    sim.start_admission(o.admit_rate);
+    let costs = sim.run_ticks(o);
+    let (resync_ms, drift) = sim.resync_and_drift();
+
+    let mut out = Outcome::default();
+    out.tally.rtt = costs.tick;
     out.tally
         .named
-        .insert("broadcast_pass_per_loop".into(), loop_hist);
+        .insert("broadcast_pass_per_loop".into(), costs.pass);
     out.ops = users;
     out.elapsed_s = join_s;
-    let per_player = |b: u64| b as f64 / users as f64;
-    let mut v = BTreeMap::new();
-    v.insert("joins_per_s".to_string(), users as f64 / join_s);
-    v.insert("admitted".to_string(), admitted as f64);
-    v.insert("pushes".to_string(), pushes as f64);
-    v.insert(
-        "pushes_per_tick".to_string(),
-        pushes as f64 / o.ticks.max(1) as f64,
-    );
     // RSS growth over the joins, less the virtual sessions' arrays: the core's state.
-    let vsession_bytes = (sessions.iter().map(Vec::capacity).sum::<usize>()
+    let vsession_bytes = (sim.sessions.iter().map(Vec::capacity).sum::<usize>()
         * std::mem::size_of::<VSession>()) as u64;
-    v.insert(
-        "core_bytes_per_player_rss".to_string(),
-        per_player(rss1.saturating_sub(rss0).saturating_sub(vsession_bytes)),
-    );
-    v.insert(
-        "lane_bytes_per_player".to_string(),
-        per_player(q.heap_bytes() as u64),
-    );
-    v.insert(
-        "server_session_struct_bytes".to_string(),
-        std::mem::size_of::<queue_server::session::Session>() as f64,
-    );
-    v.insert("resync_ms".to_string(), resync_ms);
-    v.insert("allocs_per_join".to_string(), per_player(join_allocs));
-    v.insert(
-        "allocs_per_tick".to_string(),
-        tick_allocs as f64 / o.ticks.max(1) as f64,
-    );
-    out.values = v;
+    let core_bytes = rss1.saturating_sub(rss0).saturating_sub(vsession_bytes);
+    let per_player = |b: u64| b as f64 / users as f64;
+    let per_tick = |n: u64| n as f64 / o.ticks.max(1) as f64;
+    let session_bytes = std::mem::size_of::<queue_server::session::Session>();
+    out.values = BTreeMap::from([
+        ("joins_per_s".to_string(), users as f64 / join_s),
+        ("admitted".to_string(), sim.admitted as f64),
+        ("pushes".to_string(), sim.pushes as f64),
+        ("pushes_per_tick".to_string(), per_tick(sim.pushes)),
+        (
+            "core_bytes_per_player_rss".to_string(),
+            per_player(core_bytes),
+        ),
+        (
+            "lane_bytes_per_player".to_string(),
+            per_player(sim.state.queues()[0].heap_bytes() as u64),
+        ),
+        (
+            "server_session_struct_bytes".to_string(),
+            session_bytes as f64,
+        ),
+        ("resync_ms".to_string(), resync_ms),
+        ("allocs_per_join".to_string(), per_player(join_allocs)),
+        ("allocs_per_tick".to_string(), per_tick(costs.allocs)),
+    ]);
     out.checks
         .insert("positions_match_state".into(), drift == 0);
     if alloc_count::allocations() == 0 {
@@ -294,9 +364,8 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
         );
     }
     out.notes.push(format!(
-        "virtual sessions hold {} bytes each; a real server session is a `Session` ({} bytes) behind an Rc plus its buffers",
+        "virtual sessions hold {} bytes each; a real server session is a `Session` ({session_bytes} bytes) behind an Rc plus its buffers",
         std::mem::size_of::<VSession>(),
-        std::mem::size_of::<queue_server::session::Session>()
     ));
     Ok(out)
 }

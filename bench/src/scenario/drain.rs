@@ -3,6 +3,8 @@
 //! lag from each admit call to the player's `admitted` push and to each `position`
 //! push, and checks that every player was admitted exactly once, that no position ever
 //! rose, and that every token verifies (`POST /v1/tokens/verify`, which also consumes it).
+//! `send_lag` is each admission's lateness: its admit call's send time minus the
+//! instant the schedule made it due (calls go out at most every `ADMIT_PERIOD`).
 //!
 //! Invariants:
 //! - admit calls follow a fixed schedule (`R * elapsed` players admitted by now),
@@ -111,7 +113,7 @@ struct VerifyAnswer {
     user_id: Option<u64>,
 }
 
-/// Runs the scenario.
+/// Runs the scenario: fill, admit on schedule, wait for the pushes, then check.
 pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
     c.check_capacity(o.users)?;
     let mut control = c
@@ -120,74 +122,19 @@ pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
     if o.admit_rate <= 0.0 {
         return Err(BenchError::Setup("drain needs --admit-rate > 0".into()));
     }
-    let n = o.users as usize;
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        login_pos: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        admitted_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        admitted_count: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        admitted_total: AtomicU64::new(0),
-        filled: Phase::default(),
-        finished: Phase::default(),
-        stop: Arc::new(AtomicBool::new(false)),
-    });
+    let shared = Arc::new(Shared::new(o.users as usize));
     let threads = c.threads.count.max(1);
     let main = c.spawn_clients(o, &shared, thread);
     shared.filled.wait_all(threads);
-    let logged_in = shared
-        .login_pos
-        .iter()
-        .filter(|p| p.load(Ordering::Relaxed) > 0)
-        .count() as u64;
+    let logged_in = shared.logged_in();
     let probe = crate::counters::AllocProbe::begin(&mut control).ok();
     shared.filled.release(Instant::now());
 
-    // Admit on schedule. `batches`: (players admitted after the call, call sent ns).
-    let mut batches: Vec<(u64, u64)> = Vec::new();
-    let mut sent_ns = vec![0u64; n];
-    let mut http_tokens: HashMap<u64, String> = HashMap::new();
-    let mut http_dupes = 0u64;
-    let (mut total, mut ours) = (0u64, 0u64);
-    let path = format!(
-        "/v1/queues/{}/admit",
-        c.queue.as_deref().unwrap_or("default")
-    );
-    let start = Instant::now();
-    let mut calls = 0u64;
-    while ours < logged_in {
-        let due =
-            ((start.elapsed().as_secs_f64() * o.admit_rate) as u64).min(total + (logged_in - ours));
-        if due <= total {
-            std::thread::sleep(ADMIT_PERIOD);
-            continue;
-        }
-        let count = (due - total).min(ADMIT_MAX);
-        let at = ns_since(shared.epoch);
-        let body = control.post(&path, &format!("{{\"count\":{count}}}"))?;
-        calls += 1;
-        let answer: AdmitAnswer = serde_json::from_str(&body).map_err(|e| {
-            BenchError::Setup(format!(
-                "admit answer is not the documented JSON ({e}): {body}"
-            ))
-        })?;
-        total += answer.admitted.len() as u64;
-        batches.push((total, at));
-        for a in &answer.admitted {
-            let Some(idx) = a.user_id.checked_sub(c.user_base).filter(|&i| i < o.users) else {
-                continue; // someone else's player (an earlier run's, in reconnect grace)
-            };
-            ours += 1;
-            sent_ns[idx as usize] = at;
-            if http_tokens.insert(idx, a.token.clone()).is_some() {
-                http_dupes += 1;
-            }
-        }
-        if (answer.admitted.len() as u64) < count {
-            break; // the queue is empty
-        }
-    }
+    let admits = admit_on_schedule(c, o, &mut control, &shared, logged_in)?;
     let admit_done = Instant::now();
-    while shared.admitted_total.load(Ordering::Relaxed) < ours && admit_done.elapsed() < o.settle {
+    while shared.admitted_total.load(Ordering::Relaxed) < admits.ours
+        && admit_done.elapsed() < o.settle
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let alloc = probe.map(|p| {
@@ -208,67 +155,17 @@ pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
         push_tokens.extend(s.tokens);
         pushes.extend(s.pushes);
     }
-    // Lags.
-    let mut last_ns = 0u64;
-    let first_ns = batches.first().map_or(0, |b| b.1);
-    for (i, slot) in shared.admitted_ns.iter().enumerate() {
-        let got = slot.load(Ordering::Relaxed);
-        if got > 0 && sent_ns[i] > 0 {
-            out.tally
-                .rtt
-                .record_ns((got - 1).saturating_sub(sent_ns[i]));
-            last_ns = last_ns.max(got - 1);
-        }
-    }
-    let mut lag = Latency::new();
-    for &(idx, recv_ns, pos) in &pushes {
-        let p0 = shared.login_pos[idx as usize].load(Ordering::Relaxed);
-        let moved = p0.saturating_sub(pos);
-        if moved == 0 {
-            continue;
-        }
-        let b = batches.partition_point(|&(cum, _)| cum < moved);
-        if let Some(&(_, at)) = batches.get(b) {
-            lag.record_ns(recv_ns.saturating_sub(at));
-        }
-    }
-    out.tally.named.insert("position_push_lag".into(), lag);
-    out.tally.count("admit_calls", calls);
+    record_lags(&mut out, &shared, &admits, &pushes);
+    let bad_tokens = check_tokens(c, o, &mut control, &admits, &push_tokens, &mut out)?;
+    let once = shared.admitted_once() && admits.http_dupes == 0 && admits.ours == logged_in;
+    out.tally.count("admit_calls", admits.calls);
     out.tally.count("position_pushes", pushes.len() as u64);
-    out.tally.count("admitted_http", ours);
+    out.tally.count("admitted_http", admits.ours);
     out.tally.count("logged_in", logged_in);
-
-    // Checks.
-    let once = (0..n).all(|i| {
-        shared.login_pos[i].load(Ordering::Relaxed) == 0
-            || shared.admitted_count[i].load(Ordering::Relaxed) == 1
-    }) && http_dupes == 0
-        && ours == logged_in;
-    out.tally.count(
-        "admitted_pushes",
-        shared.admitted_total.load(Ordering::Relaxed),
-    );
+    let admitted_total = shared.admitted_total.load(Ordering::Relaxed);
+    out.tally.count("admitted_pushes", admitted_total);
     let rose = out.tally.get("positions_rose");
-    let mut bad_tokens = push_tokens
-        .iter()
-        .filter(|(i, t)| http_tokens.get(i) != Some(t))
-        .count() as u64;
-    if o.verify {
-        for (&idx, token) in &http_tokens {
-            let body = control.post(
-                "/v1/tokens/verify",
-                &serde_json::json!({ "token": token }).to_string(),
-            )?;
-            match serde_json::from_str::<VerifyAnswer>(&body) {
-                Ok(v) if v.valid && v.user_id == Some(c.user_base + idx) => {}
-                _ => bad_tokens += 1,
-            }
-        }
-        out.tally.count("tokens_verified", http_tokens.len() as u64);
-    }
-    out.tally.count("bad_tokens", bad_tokens);
-    out.ops = shared.admitted_total.load(Ordering::Relaxed);
-    out.elapsed_s = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+    out.ops = admitted_total;
     out.alloc = alloc;
     out.checks.insert("admitted_exactly_once".into(), once);
     out.checks.insert("positions_never_rose".into(), rose == 0);
@@ -280,6 +177,192 @@ pub fn run(c: &Common, o: &DrainOpts) -> Result<Outcome, BenchError> {
     }
     out.hint();
     Ok(out)
+}
+
+impl Shared {
+    /// State for `n` players.
+    fn new(n: usize) -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            login_pos: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            admitted_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            admitted_count: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            admitted_total: AtomicU64::new(0),
+            filled: Phase::default(),
+            finished: Phase::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Players that logged in.
+    fn logged_in(&self) -> u64 {
+        self.login_pos
+            .iter()
+            .filter(|p| p.load(Ordering::Relaxed) > 0)
+            .count() as u64
+    }
+
+    /// Player `i`'s `admitted` push arrived at `now_ns` (only the first one is timed).
+    fn admitted(&self, i: usize, now_ns: u64) {
+        if self.admitted_count[i].fetch_add(1, Ordering::Relaxed) == 0 {
+            self.admitted_ns[i].store(now_ns + 1, Ordering::Relaxed);
+            self.admitted_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every logged-in player got exactly one `admitted` push.
+    fn admitted_once(&self) -> bool {
+        self.login_pos
+            .iter()
+            .zip(&self.admitted_count)
+            .all(|(p, n)| p.load(Ordering::Relaxed) == 0 || n.load(Ordering::Relaxed) == 1)
+    }
+}
+
+/// What the admit calls did.
+#[derive(Default)]
+struct Admits {
+    /// (players admitted after the call, call sent ns), one per call.
+    batches: Vec<(u64, u64)>,
+    /// Per player: ns its admit call was sent (0: never admitted).
+    sent_ns: Vec<u64>,
+    /// Token the admit answer gave each of our players.
+    http_tokens: HashMap<u64, String>,
+    /// Players an admit answer listed twice.
+    http_dupes: u64,
+    /// Our players admitted.
+    ours: u64,
+    /// Admit calls made.
+    calls: u64,
+    /// Per admission: call sent minus the instant it fell due on the schedule.
+    send_lag: Latency,
+}
+
+/// Admits on schedule (`admit_rate * elapsed` players by now, in calls at most
+/// `ADMIT_PERIOD` apart) until every logged-in player of ours is admitted.
+fn admit_on_schedule(
+    c: &Common,
+    o: &DrainOpts,
+    control: &mut crate::http::Control,
+    shared: &Shared,
+    logged_in: u64,
+) -> Result<Admits, BenchError> {
+    let mut a = Admits {
+        sent_ns: vec![0; o.users as usize],
+        ..Admits::default()
+    };
+    let path = format!(
+        "/v1/queues/{}/admit",
+        c.queue.as_deref().unwrap_or("default")
+    );
+    let mut total = 0u64;
+    let start = Instant::now();
+    let due_at = |n: u64| start + Duration::from_secs_f64(n as f64 / o.admit_rate);
+    while a.ours < logged_in {
+        let due = ((start.elapsed().as_secs_f64() * o.admit_rate) as u64)
+            .min(total + (logged_in - a.ours));
+        if due <= total {
+            std::thread::sleep(ADMIT_PERIOD);
+            continue;
+        }
+        let count = (due - total).min(ADMIT_MAX);
+        let (at, now) = (ns_since(shared.epoch), Instant::now());
+        for n in total + 1..=total + count {
+            a.send_lag.record(now.saturating_duration_since(due_at(n)));
+        }
+        let body = control.post(&path, &format!("{{\"count\":{count}}}"))?;
+        a.calls += 1;
+        let answer: AdmitAnswer = serde_json::from_str(&body).map_err(|e| {
+            BenchError::Setup(format!(
+                "admit answer is not the documented JSON ({e}): {body}"
+            ))
+        })?;
+        total += answer.admitted.len() as u64;
+        a.batches.push((total, at));
+        for adm in &answer.admitted {
+            let Some(idx) = adm
+                .user_id
+                .checked_sub(c.user_base)
+                .filter(|&i| i < o.users)
+            else {
+                continue; // someone else's player (an earlier run's, in reconnect grace)
+            };
+            a.ours += 1;
+            a.sent_ns[idx as usize] = at;
+            if a.http_tokens.insert(idx, adm.token.clone()).is_some() {
+                a.http_dupes += 1;
+            }
+        }
+        if (answer.admitted.len() as u64) < count {
+            break; // the queue is empty
+        }
+    }
+    Ok(a)
+}
+
+/// The main latency (admit call -> `admitted` push), the position push lag, the send
+/// lag of the admit calls, and the window from the first call to the last push.
+fn record_lags(out: &mut Outcome, shared: &Shared, a: &Admits, pushes: &[(u64, u64, u64)]) {
+    let mut last_ns = 0u64;
+    let first_ns = a.batches.first().map_or(0, |b| b.1);
+    for (i, slot) in shared.admitted_ns.iter().enumerate() {
+        let got = slot.load(Ordering::Relaxed);
+        if got > 0 && a.sent_ns[i] > 0 {
+            out.tally
+                .rtt
+                .record_ns((got - 1).saturating_sub(a.sent_ns[i]));
+            last_ns = last_ns.max(got - 1);
+        }
+    }
+    let mut lag = Latency::new();
+    for &(idx, recv_ns, pos) in pushes {
+        let p0 = shared.login_pos[idx as usize].load(Ordering::Relaxed);
+        let moved = p0.saturating_sub(pos);
+        if moved == 0 {
+            continue;
+        }
+        let b = a.batches.partition_point(|&(cum, _)| cum < moved);
+        if let Some(&(_, at)) = a.batches.get(b) {
+            lag.record_ns(recv_ns.saturating_sub(at));
+        }
+    }
+    out.tally.named.insert("position_push_lag".into(), lag);
+    out.tally
+        .named
+        .insert("send_lag".into(), a.send_lag.clone());
+    out.elapsed_s = last_ns.saturating_sub(first_ns) as f64 / 1e9;
+}
+
+/// Tokens pushed that differ from the admit answers' plus, with verification on,
+/// tokens the control API does not accept for their player.
+fn check_tokens(
+    c: &Common,
+    o: &DrainOpts,
+    control: &mut crate::http::Control,
+    a: &Admits,
+    push_tokens: &HashMap<u64, String>,
+    out: &mut Outcome,
+) -> Result<u64, BenchError> {
+    let mut bad_tokens = push_tokens
+        .iter()
+        .filter(|(i, t)| a.http_tokens.get(i) != Some(t))
+        .count() as u64;
+    if o.verify {
+        for (&idx, token) in &a.http_tokens {
+            let body = control.post(
+                "/v1/tokens/verify",
+                &serde_json::json!({ "token": token }).to_string(),
+            )?;
+            match serde_json::from_str::<VerifyAnswer>(&body) {
+                Ok(v) if v.valid && v.user_id == Some(c.user_base + idx) => {}
+                _ => bad_tokens += 1,
+            }
+        }
+        out.tally
+            .count("tokens_verified", a.http_tokens.len() as u64);
+    }
+    out.tally.count("bad_tokens", bad_tokens);
+    Ok(bad_tokens)
 }
 
 async fn thread(c: Common, o: DrainOpts, shared: Arc<Shared>, t: usize) -> Seen {
@@ -317,11 +400,6 @@ async fn thread(c: Common, o: DrainOpts, shared: Arc<Shared>, t: usize) -> Seen 
     }
 }
 
-/// The stop flag, shared with a player's heartbeat task.
-fn shared_stop(shared: &Shared) -> Arc<AtomicBool> {
-    shared.stop.clone()
-}
-
 async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
     let settle = |err: Option<String>| {
         let mut s = seen.borrow_mut();
@@ -334,46 +412,20 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
         Ok(s) => s,
         Err(e) => return settle(Some(format!("connect {:?}", e.kind()))),
     };
-    seen.borrow_mut()
-        .fds
-        .push(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    seen.borrow_mut().fds.push(fd);
     let (mut reader, mut wbuf) = (FrameReader::default(), BytesMut::with_capacity(128));
-    let p0 = match client::login(
-        &mut stream,
-        &mut reader,
-        &mut wbuf,
-        c.user_base + i,
-        c.queue.as_deref(),
-    )
-    .await
-    {
+    let (user, queue) = (c.user_base + i, c.queue.as_deref());
+    let login = client::login(&mut stream, &mut reader, &mut wbuf, user, queue);
+    let p0 = match login.await {
         Ok(p) => p,
         Err(f) => return settle(Some(f.key())),
     };
     shared.login_pos[i as usize].store(p0.max(1), Ordering::Relaxed);
     settle(None);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let admitted = Rc::new(Cell::new(false));
-    let stop = shared_stop(shared);
-    {
-        let admitted = admitted.clone();
-        monoio::spawn(async move {
-            let mut seq = 1u32;
-            loop {
-                monoio::time::sleep(HEARTBEAT).await;
-                if admitted.get() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                seq = seq.wrapping_add(1).max(2);
-                wire::encode_cmd(&mut wbuf, "heartbeat", seq);
-                let (res, b) = client::write(&mut wr, wbuf).await;
-                wbuf = b;
-                if res.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    monoio::spawn(heartbeats(wr, wbuf, admitted.clone(), shared.stop.clone()));
     let mut last = p0;
     loop {
         let len = match reader.next(&mut rd).await {
@@ -401,10 +453,7 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
                 s.pushes.push((i, now, p));
             }
             Ok(Frame::Admitted(token)) => {
-                if shared.admitted_count[i as usize].fetch_add(1, Ordering::Relaxed) == 0 {
-                    shared.admitted_ns[i as usize].store(now + 1, Ordering::Relaxed);
-                    shared.admitted_total.fetch_add(1, Ordering::Relaxed);
-                }
+                shared.admitted(i as usize, now);
                 s.tokens.push((i, token));
                 admitted.set(true);
             }
@@ -412,6 +461,30 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
             Ok(Frame::Kicked(reason)) => s.tally.error(Failure::Closed(Some(reason)).key()),
             Ok(_) => {}
             Err(f) => s.tally.error(f.key()),
+        }
+    }
+}
+
+/// Keeps a waiting player alive: `heartbeat` every `HEARTBEAT` until it is admitted
+/// or the run stops.
+async fn heartbeats(
+    mut wr: monoio::net::tcp::TcpOwnedWriteHalf,
+    mut wbuf: BytesMut,
+    admitted: Rc<Cell<bool>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seq = 1u32;
+    loop {
+        monoio::time::sleep(HEARTBEAT).await;
+        if admitted.get() || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        seq = seq.wrapping_add(1).max(2);
+        wire::encode_cmd(&mut wbuf, "heartbeat", seq);
+        let (res, b) = client::write(&mut wr, wbuf).await;
+        wbuf = b;
+        if res.is_err() {
+            return;
         }
     }
 }

@@ -6,7 +6,9 @@
 //! Invariants:
 //! - one request in flight per connection; its RTT is measured from its send time
 //!   (closed loop: the intended time *is* the send time, nothing is scheduled);
-//! - only answers inside the window count toward the rate.
+//! - only answers inside the window count toward the rate; with `--warmup` the
+//!   requests sent in the warm-up are not measured ([`Window`]);
+//! - there is no send lag to report: nothing is scheduled.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::{BenchError, Common, Outcome, Phase};
 use crate::client::{self, share};
 use crate::report::Tally;
+use crate::series::Window;
 use crate::wire;
 
 /// Flags of `pingpong`.
@@ -25,6 +28,8 @@ pub struct PingpongOpts {
     pub conns: u64,
     /// Length of the measured window.
     pub duration: Duration,
+    /// Load run before the window, not measured.
+    pub warmup: Duration,
     /// `position` or `heartbeat`.
     pub cmd: String,
     /// Send `leave` at the end.
@@ -75,44 +80,11 @@ async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Ta
         conns.extend(l.await);
     }
     let start = shared.ready.arrive().await;
-    let end = start + o.duration;
-    let mut tasks = Vec::new();
-    for (mut s, mut r, mut w) in conns {
-        let (tally, cmd) = (tally.clone(), o.cmd.clone());
-        tasks.push(monoio::spawn(async move {
-            client::sleep_until(start).await;
-            let mut seq = 1u32;
-            let mut ok = true;
-            while Instant::now() < end {
-                seq = seq.wrapping_add(1).max(2);
-                let sent = Instant::now();
-                wire::encode_cmd(&mut w, &cmd, seq);
-                let (res, b) = client::write(&mut s, std::mem::take(&mut w)).await;
-                w = b;
-                let result = match res {
-                    Ok(()) => client::answer(&mut s, &mut r, seq, |_| {}).await,
-                    Err(e) => Err(client::Failure::io(&e)),
-                };
-                let now = Instant::now();
-                let mut t = tally.borrow_mut();
-                match result {
-                    Ok(_) => {
-                        if now <= end {
-                            t.rtt.record(now - sent);
-                            t.count("answers", 1);
-                        }
-                    }
-                    Err(f @ client::Failure::Code(_)) => t.error(f.key()),
-                    Err(f) => {
-                        t.error(f.key());
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-            ok.then_some((s, r, w, seq.wrapping_add(1).max(2)))
-        }));
-    }
+    let window = Window::new(start, o.warmup, o.duration);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|conn| monoio::spawn(closed_loop(tally.clone(), o.cmd.clone(), window, conn)))
+        .collect();
     let mut open = Vec::new();
     for task in tasks {
         open.extend(task.await);
@@ -132,4 +104,53 @@ async fn thread(c: Common, o: PingpongOpts, shared: Arc<Shared>, t: usize) -> Ta
     Rc::try_unwrap(tally)
         .map(RefCell::into_inner)
         .unwrap_or_default()
+}
+
+/// A logged-in connection: socket, reader, write buffer.
+type Conn = (monoio::net::TcpStream, client::FrameReader, bytes::BytesMut);
+
+/// One connection's closed loop over the window; gives the connection back (with the
+/// next seq) unless it failed.
+async fn closed_loop(
+    tally: Rc<RefCell<Tally>>,
+    cmd: String,
+    window: Window,
+    (mut s, mut r, mut w): Conn,
+) -> Option<(
+    monoio::net::TcpStream,
+    client::FrameReader,
+    bytes::BytesMut,
+    u32,
+)> {
+    client::sleep_until(window.start).await;
+    let end = window.end;
+    let mut seq = 1u32;
+    while Instant::now() < end {
+        seq = seq.wrapping_add(1).max(2);
+        let sent = Instant::now();
+        wire::encode_cmd(&mut w, &cmd, seq);
+        let (res, b) = client::write(&mut s, std::mem::take(&mut w)).await;
+        w = b;
+        let result = match res {
+            Ok(()) => client::answer(&mut s, &mut r, seq, |_| {}).await,
+            Err(e) => Err(client::Failure::io(&e)),
+        };
+        let now = Instant::now();
+        let mut t = tally.borrow_mut();
+        match result {
+            Ok(_) => {
+                if now <= end && window.keeps(sent) {
+                    t.rtt.record(now - sent);
+                    t.series.record(window.second(now), now - sent);
+                    t.count("answers", 1);
+                }
+            }
+            Err(f @ client::Failure::Code(_)) => t.error(f.key()),
+            Err(f) => {
+                t.error(f.key());
+                return None;
+            }
+        }
+    }
+    Some((s, r, w, seq.wrapping_add(1).max(2)))
 }

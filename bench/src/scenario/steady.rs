@@ -3,9 +3,15 @@
 //! old Go server's client pattern. Open loop: each connection has a writer that keeps
 //! the schedule and a reader that matches answers (in order) to intended send times.
 //!
+//! Beside `rtt` it reports `send_lag` (actual minus intended send time: the bench's
+//! own lateness, sub-millisecond with [`crate::pacer`]) and `rtt_from_send` (from the
+//! actual send), and the per-second series of `rtt`. `--warmup` runs the load for that
+//! long first and drops its samples.
+//!
 //! Invariants:
 //! - the RTT of a request is measured from its intended send time (coordinated
 //!   omission): a late writer or a slow server shows as latency, not as fewer samples;
+//! - a sample is dropped iff its intended send time is in the warm-up ([`Window`]);
 //! - a request still unanswered `GRACE` after the window ends counts as an error
 //!   ("no answer") and is recorded with the latency it had reached then;
 //! - logins happen before the window and `leave` after it; neither is measured.
@@ -23,6 +29,7 @@ use super::{BenchError, Common, Outcome, Phase};
 use crate::client::{self, share, Failure, Frame, FrameReader};
 use crate::pace::{Periodic, Ramp};
 use crate::report::Tally;
+use crate::series::Window;
 use crate::wire;
 
 /// How long after the window an unanswered request is given up.
@@ -37,6 +44,8 @@ pub struct SteadyOpts {
     pub interval: Duration,
     /// Length of the measured window.
     pub duration: Duration,
+    /// Load run before the window, not measured.
+    pub warmup: Duration,
     /// `position` or `heartbeat`.
     pub cmd: String,
     /// Logins per second during setup; 0 = all at once.
@@ -108,12 +117,12 @@ async fn thread(c: Common, o: SteadyOpts, shared: Arc<Shared>, t: usize) -> Tall
         players.extend(l.await);
     }
     let start = shared.ready.arrive().await;
-    let end = start + o.duration;
+    let window = Window::new(start, o.warmup, o.duration);
     let mut tasks = Vec::new();
     for (i, s, r, w) in players {
         let (tally, cmd) = (tally.clone(), o.cmd.clone());
         let sched = Periodic::spread(start, o.interval, i, o.users);
-        tasks.push(monoio::spawn(player(tally, cmd, sched, end, s, r, w)));
+        tasks.push(monoio::spawn(player(tally, cmd, sched, window, s, r, w)));
     }
     let mut halves = Vec::new();
     for task in tasks {
@@ -154,74 +163,120 @@ type Halves = (
     u32,
 );
 
+/// What a player's writer and reader share.
+#[derive(Default)]
+struct Flight {
+    /// (intended, actual) send times of the requests not yet answered, in order.
+    inflight: RefCell<VecDeque<(Instant, Instant)>>,
+    /// The writer has sent its last request (or failed).
+    writer_done: Cell<bool>,
+    /// Last seq sent.
+    sent: Cell<u32>,
+}
+
 /// One player's window: a writer on schedule and a reader matching answers.
 async fn player(
     tally: Rc<RefCell<Tally>>,
     cmd: String,
     sched: Periodic,
-    end: Instant,
+    window: Window,
     stream: monoio::net::TcpStream,
     mut reader: FrameReader,
     wbuf: BytesMut,
 ) -> Option<Halves> {
-    let (mut rd, mut wr) = stream.into_split();
-    let inflight: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
-    let writer_done = Rc::new(Cell::new(false));
-    let sent = Rc::new(Cell::new(1u32));
-    let writer = {
-        let (inflight, writer_done, sent) = (inflight.clone(), writer_done.clone(), sent.clone());
-        let tally = tally.clone();
-        monoio::spawn(async move {
-            let mut wbuf = wbuf;
-            let mut k = 0u64;
-            loop {
-                let at = sched.at(k);
-                if at >= end {
-                    break;
-                }
-                client::sleep_until(at).await;
-                let seq = sent.get().wrapping_add(1).max(2);
-                sent.set(seq);
-                inflight.borrow_mut().push_back(at);
-                // Say "done" with the last request, not after it: its answer may be
-                // read before this task runs again.
-                if sched.at(k + 1) >= end {
-                    writer_done.set(true);
-                }
-                wire::encode_cmd(&mut wbuf, &cmd, seq);
-                let (res, b) = client::write(&mut wr, wbuf).await;
-                wbuf = b;
-                if let Err(e) = res {
-                    tally.borrow_mut().error(Failure::io(&e).key());
-                    break;
-                }
-                k += 1;
-            }
-            writer_done.set(true);
-            (wr, wbuf)
-        })
-    };
-    let cutoff = end + GRACE;
-    let mut open = true;
-    while !(writer_done.get() && inflight.borrow().is_empty()) {
+    let (mut rd, wr) = stream.into_split();
+    let flight = Rc::new(Flight::default());
+    flight.sent.set(1);
+    let writer = monoio::spawn(writer(
+        tally.clone(),
+        cmd,
+        sched,
+        window.end,
+        flight.clone(),
+        wr,
+        wbuf,
+    ));
+    let open = read_answers(&tally, &window, &flight, &mut rd, &mut reader).await;
+    // Whatever is still in flight never got an answer in time.
+    let now = Instant::now();
+    for (at, sent_at) in flight.inflight.borrow_mut().drain(..) {
+        let mut t = tally.borrow_mut();
+        if window.keeps(at) {
+            t.rtt.record(now - at);
+            t.hist("send_lag").record(sent_at - at);
+        }
+        t.error("no answer");
+    }
+    let (wr, wbuf) = writer.await;
+    let seq = flight.sent.get().wrapping_add(1).max(2);
+    open.then_some((rd, wr, reader, wbuf, seq))
+}
+
+/// Sends one request at each intended time of `sched` before `end`.
+async fn writer(
+    tally: Rc<RefCell<Tally>>,
+    cmd: String,
+    sched: Periodic,
+    end: Instant,
+    flight: Rc<Flight>,
+    mut wr: monoio::net::tcp::TcpOwnedWriteHalf,
+    mut wbuf: BytesMut,
+) -> (monoio::net::tcp::TcpOwnedWriteHalf, BytesMut) {
+    let mut k = 0u64;
+    loop {
+        let at = sched.at(k);
+        if at >= end {
+            break;
+        }
+        client::sleep_until(at).await;
+        let seq = flight.sent.get().wrapping_add(1).max(2);
+        flight.sent.set(seq);
+        flight.inflight.borrow_mut().push_back((at, Instant::now()));
+        // Say "done" with the last request, not after it: its answer may be
+        // read before this task runs again.
+        if sched.at(k + 1) >= end {
+            flight.writer_done.set(true);
+        }
+        wire::encode_cmd(&mut wbuf, &cmd, seq);
+        let (res, b) = client::write(&mut wr, wbuf).await;
+        wbuf = b;
+        if let Err(e) = res {
+            tally.borrow_mut().error(Failure::io(&e).key());
+            break;
+        }
+        k += 1;
+    }
+    flight.writer_done.set(true);
+    (wr, wbuf)
+}
+
+/// Reads answers until the writer is done and every request is answered, or until
+/// `GRACE` after the window; false when the connection failed.
+async fn read_answers(
+    tally: &RefCell<Tally>,
+    window: &Window,
+    flight: &Flight,
+    rd: &mut monoio::net::tcp::TcpOwnedReadHalf,
+    reader: &mut FrameReader,
+) -> bool {
+    let cutoff = window.end + GRACE;
+    while !(flight.writer_done.get() && flight.inflight.borrow().is_empty()) {
         let next = monoio::time::timeout(
             cutoff.saturating_duration_since(Instant::now()),
-            reader.next(&mut rd),
+            reader.next(rd),
         )
         .await;
         let len = match next {
             Ok(Ok(Some(len))) => len,
             Ok(Ok(None)) => {
                 tally.borrow_mut().error(Failure::Closed(None).key());
-                open = false;
-                break;
+                return false;
             }
             Ok(Err(e)) => {
                 tally.borrow_mut().error(Failure::io(&e).key());
-                open = false;
-                break;
+                return false;
             }
-            Err(_) => break,
+            Err(_) => return true,
         };
         let frame = client::classify(reader.body(len));
         reader.consume(len);
@@ -229,12 +284,15 @@ async fn player(
         let mut t = tally.borrow_mut();
         match frame {
             Ok(Frame::Answer { code, .. }) => {
-                let Some(at) = inflight.borrow_mut().pop_front() else {
+                let Some((at, sent_at)) = flight.inflight.borrow_mut().pop_front() else {
                     t.error("answer to nothing");
                     continue;
                 };
-                t.rtt.record(now - at);
-                t.count("answers", 1);
+                if window.keeps(at) {
+                    record(&mut t, window, at, sent_at, now);
+                } else {
+                    t.count("warmup_answers", 1);
+                }
                 if code != 0 {
                     t.error(wire::code_key(code));
                 }
@@ -244,13 +302,15 @@ async fn player(
             Err(f) => t.error(f.key()),
         }
     }
-    // Whatever is still in flight never got an answer in time.
-    let now = Instant::now();
-    for at in inflight.borrow_mut().drain(..) {
-        let mut t = tally.borrow_mut();
-        t.rtt.record(now - at);
-        t.error("no answer");
-    }
-    let (wr, wbuf) = writer.await;
-    open.then(|| (rd, wr, reader, wbuf, sent.get().wrapping_add(1).max(2)))
+    true
+}
+
+/// Records one measured answer: its RTT from the intended send (and in its second of
+/// the series), the send lag, and the RTT from the actual send.
+fn record(t: &mut Tally, window: &Window, at: Instant, sent_at: Instant, now: Instant) {
+    t.rtt.record(now - at);
+    t.series.record(window.second(now), now - at);
+    t.hist("send_lag").record(sent_at - at);
+    t.hist("rtt_from_send").record(now - sent_at);
+    t.count("answers", 1);
 }

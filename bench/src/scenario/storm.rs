@@ -1,7 +1,8 @@
 //! `storm`: N players connect and log in, all at once or ramped at R per second.
 //! Reports logins per second achieved, the login RTT, the TCP connect time, and the time
 //! from each player's intended connect time to its first position (the login answer
-//! carries it), which is the scenario's main latency.
+//! carries it), which is the scenario's main latency; `send_lag` is the bench's own
+//! lateness (connect started minus intended connect time).
 //!
 //! Invariants:
 //! - connect times come from a [`Ramp`] fixed at start: a slow server delays answers,
@@ -107,6 +108,10 @@ type Held = (monoio::net::TcpStream, FrameReader, BytesMut);
 async fn player(c: &Common, shared: &Shared, tally: &RefCell<Tally>, i: u64) -> Option<Held> {
     let intended = shared.ramp.at(i);
     client::sleep_until(intended).await;
+    tally
+        .borrow_mut()
+        .hist("send_lag")
+        .record(Instant::now() - intended);
     let mut stream = match client::connect(c.player, c.source(i)).await {
         Ok(s) => s,
         Err(e) => {
