@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-/// Result code of a response (PROTOCOL.md 1.3); the discriminant is the wire value.
+/// Result code of a response (docs/protocol.md 1.3); the discriminant is the wire value.
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
@@ -35,7 +35,7 @@ pub enum Code {
 }
 
 impl Code {
-    /// The name used in PROTOCOL.md, e.g. `"BAD_FRAME"`.
+    /// The name used in docs/protocol.md, e.g. `"BAD_FRAME"`.
     pub fn name(self) -> &'static str {
         match self {
             Code::Ok => "OK",
