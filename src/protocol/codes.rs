@@ -78,7 +78,7 @@ pub enum BadRequest {
     NotObject,
     /// Objects/arrays nested deeper than allowed.
     TooDeep {
-        /// The deepest nesting accepted ([`MAX_JSON_DEPTH`]).
+        /// The deepest nesting accepted ([`super::MAX_JSON_DEPTH`]).
         max_depth: u32,
     },
     /// The envelope has no `cmd`.

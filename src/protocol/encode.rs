@@ -89,7 +89,7 @@ fn finish(out: &mut BytesMut, start: usize) {
     end_frame(out, start);
 }
 
-/// Error response: `data` is `{}`. `cmd` is echoed from the request (see [`Cmd::as_str`]).
+/// Error response: `data` is `{}`. `cmd` is echoed from the request (see [`super::Cmd::as_str`]).
 pub fn encode_error(out: &mut BytesMut, cmd: &str, seq: u32, code: Code, msg: &str) {
     debug_assert_ne!(code, Code::Ok, "encode_error with code OK");
     let start = begin(out, cmd, seq, code, msg);

@@ -1,8 +1,8 @@
 //! Admission tokens signed by this server ([`TokenSigner`], docs/protocol.md section 2) and
 //! login tickets signed by the game's account service ([`TicketVerifier`], section 1.7).
 //!
-//! Layout: [`signer`] (admission tokens and the JWKS), [`ticket`] (login tickets),
-//! [`bounds`] (the size and depth limits every untrusted token passes first); this
+//! Layout: `signer` (admission tokens and the JWKS), `ticket` (login tickets),
+//! `bounds` (the size and depth limits every untrusted token passes first); this
 //! module holds the error types, the verified results and the helpers both sides share,
 //! and re-exports the public API so callers name everything as `token::X`.
 //!
