@@ -362,6 +362,17 @@ fn spawn_core(core: Core, pin: Option<core_affinity::CoreId>) -> std::io::Result
         })
 }
 
+/// The one line saying the server is up, and where.
+fn log_listening(player: SocketAddr, control: SocketAddr, loops: usize, legacy: bool) {
+    tracing::info!(
+        player = %player,
+        control = %control,
+        loops,
+        driver = if legacy { "legacy (epoll)" } else { "io_uring" },
+        "queue-server listening"
+    );
+}
+
 impl ServerHandle {
     /// Starts everything; returns once all listeners are bound and threads running.
     /// Steps: keys, queue state (a recovery error fails with nothing bound or running),
@@ -415,13 +426,7 @@ impl ServerHandle {
         for setup in wiring.setups {
             loops.push(io_loop::spawn(setup)?);
         }
-        tracing::info!(
-            player = %player_addr,
-            control = %control_addr,
-            loops = n,
-            driver = if placement.legacy { "legacy (epoll)" } else { "io_uring" },
-            "queue-server listening"
-        );
+        log_listening(player_addr, control_addr, n, placement.legacy);
         Ok(ServerHandle {
             player_addr,
             control_addr,
