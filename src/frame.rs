@@ -1,4 +1,4 @@
-//! Framing of the player port (PROTOCOL.md 1.1): a 4-byte big-endian body length, then
+//! Framing of the player port (docs/protocol.md 1.1): a 4-byte big-endian body length, then
 //! the body.
 //!
 //! Owns: deciding whether the front of a read buffer holds a whole frame, and writing

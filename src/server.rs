@@ -25,8 +25,8 @@ use crate::io_loop::{self, LoopConfig, LoopSetup};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
 use crate::queue::core::{Core, CoreTiming, LoopLink};
-use crate::queue::durability::{self, DurabilityStatus, RecoveryError};
-use crate::queue::state::Limits;
+use crate::queue::durability::{self, Durability, DurabilityStatus, RecoveryError};
+use crate::queue::state::{Limits, QueueState};
 use crate::stats::{LoopStats, ServerStats};
 use crate::token::{TicketVerifier, TokenSigner};
 
@@ -157,56 +157,62 @@ fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListene
     Ok(listeners)
 }
 
-impl ServerHandle {
-    /// Starts everything; returns once all listeners are bound and threads running.
-    pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
-        let (signer, generated) = TokenSigner::from_config(&config.tokens)
-            .map_err(|e| StartError::Keys(e.to_string()))?;
-        if generated && config.durability.enabled() {
-            tracing::error!("durability is on but no tokens.key is configured: the generated signing key dies with the process, so after a restart the queue is recovered but every token issued before it fails verification; configure tokens.key");
-        } else if generated {
-            tracing::warn!("no tokens.key configured: generated a signing key; admission tokens will not survive a restart");
-        }
-        let signer = Arc::new(signer);
-        let tickets = Arc::new(
-            TicketVerifier::from_config(&config.auth)
-                .map_err(|e| StartError::Keys(e.to_string()))?,
-        );
-        if config.auth.mode == AuthMode::None {
-            tracing::warn!("auth.mode = \"none\": any user_id is accepted (development only)");
-        }
+/// Loads the token signer and the ticket verifier, warning about development settings
+/// (a generated signing key, `auth.mode = "none"`).
+fn load_keys(config: &Config) -> Result<(Arc<TokenSigner>, Arc<TicketVerifier>), StartError> {
+    let (signer, generated) =
+        TokenSigner::from_config(&config.tokens).map_err(|e| StartError::Keys(e.to_string()))?;
+    if generated && config.durability.enabled() {
+        tracing::error!("durability is on but no tokens.key is configured: the generated signing key dies with the process, so after a restart the queue is recovered but every token issued before it fails verification; configure tokens.key");
+    } else if generated {
+        tracing::warn!("no tokens.key configured: generated a signing key; admission tokens will not survive a restart");
+    }
+    let tickets =
+        TicketVerifier::from_config(&config.auth).map_err(|e| StartError::Keys(e.to_string()))?;
+    if config.auth.mode == AuthMode::None {
+        tracing::warn!("auth.mode = \"none\": any user_id is accepted (development only)");
+    }
+    Ok((Arc::new(signer), Arc::new(tickets)))
+}
 
-        // The queue state (recovered from durability.dir when set) comes first, so a
-        // recovery error fails the start with nothing bound or running.
-        let queues: Vec<(String, u64, f64)> = config
-            .queues
-            .list
-            .iter()
-            .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
-            .collect();
-        let limits = Limits::from_config(config);
-        let (state, wal) = durability::open(
-            &config.durability,
-            limits,
-            &queues,
-            crate::queue::core::unix_ms(),
-        )
-        .map_err(StartError::Recovery)?;
-        let durability = wal.as_ref().map(|w| w.status());
+/// The queue state, recovered from `durability.dir` when set, and its write-ahead log.
+fn recover_state(config: &Config) -> Result<(QueueState, Option<Durability>), StartError> {
+    let queues: Vec<(String, u64, f64)> = config
+        .queues
+        .list
+        .iter()
+        .map(|q| (q.name.clone(), q.max_waiting, q.admit_rate_per_s))
+        .collect();
+    durability::open(
+        &config.durability,
+        Limits::from_config(config),
+        &queues,
+        crate::queue::core::unix_ms(),
+    )
+    .map_err(StartError::Recovery)
+}
 
-        let n = config.loop_count();
-        let listeners = bind_listeners(config.server.listen, n)?;
-        let player_addr = listeners[0].local_addr()?;
+/// Where threads run and which driver the io loops use.
+struct Placement {
+    /// CPU cores to pin to, round-robin (empty: no pinning).
+    cores: Vec<core_affinity::CoreId>,
+    /// The io loops use the legacy epoll driver.
+    legacy: bool,
+    /// `server.driver = "auto"`: a loop whose io_uring fails falls back to epoll.
+    fallback: bool,
+}
 
+impl Placement {
+    /// Detects the cores and the driver for `loops` io loops.
+    fn detect(config: &Config, loops: usize) -> Placement {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        if !cores.is_empty() && n > cores.len() {
+        if !cores.is_empty() && loops > cores.len() {
             tracing::warn!(
-                loops = n,
+                loops,
                 cores = cores.len(),
                 "more io loops than cores: pinning round-robin"
             );
         }
-        let pin = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
         let legacy = match config.server.driver {
             Driver::Legacy => true,
             Driver::IoUring => false,
@@ -220,45 +226,173 @@ impl ServerHandle {
                 missing
             }
         };
-        let fallback = config.server.driver == Driver::Auto;
+        Placement {
+            cores,
+            legacy,
+            fallback: config.server.driver == Driver::Auto,
+        }
+    }
+
+    /// The core thread `i` is pinned to (loops are 0..n, the queue core is n).
+    fn pin(&self, i: usize) -> Option<core_affinity::CoreId> {
+        (!self.cores.is_empty()).then(|| self.cores[i % self.cores.len()])
+    }
+}
+
+/// What every io loop shares.
+struct LoopShared {
+    /// Per-loop counters (all loops, indexed by loop id).
+    stats: Arc<Vec<LoopStats>>,
+    /// Login ticket checks.
+    tickets: Arc<TicketVerifier>,
+    /// Connection caps (total and per IP).
+    limits: Arc<ConnLimits>,
+    /// Set while draining.
+    draining: Arc<AtomicBool>,
+}
+
+impl LoopShared {
+    /// Counters for `loops` loops and the connection caps (bounded by the descriptor limit).
+    fn new(
+        config: &Config,
+        loops: usize,
+        tickets: Arc<TicketVerifier>,
+        draining: Arc<AtomicBool>,
+    ) -> LoopShared {
+        LoopShared {
+            stats: Arc::new(
+                (0..loops)
+                    .map(|_| LoopStats::new(config.queues.max_queues))
+                    .collect(),
+            ),
+            tickets,
+            limits: Arc::new(ConnLimits::new(
+                connection_budget(config.server.max_connections, loops),
+                config.server.max_connections_per_ip,
+            )),
+            draining,
+        }
+    }
+}
+
+/// The channels between the core and the loops, and each loop's setup.
+struct LoopWiring {
+    /// The core's handle on each loop.
+    links: Vec<LoopLink>,
+    /// Each loop's event channel and bell, kept by the handle for the shutdown signal.
+    loop_links: Vec<(Sender<LoopEvent>, Bell)>,
+    /// One setup per listener, ready to spawn.
+    setups: Vec<LoopSetup>,
+}
+
+/// Creates each loop's event channel and doorbell and its setup, before any loop runs.
+fn wire_loops(
+    config: &Config,
+    listeners: Vec<std::net::TcpListener>,
+    core_tx: &Sender<CoreMsg>,
+    shared: &LoopShared,
+    placement: &Placement,
+) -> Result<LoopWiring, StartError> {
+    let n = listeners.len();
+    let mut wiring = LoopWiring {
+        links: Vec::with_capacity(n),
+        loop_links: Vec::with_capacity(n),
+        setups: Vec::with_capacity(n),
+    };
+    let loop_cfg = LoopConfig::from_config(config);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded(config.core.loop_channel_capacity);
+        let (bell, bell_rx) = doorbell::pair()?;
+        wiring.loop_links.push((tx.clone(), bell.try_clone()?));
+        wiring.links.push(LoopLink { tx, bell });
+        wiring.setups.push(LoopSetup {
+            id: i as u16,
+            listener,
+            events: rx,
+            bell: bell_rx,
+            core: core_tx.clone(),
+            stats: shared.stats.clone(),
+            tickets: shared.tickets.clone(),
+            limits: shared.limits.clone(),
+            draining: shared.draining.clone(),
+            cfg: loop_cfg.clone(),
+            pin: placement.pin(i),
+            legacy: placement.legacy,
+            fallback: placement.fallback,
+        });
+    }
+    Ok(wiring)
+}
+
+/// Starts the control thread on `control.listen`.
+fn start_control(
+    config: &Config,
+    ctx: ControlContext,
+    stop: Arc<AtomicBool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    control::spawn(config.control.listen, ctx, stop).map_err(|source| StartError::Bind {
+        addr: config.control.listen,
+        source,
+    })
+}
+
+/// The core's tick and resync periods from `[core]`.
+fn core_timing(config: &Config) -> CoreTiming {
+    CoreTiming {
+        tick: Duration::from_millis(config.core.tick_ms),
+        resync: Duration::from_secs(config.core.resync_secs),
+    }
+}
+
+/// Starts the queue core on its own (pinned) thread.
+fn spawn_core(core: Core, pin: Option<core_affinity::CoreId>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("queue-core".into())
+        .spawn(move || {
+            if let Some(c) = pin {
+                core_affinity::set_for_current(c);
+            }
+            // The core owns every queue: if it dies, no login or admission can be
+            // answered any more. Crash loudly so a supervisor restarts the server.
+            let run = std::panic::AssertUnwindSafe(|| core.run());
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!("queue core panicked: aborting the process");
+                std::process::abort();
+            }
+        })
+}
+
+/// The one line saying the server is up, and where.
+fn log_listening(player: SocketAddr, control: SocketAddr, loops: usize, legacy: bool) {
+    tracing::info!(
+        player = %player,
+        control = %control,
+        loops,
+        driver = if legacy { "legacy (epoll)" } else { "io_uring" },
+        "queue-server listening"
+    );
+}
+
+impl ServerHandle {
+    /// Starts everything; returns once all listeners are bound and threads running.
+    /// Steps: keys, queue state (a recovery error fails with nothing bound or running),
+    /// listeners and placement, loop wiring, control, core, loops.
+    pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+        let (signer, tickets) = load_keys(config)?;
+        let (state, wal) = recover_state(config)?;
+        let durability = wal.as_ref().map(|w| w.status());
+
+        let n = config.loop_count();
+        let listeners = bind_listeners(config.server.listen, n)?;
+        let player_addr = listeners[0].local_addr()?;
+        let placement = Placement::detect(config, n);
 
         let draining = Arc::new(AtomicBool::new(false));
-        let limits = Arc::new(ConnLimits::new(
-            connection_budget(config.server.max_connections, n),
-            config.server.max_connections_per_ip,
-        ));
-        let stats: Arc<Vec<LoopStats>> = Arc::new(
-            (0..n)
-                .map(|_| LoopStats::new(config.queues.max_queues))
-                .collect(),
-        );
+        let shared = LoopShared::new(config, n, tickets, draining.clone());
+        let stats = shared.stats.clone();
         let server_stats = Arc::new(ServerStats::default());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
-        let mut links = Vec::with_capacity(n);
-        let mut loop_links = Vec::with_capacity(n);
-        let mut setups = Vec::with_capacity(n);
-        let loop_cfg = LoopConfig::from_config(config);
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::bounded(config.core.loop_channel_capacity);
-            let (bell, bell_rx) = doorbell::pair()?;
-            loop_links.push((tx.clone(), bell.try_clone()?));
-            links.push(LoopLink { tx, bell });
-            setups.push(LoopSetup {
-                id: i as u16,
-                listener,
-                events: rx,
-                bell: bell_rx,
-                core: core_tx.clone(),
-                stats: stats.clone(),
-                tickets: tickets.clone(),
-                limits: limits.clone(),
-                draining: draining.clone(),
-                cfg: loop_cfg.clone(),
-                pin: pin(i),
-                legacy,
-                fallback,
-            });
-        }
+        let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement)?;
 
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
@@ -272,49 +406,27 @@ impl ServerHandle {
             core_round_ms: core_round_ms.clone(),
             server_stats: server_stats.clone(),
         };
-        let (control_addr, control) =
-            control::spawn(config.control.listen, ctx, control_stop.clone()).map_err(|source| {
-                StartError::Bind {
-                    addr: config.control.listen,
-                    source,
-                }
-            })?;
+        let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 
-        let timing = CoreTiming {
-            tick: Duration::from_millis(config.core.tick_ms),
-            resync: Duration::from_secs(config.core.resync_secs),
-        };
-        let core = Core::new(state, signer, core_rx, links, timing, draining.clone())
-            .with_durability(wal)
-            .with_round_clock(core_round_ms)
-            .with_stats(server_stats, stats.clone());
-        let core_pin = pin(n);
-        let core = std::thread::Builder::new()
-            .name("queue-core".into())
-            .spawn(move || {
-                if let Some(c) = core_pin {
-                    core_affinity::set_for_current(c);
-                }
-                // The core owns every queue: if it dies, no login or admission can be
-                // answered any more. Crash loudly so a supervisor restarts the server.
-                let run = std::panic::AssertUnwindSafe(|| core.run());
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("queue core panicked: aborting the process");
-                    std::process::abort();
-                }
-            })?;
+        let timing = core_timing(config);
+        let core = Core::new(
+            state,
+            signer,
+            core_rx,
+            wiring.links,
+            timing,
+            draining.clone(),
+        )
+        .with_durability(wal)
+        .with_round_clock(core_round_ms)
+        .with_stats(server_stats, stats.clone());
+        let core = spawn_core(core, placement.pin(n))?;
 
         let mut loops = Vec::with_capacity(n);
-        for setup in setups {
+        for setup in wiring.setups {
             loops.push(io_loop::spawn(setup)?);
         }
-        tracing::info!(
-            player = %player_addr,
-            control = %control_addr,
-            loops = n,
-            driver = if legacy { "legacy (epoll)" } else { "io_uring" },
-            "queue-server listening"
-        );
+        log_listening(player_addr, control_addr, n, placement.legacy);
         Ok(ServerHandle {
             player_addr,
             control_addr,
@@ -323,7 +435,7 @@ impl ServerHandle {
             draining,
             control_stop,
             core_tx,
-            loop_links,
+            loop_links: wiring.loop_links,
             loops,
             core: Some(core),
             control: Some(control),

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{start, start_cores, TestServer};
+use std::time::{Duration, Instant};
+
+use common::{start, start_cores, Client, TestServer};
 use serde_json::{json, Value};
 
 /// Short push interval so pushes arrive quickly in tests.
@@ -123,6 +125,23 @@ fn duplicate_login_kicks_the_older_connection_and_keeps_the_place() {
     assert_eq!(s.queue_stats("default")["waiting"], 2);
 }
 
+/// Polls `/v1/stats` until the server counts `n` open player connections.
+fn wait_connections(s: &TestServer, n: u64) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let (status, body) = s.http("GET", "/v1/stats", None);
+        assert_eq!(status, 200, "{body}");
+        if body["connections"] == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} connections: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn reconnect_within_grace_resumes_the_place() {
     let s = start(FAST);
@@ -130,10 +149,15 @@ fn reconnect_within_grace_resumes_the_place() {
     let (b, _) = s.player(2);
     let (mut c, _) = s.player(3);
     drop(b);
+    // Wait until B's loop has seen the close: it told the core (grace starts) before it
+    // stopped counting the connection. Logging in earlier could take the duplicate-login
+    // path instead, which also answers `resumed: true`.
+    wait_connections(&s, 2);
     // B is in grace: C does not move, and B's place is still counted.
+    assert_eq!(s.queue_stats("default")["waiting"], 3);
     let (_b2, again) = s.player(2);
-    assert_eq!(again["data"]["resumed"], true);
-    assert_eq!(again["data"]["position"], 2);
+    assert_eq!(again["data"]["resumed"], true, "{again}");
+    assert_eq!(again["data"]["position"], 2, "{again}");
     assert_eq!(c.request("position", 2, json!({}))["data"]["position"], 3);
 }
 
@@ -386,25 +410,130 @@ fn rate_driven_admission() {
     assert!(stats["admit_rate_per_s"].as_f64().unwrap() > 0.0);
 }
 
+/// A player logged in to queue `queue`.
+fn player_in(s: &TestServer, user: u64, queue: &str) -> Client {
+    let mut c = s.client();
+    let v = c.request("login", 1, json!({"user_id": user, "queue": queue}));
+    assert_eq!(v["code"], 0, "login of {user} to {queue}: {v}");
+    c
+}
+
 #[test]
 fn pause_stops_rate_admission() {
-    let s = start(FAST);
-    let (_p, _) = s.player(1);
+    // Two queues: `default` is paused, `probe` admits one player every five ticks. The
+    // probe's admissions prove that many ticks ran while `default` was paused with a
+    // rate that would have admitted all of its players at the first one.
+    let s = start(
+        "[server]\npush_interval_ms = 20\n[core]\ntick_ms = 10\n\
+         [[queues.list]]\nname = \"default\"\n[[queues.list]]\nname = \"probe\"\n",
+    );
+    let mut waiting: Vec<Client> = (1..=3).map(|u| s.player(u).0).collect();
+    let mut probes: Vec<Client> = (101..=105).map(|u| player_in(&s, u, "probe")).collect();
     let (status, _) = s.http("POST", "/v1/queues/default/pause", None);
     assert_eq!(status, 200);
-    s.http(
-        "PUT",
-        "/v1/queues/default/rate",
-        Some(json!({"per_second": 1000})),
-    );
+    let rate = |q: &str, per_second: u64| {
+        let path = format!("/v1/queues/{q}/rate");
+        let (status, body) = s.http("PUT", &path, Some(json!({"per_second": per_second})));
+        assert_eq!(status, 200, "{body}");
+    };
+    rate("default", 1000);
+    rate("probe", 20);
+    for p in &mut probes {
+        p.next_cmd("admitted");
+    }
+    s.wait_stats("probe", "5 probes admitted", |q| q["admitted_total"] == 5);
     let stats = s.queue_stats("default");
     assert_eq!(stats["paused"], true);
+    assert_eq!(stats["admitted_total"], 0, "admitted while paused: {stats}");
+    assert_eq!(stats["waiting"], 3, "{stats}");
+
     // Manual admission still works while paused.
     let body = admit(&s, 1);
     assert_eq!(body["admitted"].as_array().unwrap().len(), 1);
+    waiting[0].next_cmd("admitted");
+
+    // Resumed: the rate admits the other two.
     let (status, _) = s.http("POST", "/v1/queues/default/resume", None);
     assert_eq!(status, 200);
     assert_eq!(s.queue_stats("default")["paused"], false);
+    for p in &mut waiting[1..] {
+        p.next_cmd("admitted");
+    }
+    s.wait_stats("default", "all admitted", |q| q["admitted_total"] == 3);
+}
+
+/// Sends `position` requests until the answer says `expected`, collecting the positions
+/// of the pushes that arrive meanwhile (a push is written before a later answer).
+fn ask_position_until(p: &mut Client, expected: u64, seq: &mut u32, pushes: &mut Vec<u64>) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        *seq += 1;
+        p.send(&json!({"cmd": "position", "seq": *seq}));
+        let answer = loop {
+            let v = p.next();
+            if v["seq"] == 0 {
+                assert_eq!(v["cmd"], "position", "unexpected push {v}");
+                pushes.push(v["data"]["position"].as_u64().unwrap());
+            } else {
+                assert_eq!(v["seq"], *seq, "{v}");
+                break v;
+            }
+        };
+        if answer["data"]["position"] == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "position stuck at {answer}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn position_pushes_are_throttled_to_one_per_interval() {
+    // The login answer starts the push interval; at 100 s no push may follow it during
+    // this test, however often the position changes.
+    let s = start("[server]\npush_interval_ms = 100000\n");
+    let _ahead: Vec<Client> = (1..=10).map(|u| s.player(u).0).collect();
+    let (mut p, login) = s.player(11);
+    assert_eq!(login["data"]["position"], 11);
+    let (mut seq, mut pushes, mut admitted) = (1, Vec::new(), 0);
+    for _batch in 0..5 {
+        admitted += admit(&s, 2)["admitted"].as_array().unwrap().len() as u64;
+        // The loop has applied this batch once the (local) answer shows it.
+        ask_position_until(&mut p, 11 - admitted, &mut seq, &mut pushes);
+    }
+    assert_eq!(admitted, 10);
+    assert_eq!(pushes, Vec::<u64>::new(), "pushed within one interval");
+}
+
+#[test]
+fn deferred_position_push_carries_the_latest_value() {
+    let s = start(FAST);
+    let _ahead: Vec<Client> = (1..=10).map(|u| s.player(u).0).collect();
+    let (mut p, _) = s.player(11);
+    for _batch in 0..5 {
+        admit(&s, 2);
+    }
+    // Pushes until the latest position: each newer than the one before, at most one
+    // per change the loop saw (5 batches), and the last one is the latest value.
+    let mut pushes = Vec::new();
+    loop {
+        let v = p.next();
+        assert_eq!(
+            (v["cmd"].as_str(), v["seq"].as_u64()),
+            (Some("position"), Some(0)),
+            "{v}"
+        );
+        let position = v["data"]["position"].as_u64().unwrap();
+        pushes.push(position);
+        if position == 1 {
+            break;
+        }
+    }
+    assert!(
+        pushes.windows(2).all(|w| w[0] > w[1]),
+        "out of order: {pushes:?}"
+    );
+    assert!(pushes.len() <= 5, "more pushes than changes: {pushes:?}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The HTTP control port (PROTOCOL.md section 3): a thread named `control` that owns a
+//! The HTTP control port (docs/protocol.md section 3): a thread named `control` that owns a
 //! tokio current-thread runtime and serves the port with hyper + axum, one task per
 //! connection. Queue state is only ever reached through the core, with a
 //! [`ControlReq`] and a bounded wait for its [`ControlReply`].

@@ -1,4 +1,4 @@
-//! Answers control requests: the axum router of PROTOCOL.md section 3 plus `/readyz`,
+//! Answers control requests: the axum router of docs/protocol.md section 3 plus `/readyz`,
 //! the gate every request passes first (API key, declared body size, whole-request
 //! deadline) and the handlers (answer shapes are in `shapes`).
 //!

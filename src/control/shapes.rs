@@ -1,4 +1,4 @@
-//! The JSON shapes of the control API's answers (PROTOCOL.md section 3), built from
+//! The JSON shapes of the control API's answers (docs/protocol.md section 3), built from
 //! the core's plain values.
 //!
 //! Invariants: field names are exactly the contract's; numbers are finite (JSON has no
