@@ -40,6 +40,8 @@ pub struct Config {
     pub durability: DurabilityConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The per-player journal behind `GET /v1/users/{user_id}`.
+    pub journal: JournalConfig,
 }
 
 /// `[server]`: the player port.
@@ -228,6 +230,23 @@ pub enum FsyncPolicy {
     /// Never (the OS writes back); records still reach the OS before any answer.
     None,
 }
+
+/// `[journal]`: what the queue core remembers per player (see `queue::journal`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Keep a journal per player; off: `GET /v1/users/{user_id}` answers 501.
+    pub enabled: bool,
+    /// Most players journaled; past it the least recently active journal is evicted.
+    pub players_max: usize,
+    /// Most events kept per player (the oldest go first), 1..=[`JOURNAL_EVENTS_MAX`].
+    pub events_per_player: usize,
+}
+
+/// Largest `journal.events_per_player`.
+pub const JOURNAL_EVENTS_MAX: usize = 256;
+/// Largest `journal.players_max` (some 1.5 KB each when full: about 15 GB).
+pub const JOURNAL_PLAYERS_MAX: usize = 10_000_000;
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -449,6 +468,19 @@ impl Config {
             return Err(err(
                 "durability.snapshot_interval_secs",
                 "must be at least 1",
+            ));
+        }
+        let j = &self.journal;
+        if j.players_max == 0 || j.players_max > JOURNAL_PLAYERS_MAX {
+            return Err(err(
+                "journal.players_max",
+                format!("must be in 1..={JOURNAL_PLAYERS_MAX}"),
+            ));
+        }
+        if j.events_per_player == 0 || j.events_per_player > JOURNAL_EVENTS_MAX {
+            return Err(err(
+                "journal.events_per_player",
+                format!("must be in 1..={JOURNAL_EVENTS_MAX}"),
             ));
         }
         Ok(())

@@ -286,6 +286,7 @@ impl ServerHandle {
         };
         let core = Core::new(state, signer, core_rx, links, timing, draining.clone())
             .with_durability(wal)
+            .with_journal(crate::queue::journal::Journal::from_config(&config.journal))
             .with_round_clock(core_round_ms)
             .with_stats(server_stats, stats.clone());
         let core_pin = pin(n);
