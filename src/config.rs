@@ -245,7 +245,8 @@ pub struct JournalConfig {
 
 /// Largest `journal.events_per_player`.
 pub const JOURNAL_EVENTS_MAX: usize = 256;
-/// Largest `journal.players_max` (some 1.5 KB each when full: about 15 GB).
+/// Largest `journal.players_max` (a bound against typos: at 1.2 KB a player with full
+/// rings of 32 events, 10 million players are some 12 GB).
 pub const JOURNAL_PLAYERS_MAX: usize = 10_000_000;
 
 /// `[log]`.
@@ -694,6 +695,50 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         let e = Config::from_toml_str("[log]\nformat = \"xml\"\n").unwrap_err();
         assert_eq!(e.key, "log.format");
+    }
+
+    #[test]
+    fn journal_is_on_by_default_and_bounded() {
+        let j = Config::default().journal;
+        assert!(j.enabled);
+        assert_eq!((j.players_max, j.events_per_player), (100_000, 32));
+        let c = Config::from_toml_str(
+            "[journal]
+enabled = false
+events_per_player = 256
+",
+        )
+        .unwrap();
+        assert!(!c.journal.enabled);
+        assert_eq!(c.journal.events_per_player, 256);
+        for (toml, key) in [
+            (
+                "[journal]
+events_per_player = 257
+",
+                "journal.events_per_player",
+            ),
+            (
+                "[journal]
+events_per_player = 0
+",
+                "journal.events_per_player",
+            ),
+            (
+                "[journal]
+players_max = 0
+",
+                "journal.players_max",
+            ),
+            (
+                "[journal]
+players_max = 10000001
+",
+                "journal.players_max",
+            ),
+        ] {
+            assert_eq!(Config::from_toml_str(toml).unwrap_err().key, key, "{toml}");
+        }
     }
 
     #[test]

@@ -14,7 +14,11 @@
 //!   disconnect from any other (older, kicked) connection changes nothing. The newest
 //!   login holds (an older connection still open is kicked `duplicate_login`);
 //! - a grant whose token an HTTP `admit` answer returned is never given up by `leave`:
-//!   only its use or its expiry ends it (the login server may already hold it).
+//!   only its use, its expiry or an operator's [`Op::Remove`] ends it (the login server
+//!   may already hold it);
+//! - [`Op::Remove`] is the one op that takes a place or grant from outside its
+//!   connection: the place departs (`Departed`, counted in `left_total`) or the grant is
+//!   voided (its `jti` marked used), and the connection holding it is kicked `removed`.
 //! - queue ids are slots of the queue table. An auto-created queue that stays empty
 //!   (nobody waiting or in grace, no unused grant) expires by [`Op::ExpireQueue`]: its
 //!   memory is freed and its slot becomes a tombstone. A tombstone of a queue that never
