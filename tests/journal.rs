@@ -216,3 +216,30 @@ fn api_key_required_and_journal_off_answers_501() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(p.next_cmd("kicked")["data"]["reason"], "removed");
 }
+
+/// A disconnected player whose reconnect grace runs out: the journal shows the
+/// disconnect, then the expiry, and the state is unknown.
+#[test]
+fn the_journal_shows_grace_running_out() {
+    let s = common::start("[server]\nreconnect_grace_secs = 0\n");
+    let (mut p, _) = s.player(3);
+    let answer = p.request("position", 2, json!({}));
+    assert_eq!(answer["data"]["position"], 1);
+    drop(p);
+    let body = wait_journal(&s, 3, "grace expiry", |b| {
+        !events(b, "grace_expired").is_empty()
+    });
+    assert_eq!(body["state"], "unknown", "{body}");
+    assert_eq!(body["positions"]["answered"], 1, "{body}");
+    let order: Vec<&str> = body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        order,
+        ["connected", "logged_in", "disconnected", "grace_expired"],
+        "{body}"
+    );
+}

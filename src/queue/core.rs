@@ -32,8 +32,9 @@
 //!   a lock): the per-op path is unchanged;
 //! - with a [`Journal`] (`[journal] enabled`), the core records into it where it already
 //!   handles a fact (join answers at flush, disconnects with their `SessionReport`,
-//!   leaves, admissions, kicks, token uses, removals): a few map operations per such op,
-//!   bounded memory, nothing per frame; without one, one branch per op;
+//!   grace expiries, leaves, admissions, kicks, token uses, removals): a few map
+//!   operations per such op, bounded memory, nothing per frame; without one, one
+//!   branch per op;
 //! - once the log fails the core is *degraded* for good: it applies nothing more,
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
@@ -506,6 +507,11 @@ impl Core {
                             expires_at: exp,
                         },
                     ));
+                }
+            }
+            Event::GraceExpired { queue, user } => {
+                if let Some(journal) = &mut self.journal {
+                    journal.record(queue, user, now_ms, What::GraceExpired);
                 }
             }
             Event::Kick {

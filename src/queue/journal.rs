@@ -8,7 +8,8 @@
 //! Where the facts come from (no message per frame):
 //! - core-side facts are recorded where the core applies them: a login (position answered,
 //!   lane, or resumed), a kick the core causes (`duplicate_login`, `removed`), an
-//!   admission (`jti`), a token use, a `leave`, an operator's removal;
+//!   admission (`jti`), a token use, a `leave`, a reconnect grace running out, an
+//!   operator's removal;
 //! - loop-side facts travel with messages the loop sends anyway: the peer address and
 //!   loop with `CoreMsg::Join`, and with `CoreMsg::Disconnect` a `SessionReport` (how
 //!   many `position` answers and pushes the session sent, the last value, and the reason
@@ -92,6 +93,8 @@ pub enum What {
     },
     /// The player sent `leave`.
     Left,
+    /// Reconnect grace ran out: the place is gone.
+    GraceExpired,
     /// An operator removed the player (`DELETE /v1/queues/{q}/players/{user_id}`).
     Removed {
         /// What it held: `waiting`, `grace`, `admitted`.
@@ -325,8 +328,8 @@ pub struct PositionCounts {
 pub struct EventOut {
     /// When, unix ms.
     pub at_ms: u64,
-    /// `connected`, `logged_in`, `resumed`, `refused`, `disconnected`, `kicked`,
-    /// `admitted`, `token_verified`, `left`, `removed`.
+    /// `connected`, `logged_in`, `resumed`, `refused`, `disconnected`,
+    /// `grace_expired`, `kicked`, `admitted`, `token_verified`, `left`, `removed`.
     pub event: &'static str,
     /// Peer address (`connected`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -411,6 +414,7 @@ impl EventOut {
                 out.jti = Some(jti_text(jti));
             }
             What::Left => out.event = "left",
+            What::GraceExpired => out.event = "grace_expired",
             What::Removed { held } => {
                 out.event = "removed";
                 out.held = Some(held);

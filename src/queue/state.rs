@@ -171,6 +171,14 @@ pub enum Event {
         /// Expires at, unix seconds.
         exp: u64,
     },
+    /// A player's reconnect grace ran out (its place departed too: `Departed`); for
+    /// its journal.
+    GraceExpired {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+    },
     /// Close this connection with a `kicked` push.
     Kick {
         /// Queue of the player kicked.
@@ -1091,6 +1099,7 @@ impl QueueState {
             if expired {
                 self.depart(queue, user, out);
                 self.queues[queue as usize].left_total += 1;
+                out.push(Event::GraceExpired { queue, user });
             }
         }
         // Grant expiry.
