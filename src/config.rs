@@ -40,6 +40,8 @@ pub struct Config {
     pub durability: DurabilityConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The per-player journal behind `GET /v1/users/{user_id}`.
+    pub journal: JournalConfig,
 }
 
 /// `[server]`: the player port.
@@ -228,6 +230,24 @@ pub enum FsyncPolicy {
     /// Never (the OS writes back); records still reach the OS before any answer.
     None,
 }
+
+/// `[journal]`: what the queue core remembers per player (see `queue::journal`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Keep a journal per player; off: `GET /v1/users/{user_id}` answers 501.
+    pub enabled: bool,
+    /// Most players journaled; past it the least recently active journal is evicted.
+    pub players_max: usize,
+    /// Most events kept per player (the oldest go first), 1..=[`JOURNAL_EVENTS_MAX`].
+    pub events_per_player: usize,
+}
+
+/// Largest `journal.events_per_player`.
+pub const JOURNAL_EVENTS_MAX: usize = 256;
+/// Largest `journal.players_max` (a bound against typos: at 1.2 KB a player with full
+/// rings of 32 events, 10 million players are some 12 GB).
+pub const JOURNAL_PLAYERS_MAX: usize = 10_000_000;
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +471,19 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let j = &self.journal;
+        if j.players_max == 0 || j.players_max > JOURNAL_PLAYERS_MAX {
+            return Err(err(
+                "journal.players_max",
+                format!("must be in 1..={JOURNAL_PLAYERS_MAX}"),
+            ));
+        }
+        if j.events_per_player == 0 || j.events_per_player > JOURNAL_EVENTS_MAX {
+            return Err(err(
+                "journal.events_per_player",
+                format!("must be in 1..={JOURNAL_EVENTS_MAX}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -662,6 +695,50 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         let e = Config::from_toml_str("[log]\nformat = \"xml\"\n").unwrap_err();
         assert_eq!(e.key, "log.format");
+    }
+
+    #[test]
+    fn journal_is_on_by_default_and_bounded() {
+        let j = Config::default().journal;
+        assert!(j.enabled);
+        assert_eq!((j.players_max, j.events_per_player), (100_000, 32));
+        let c = Config::from_toml_str(
+            "[journal]
+enabled = false
+events_per_player = 256
+",
+        )
+        .unwrap();
+        assert!(!c.journal.enabled);
+        assert_eq!(c.journal.events_per_player, 256);
+        for (toml, key) in [
+            (
+                "[journal]
+events_per_player = 257
+",
+                "journal.events_per_player",
+            ),
+            (
+                "[journal]
+events_per_player = 0
+",
+                "journal.events_per_player",
+            ),
+            (
+                "[journal]
+players_max = 0
+",
+                "journal.players_max",
+            ),
+            (
+                "[journal]
+players_max = 10000001
+",
+                "journal.players_max",
+            ),
+        ] {
+            assert_eq!(Config::from_toml_str(toml).unwrap_err().key, key, "{toml}");
+        }
     }
 
     #[test]

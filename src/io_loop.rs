@@ -344,7 +344,7 @@ impl Shard {
     }
 
     /// Registers a new connection; `None` when the table cannot grow.
-    pub fn insert_session(&self, fd: i32) -> Option<Rc<Session>> {
+    pub fn insert_session(&self, fd: i32, peer: std::net::SocketAddr) -> Option<Rc<Session>> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
             Some(i) => i,
@@ -362,7 +362,7 @@ impl Shard {
         let slot = &mut slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
-        let session = Rc::new(Session::new(id, fd));
+        let session = Rc::new(Session::new(id, fd, peer));
         slot.session = Some(session.clone());
         self.live.set(self.live.get() + 1);
         LoopStats::add(&self.stats().connections, 1);
@@ -387,6 +387,7 @@ impl Shard {
                 conn: self.conn(session.id),
                 queue: session.queue.get(),
                 user: session.user.get(),
+                report: session.report(),
             });
         }
         self.forget(session);
@@ -587,6 +588,7 @@ impl Shard {
                         conn: self.conn(id),
                         queue: ok.queue,
                         user,
+                        report: crate::msg::SessionReport::default(),
                     });
                 }
             }
@@ -818,7 +820,7 @@ async fn accept(shard: Rc<Shard>, listener: monoio::net::TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match shard.limits.acquire(peer.ip()) {
                     Ok(()) => {
-                        monoio::spawn(session::serve(shard.clone(), stream, peer.ip()));
+                        monoio::spawn(session::serve(shard.clone(), stream, peer));
                     }
                     Err(refused) => {
                         LoopStats::add(&shard.stats().refused, 1);

@@ -11,7 +11,8 @@
 //! - [`session`]: one connection: reader, writer, request handling;
 //! - [`frame`]: the 4-byte length framing, decided from the header alone;
 //! - [`protocol`]: envelope parsing, error codes, JSON encoders writing into buffers;
-//! - [`queue`]: the queue state machine ([`queue::state`]) and its thread ([`queue::core`]);
+//! - [`queue`]: the queue state machine ([`queue::state`]), its thread ([`queue::core`])
+//!   and the core's per-player journal ([`queue::journal`]);
 //! - [`msg`]: the messages between loops, core and control thread;
 //! - [`doorbell`]: wakes a loop once per batch of core events;
 //! - [`wake`]: a loop-local task wake-up flag;

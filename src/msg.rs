@@ -9,6 +9,7 @@
 //!   message per player;
 //! - nothing here holds a lock; the only shared state is the `Arc` of a batch.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -81,6 +82,8 @@ pub enum CoreMsg {
         queue: Box<str>,
         /// Ticket asked for the priority lane.
         prio: bool,
+        /// The client's address (for the player's journal; `Copy`, no allocation).
+        peer: SocketAddr,
     },
     /// The connection of a logged-in player closed (not a `leave`): grace starts.
     Disconnect {
@@ -90,6 +93,8 @@ pub enum CoreMsg {
         queue: QueueId,
         /// Its player.
         user: UserId,
+        /// What the session saw, for the player's journal.
+        report: SessionReport,
     },
     /// The player gave up the place (`leave`).
     Leave {
@@ -104,6 +109,20 @@ pub enum CoreMsg {
     Control(ControlReq, Sender<ControlReply>),
     /// Stop: the core flushes and its thread returns.
     Shutdown,
+}
+
+/// What a session tells the core when it ends (the journal's loop-side facts; kept in
+/// the session as plain counters, sent once, so there is no message per frame).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionReport {
+    /// `position` requests answered.
+    pub answered: u32,
+    /// `position` pushes sent.
+    pub pushed: u32,
+    /// Last position answered or pushed (0: none).
+    pub last_position: u64,
+    /// Why the loop kicked the session itself (idle, slow consumer, shutdown), if it did.
+    pub kicked: Option<KickReason>,
 }
 
 /// A control API request the core answers.
@@ -149,6 +168,20 @@ pub enum ControlReq {
     },
     /// `GET /v1/stats` and `/metrics`.
     Stats,
+    /// `GET /v1/users/{user_id}?queue=Q`: the player's state and journal.
+    User {
+        /// Queue name.
+        queue: String,
+        /// The player.
+        user: UserId,
+    },
+    /// `DELETE /v1/queues/{q}/players/{user_id}`.
+    Remove {
+        /// Queue name.
+        queue: String,
+        /// The player.
+        user: UserId,
+    },
 }
 
 /// The core's answer to a [`ControlReq`].
@@ -162,6 +195,14 @@ pub enum ControlReply {
     Consumed(bool),
     /// Per-queue counters.
     Stats(Vec<QueueStats>),
+    /// A player's state and journal.
+    User(Box<crate::queue::journal::UserReport>),
+    /// The player was removed; what it held (`waiting`, `grace`, `admitted`).
+    Removed(&'static str),
+    /// Nothing is known of the player (404 `no such player`).
+    NoSuchPlayer,
+    /// `[journal] enabled = false` (501).
+    JournalOff,
     /// No queue by that name.
     UnknownQueue,
     /// The request's values cannot be used.

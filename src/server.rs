@@ -418,6 +418,7 @@ impl ServerHandle {
             draining.clone(),
         )
         .with_durability(wal)
+        .with_journal(crate::queue::journal::Journal::from_config(&config.journal))
         .with_round_clock(core_round_ms)
         .with_stats(server_stats, stats.clone());
         let core = spawn_core(core, placement.pin(n))?;

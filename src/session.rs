@@ -11,7 +11,7 @@
 //!   its socket is shut down once the writer has flushed (or at once when it cannot).
 
 use std::cell::{Cell, RefCell};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
@@ -24,7 +24,9 @@ use monoio::net::TcpStream;
 use crate::frame::{check_frame, HEADER_BYTES};
 use crate::io_loop::Shard;
 use crate::limits::Refused;
-use crate::msg::{eta_secs, CoreMsg, KickReason, PlaceKey, QueueId, SessionId, UserId};
+use crate::msg::{
+    eta_secs, CoreMsg, KickReason, PlaceKey, QueueId, SessionId, SessionReport, UserId,
+};
 use crate::protocol::{self, Cmd, Code, Request};
 use crate::stats::LoopStats;
 use crate::wake::Notify;
@@ -51,6 +53,14 @@ pub enum Phase {
 pub struct Session {
     /// Id within the loop (slot + generation).
     pub id: SessionId,
+    /// The client's address (sent with `login` for the player's journal).
+    pub peer: SocketAddr,
+    /// `position` requests answered (journal; reported with the disconnect).
+    answered: Cell<u32>,
+    /// `position` pushes sent (journal; reported with the disconnect).
+    pushed: Cell<u32>,
+    /// Why this loop kicked the session, if it did (journal).
+    kicked: Cell<Option<KickReason>>,
     /// The socket, for `shutdown(2)` from any task of the loop.
     fd: i32,
     /// Life cycle.
@@ -96,10 +106,14 @@ pub struct Session {
 
 impl Session {
     /// A session for a fresh connection.
-    pub fn new(id: SessionId, fd: i32) -> Session {
+    pub fn new(id: SessionId, fd: i32, peer: SocketAddr) -> Session {
         let now = Instant::now();
         Session {
             id,
+            peer,
+            answered: Cell::new(0),
+            pushed: Cell::new(0),
+            kicked: Cell::new(None),
             fd,
             phase: Cell::new(Phase::Connected),
             queue: Cell::new(0),
@@ -159,6 +173,7 @@ impl Session {
                 out.clear();
                 protocol::encode_kicked(&mut out, KickReason::SlowConsumer.as_str(), None);
             }
+            self.kicked.set(Some(KickReason::SlowConsumer));
             shard
                 .stats()
                 .kicked(self.queue_id(), KickReason::SlowConsumer);
@@ -171,6 +186,9 @@ impl Session {
     /// Sends a `kicked` push and closes after it is flushed.
     pub fn kick(&self, shard: &Shard, reason: KickReason, retry_after_secs: Option<u64>) {
         shard.stats().kicked(self.queue_id(), reason);
+        if !self.closing() {
+            self.kicked.set(Some(reason));
+        }
         self.send(shard, 1, |out| {
             protocol::encode_kicked(out, reason.as_str(), retry_after_secs)
         });
@@ -213,9 +231,25 @@ impl Session {
     pub fn send_position(&self, shard: &Shard, seq: u32) {
         let (position, queue_len, eta) = self.view(shard);
         self.pushed_position.set(position);
+        let counter = if seq > 0 {
+            &self.answered
+        } else {
+            &self.pushed
+        };
+        counter.set(counter.get().saturating_add(1));
         self.send(shard, 1, |out| {
             protocol::encode_position(out, seq, position, queue_len, eta)
         });
+    }
+
+    /// What the session tells the core when it ends (the player's journal).
+    pub fn report(&self) -> SessionReport {
+        SessionReport {
+            answered: self.answered.get(),
+            pushed: self.pushed.get(),
+            last_position: self.pushed_position.get(),
+            kicked: self.kicked.get(),
+        }
     }
 
     /// (position, queue_len, eta) as the client sees it now.
@@ -237,14 +271,14 @@ pub async fn refuse(mut stream: TcpStream, why: Refused) {
     let _ = stream.shutdown().await;
 }
 
-/// Serves one accepted connection from `ip` (already counted in the connection
-/// limits) until it closes, then releases it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ip: IpAddr) {
-    serve_counted(&shard, stream).await;
-    shard.limits.release(ip);
+/// Serves one accepted connection from `peer` (its IP already counted in the
+/// connection limits) until it closes, then releases it.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    serve_counted(&shard, stream, peer).await;
+    shard.limits.release(peer.ip());
 }
 
-async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream) {
+async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     // Bound the kernel's share of a slow reader too (default autotuning allows MBs).
@@ -259,7 +293,7 @@ async fn serve_counted(shard: &Rc<Shard>, stream: TcpStream) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    let Some(session) = shard.insert_session(fd) else {
+    let Some(session) = shard.insert_session(fd, peer) else {
         return;
     };
     let (rh, wh) = stream.into_split();
@@ -530,5 +564,6 @@ fn login(shard: &Rc<Shard>, session: &Rc<Session>, req: &Request<'_>) {
         user: data.user_id,
         queue: data.queue.as_ref().into(),
         prio: ticket.prio,
+        peer: session.peer,
     });
 }

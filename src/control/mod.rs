@@ -6,7 +6,8 @@
 //! Map: this file holds the context, the limits, [`spawn`] and the core round trip;
 //! `http` accepts and runs connections (caps and deadlines); `routes` answers
 //! requests (auth, routing, deadlines); `dashboard` serves the operator's page, the
-//! `/v1/events` stream and `/v1/stats`; [`body`] parses and range-checks request
+//! `/v1/events` stream and `/v1/stats`; `players` answers one player's state and
+//! journal and removes players; [`body`] parses and range-checks request
 //! bodies; `shapes` holds the JSON answers; `audit` logs every action with its peer;
 //! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `tests` drives all of it over
 //! sockets against a fake core.
@@ -36,6 +37,7 @@ mod audit;
 pub mod body;
 mod dashboard;
 mod http;
+mod players;
 pub mod pprof;
 mod routes;
 mod shapes;

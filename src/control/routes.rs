@@ -19,6 +19,8 @@
 //! - every answer has a `Content-Length` (bodies are whole buffers, never streamed),
 //!   except the `/v1/events` stream of `super::dashboard` (bounded there: a cap on
 //!   open streams and a lifetime of its own);
+//! - the player routes (`GET /v1/users/{user_id}`, `DELETE
+//!   /v1/queues/{q}/players/{user_id}`) live in `super::players`;
 //! - the dashboard's routes (`/`, `/dashboard`, `/v1/stats`, `/v1/events`) live in
 //!   `super::dashboard` and are merged here, behind the same gate.
 
@@ -29,7 +31,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -139,6 +141,11 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/v1/queues/{queue}/capacity", put(capacity))
         .route("/v1/queues/{queue}/pause", post(pause))
         .route("/v1/queues/{queue}/resume", post(resume))
+        .route("/v1/users/{user_id}", get(super::players::user))
+        .route(
+            "/v1/queues/{queue}/players/{user_id}",
+            delete(super::players::remove),
+        )
         .merge(super::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -233,7 +240,9 @@ async fn not_found(uri: Uri) -> Reply {
 async fn method_not_allowed(uri: Uri) -> Reply {
     let path = uri.path();
     let allow = if path.starts_with("/v1/queues/") {
-        if path.ends_with("/rate") || path.ends_with("/capacity") {
+        if path.contains("/players/") {
+            "DELETE"
+        } else if path.ends_with("/rate") || path.ends_with("/capacity") {
             "PUT"
         } else {
             "POST"

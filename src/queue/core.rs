@@ -30,12 +30,18 @@
 //!   histogram (two relaxed atomic adds) and each tick checks whether a minute of the
 //!   history ended (one division; the sampling itself once a minute, never waiting on
 //!   a lock): the per-op path is unchanged;
+//! - with a [`Journal`] (`[journal] enabled`), the core records into it where it already
+//!   handles a fact (join answers at flush, disconnects with their `SessionReport`,
+//!   grace expiries, leaves, admissions, kicks, token uses, removals): a few map
+//!   operations per such op, bounded memory, nothing per frame; without one, one
+//!   branch per op;
 //! - once the log fails the core is *degraded* for good: it applies nothing more,
 //!   answers joins SHUTTING_DOWN and control writes `Unavailable`, sends none of the
 //!   failed round's answers, and sets the draining flag (`/healthz` 503).
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +49,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
 use super::durability::{logged, Durability};
+use super::journal::{self, EventOut, Journal, PositionCounts, UserReport, What};
+use super::rank::split_key;
 use super::state::{Applied, Event, Grant, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
@@ -93,6 +101,12 @@ struct PendingJoin {
     user: UserId,
     /// (queue, user, resumed, the admission it resumed) or why it failed.
     outcome: Result<(QueueId, UserId, bool, Option<Grant>), JoinError>,
+    /// The client's address (journal).
+    peer: SocketAddr,
+    /// Asked for the priority lane (journal).
+    prio: bool,
+    /// The queue of a failed join, when it exists and the journal is on.
+    refused_in: Option<QueueId>,
 }
 
 /// The queue core.
@@ -135,6 +149,8 @@ pub struct Core {
     round_clock: Arc<AtomicU64>,
     /// Round times (histogram) and the per-minute history, when the server reports them.
     stats: Option<(Arc<ServerStats>, Sampler)>,
+    /// The per-player journal, when `[journal] enabled`.
+    journal: Option<Journal>,
 }
 
 /// The answer to control writes while degraded.
@@ -181,7 +197,14 @@ impl Core {
             degraded: false,
             round_clock: Arc::new(AtomicU64::new(unix_ms())),
             stats: None,
+            journal: None,
         }
+    }
+
+    /// Keeps a per-player journal (`None`: journaling off).
+    pub fn with_journal(mut self, journal: Option<Journal>) -> Core {
+        self.journal = journal;
+        self
     }
 
     /// Records every round's duration into `stats.core_round` and closes the minutes of
@@ -276,6 +299,12 @@ impl Core {
         while let Some(queue) = self.state.next_expiry(now_ms, from) {
             self.apply(&Op::ExpireQueue { queue }, now_ms);
             from = queue as usize + 1;
+            // A freed slot will name another queue: its journals are not that queue's.
+            if self.state.queues()[queue as usize].name.is_empty() {
+                if let Some(journal) = &mut self.journal {
+                    journal.forget_queue(queue);
+                }
+            }
         }
     }
 
@@ -346,12 +375,14 @@ impl Core {
                 user,
                 queue,
                 prio,
+                peer,
             } => {
+                let name = queue;
                 let outcome = if self.degraded || self.draining.load(Ordering::Relaxed) {
                     Err(JoinError::ShuttingDown)
                 } else {
                     let op = Op::Join {
-                        queue: queue.into_string(),
+                        queue: name.to_string(),
                         user,
                         prio,
                         conn,
@@ -369,19 +400,37 @@ impl Core {
                         other => unreachable!("join applied as {other:?}"),
                     }
                 };
+                let refused_in = match (&outcome, &self.journal) {
+                    (Err(_), Some(_)) => self.state.queue_id(&name),
+                    _ => None,
+                };
                 self.joins.push(PendingJoin {
                     conn,
                     seq,
                     user,
                     outcome,
+                    peer,
+                    prio,
+                    refused_in,
                 });
             }
             CoreMsg::Disconnect { .. } | CoreMsg::Leave { .. } if self.degraded => {}
-            CoreMsg::Disconnect { conn, queue, user } => {
+            CoreMsg::Disconnect {
+                conn,
+                queue,
+                user,
+                report,
+            } => {
                 self.apply(&Op::Disconnect { queue, user, conn }, now_ms);
+                if let Some(journal) = &mut self.journal {
+                    journal.disconnected(queue, user, now_ms, report);
+                }
             }
             CoreMsg::Leave { conn, queue, user } => {
                 self.apply(&Op::Leave { queue, user, conn }, now_ms);
+                if let Some(journal) = &mut self.journal {
+                    journal.record(queue, user, now_ms, What::Left);
+                }
             }
             CoreMsg::Control(req, reply) => {
                 let answer = self.control(req, now_ms);
@@ -413,14 +462,14 @@ impl Core {
         }
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
-            self.route(event, admitted.as_deref_mut());
+            self.route(event, admitted.as_deref_mut(), now_ms);
         }
         self.events = events;
         applied
     }
 
     /// Routes one state machine event; admissions are also collected into `admitted`.
-    fn route(&mut self, event: Event, admitted: Option<&mut Vec<AdmittedUser>>) {
+    fn route(&mut self, event: Event, admitted: Option<&mut Vec<AdmittedUser>>, now_ms: u64) {
         match event {
             Event::Departed { queue, key } => {
                 self.touch(queue);
@@ -438,6 +487,9 @@ impl Core {
                 iat,
                 exp,
             } => {
+                if let Some(journal) = &mut self.journal {
+                    journal.record(queue, user, now_ms, What::Admitted { jti });
+                }
                 let token = self.sign(queue, user, jti, iat, exp);
                 if let Some(list) = admitted {
                     list.push(AdmittedUser {
@@ -457,7 +509,20 @@ impl Core {
                     ));
                 }
             }
-            Event::Kick { conn, reason } => {
+            Event::GraceExpired { queue, user } => {
+                if let Some(journal) = &mut self.journal {
+                    journal.record(queue, user, now_ms, What::GraceExpired);
+                }
+            }
+            Event::Kick {
+                queue,
+                user,
+                conn,
+                reason,
+            } => {
+                if let Some(journal) = &mut self.journal {
+                    journal.record(queue, user, now_ms, What::Kicked { reason });
+                }
                 self.direct.push((
                     conn.loop_id as usize,
                     LoopEvent::Kick {
@@ -490,7 +555,8 @@ impl Core {
 
     fn control(&mut self, req: ControlReq, now_ms: u64) -> ControlReply {
         let id = |state: &QueueState, name: &str| state.queue_id(name);
-        if self.degraded && req != ControlReq::Stats {
+        let read_only = matches!(req, ControlReq::Stats | ControlReq::User { .. });
+        if self.degraded && !read_only {
             return degraded_reply();
         }
         let applied = match req {
@@ -528,8 +594,35 @@ impl Core {
                 Some(queue) => self.apply(&Op::Pause { queue, paused }, now_ms),
                 None => Applied::UnknownQueue,
             },
-            ControlReq::ConsumeJti { jti, exp } => self.apply(&Op::ConsumeJti { jti, exp }, now_ms),
+            ControlReq::ConsumeJti { jti, exp } => {
+                let owner = self
+                    .journal
+                    .as_ref()
+                    .and_then(|_| self.state.grant_owner(&jti));
+                let applied = self.apply(&Op::ConsumeJti { jti, exp }, now_ms);
+                if let (Some((queue, user, jti)), Applied::Consumed(true)) = (owner, &applied) {
+                    if let Some(journal) = &mut self.journal {
+                        journal.record(queue, user, now_ms, What::TokenVerified { jti });
+                    }
+                }
+                applied
+            }
             ControlReq::Stats => return ControlReply::Stats(self.stats(now_ms)),
+            ControlReq::User { queue, user } => return self.user_report(queue, user),
+            ControlReq::Remove { queue, user } => {
+                let Some(queue) = id(&self.state, &queue) else {
+                    return ControlReply::NoSuchPlayer;
+                };
+                return match self.apply(&Op::Remove { queue, user }, now_ms) {
+                    Applied::Removed(Some(held)) => {
+                        if let Some(journal) = &mut self.journal {
+                            journal.record(queue, user, now_ms, What::Removed { held });
+                        }
+                        ControlReply::Removed(held)
+                    }
+                    _ => ControlReply::NoSuchPlayer,
+                };
+            }
         };
         match applied {
             Applied::Consumed(fresh) => ControlReply::Consumed(fresh),
@@ -537,6 +630,88 @@ impl Core {
             Applied::Invalid(why) => ControlReply::Invalid(why.to_string()),
             _ => ControlReply::Done,
         }
+    }
+
+    /// `GET /v1/users/{user_id}?queue=Q`: the state machine's view of the player (the
+    /// truth) and its journal (what happened, possibly evicted or from before a restart:
+    /// not durable).
+    fn user_report(&self, name: String, user: UserId) -> ControlReply {
+        let Some(journal) = &self.journal else {
+            return ControlReply::JournalOff;
+        };
+        let Some(queue) = self.state.queue_id(&name) else {
+            return ControlReply::NoSuchPlayer;
+        };
+        let player = journal.get(queue, user);
+        let mut report = UserReport {
+            user_id: user,
+            queue: name,
+            state: "unknown",
+            position: None,
+            lane: None,
+            grace_until_ms: None,
+            jti: None,
+            used: None,
+            positions: PositionCounts::default(),
+            events: Vec::new(),
+            events_dropped: 0,
+        };
+        if let Some(place) = self.state.place(queue, user) {
+            let q = &self.state.queues()[queue as usize];
+            report.position = Some(q.position(place.key));
+            report.lane = Some(if split_key(place.key).0 {
+                "priority"
+            } else {
+                "normal"
+            });
+            if place.conn.is_some() {
+                report.state = "waiting";
+            } else {
+                report.state = "grace";
+                report.grace_until_ms = Some(place.grace_deadline_ms);
+            }
+        } else if let Some(grant) = self.state.grant(queue, user) {
+            report.state = "admitted";
+            report.jti = Some(self.state.jti_text(grant.jti));
+            report.used = Some(false);
+        } else if let Some(player) = player {
+            // A used token leaves no grant: the journal remembers the admission.
+            let mut last = None;
+            for entry in &player.events {
+                match entry.what {
+                    What::Admitted { jti } => last = Some((jti, false)),
+                    What::TokenVerified { jti } if last.map(|(j, _)| j) == Some(jti) => {
+                        last = Some((jti, true));
+                    }
+                    What::Left | What::Removed { .. } | What::LoggedIn { .. } => last = None,
+                    _ => {}
+                }
+            }
+            if let Some((jti, true)) = last {
+                report.state = "admitted";
+                report.jti = Some(self.state.jti_text(jti));
+                report.used = Some(true);
+            }
+        }
+        match player {
+            Some(player) => {
+                report.positions = PositionCounts {
+                    answered: player.answered,
+                    pushed: player.pushed,
+                    last: player.last_position,
+                    as_of_ms: player.reported_at_ms,
+                };
+                report.events = player
+                    .events
+                    .iter()
+                    .map(|e| EventOut::from_entry(e, |n| self.state.jti_text(n)))
+                    .collect();
+                report.events_dropped = player.dropped;
+            }
+            None if report.state == "unknown" => return ControlReply::NoSuchPlayer,
+            None => {}
+        }
+        ControlReply::User(Box::new(report))
     }
 
     fn stats(&self, now_ms: u64) -> Vec<QueueStats> {
@@ -700,6 +875,9 @@ impl Core {
         let joins = std::mem::take(&mut self.joins);
         for join in joins {
             let result = self.answer_join(&join, now_ms);
+            if self.journal.is_some() {
+                self.journal_join(&join, &result, now_ms);
+            }
             self.send(
                 join.conn.loop_id as usize,
                 LoopEvent::Joined {
@@ -723,6 +901,42 @@ impl Core {
                 self.loops[loop_id].bell.ring();
             }
         }
+    }
+
+    /// Records a login and its answer: connected (peer, loop), then logged in, resumed
+    /// or refused.
+    fn journal_join(
+        &mut self,
+        join: &PendingJoin,
+        result: &Result<JoinOk, JoinError>,
+        now_ms: u64,
+    ) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        let (queue, what) = match (result, &join.outcome) {
+            (Ok(ok), _) if ok.resumed => (
+                ok.queue,
+                What::Resumed {
+                    position: ok.position,
+                },
+            ),
+            (Ok(ok), _) => (
+                ok.queue,
+                What::LoggedIn {
+                    position: ok.position,
+                    priority: join.prio && split_key(ok.key).0,
+                },
+            ),
+            (Err(error), Ok((queue, ..))) => (*queue, What::Refused { error: *error }),
+            (Err(error), Err(_)) => match join.refused_in {
+                Some(queue) => (queue, What::Refused { error: *error }),
+                None => return,
+            },
+        };
+        let connected = journal::connected(join.peer, join.conn.loop_id);
+        journal.record(queue, join.user, now_ms, connected);
+        journal.record(queue, join.user, now_ms, what);
     }
 
     fn answer_join(&self, join: &PendingJoin, now_ms: u64) -> Result<JoinOk, JoinError> {
@@ -822,6 +1036,7 @@ mod tests {
             user: 5,
             queue: "q".into(),
             prio: false,
+            peer: "127.0.0.1:1".parse().expect("addr"),
         };
         let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
             rx.try_iter()

@@ -188,6 +188,7 @@ pub fn logged(applied: &Applied) -> bool {
         Applied::UnknownQueue
             | Applied::Invalid(_)
             | Applied::Consumed(false)
+            | Applied::Removed(None)
             | Applied::JoinFailed(JoinError::UnknownQueue)
     )
 }

@@ -14,7 +14,11 @@
 //!   disconnect from any other (older, kicked) connection changes nothing. The newest
 //!   login holds (an older connection still open is kicked `duplicate_login`);
 //! - a grant whose token an HTTP `admit` answer returned is never given up by `leave`:
-//!   only its use or its expiry ends it (the login server may already hold it).
+//!   only its use, its expiry or an operator's [`Op::Remove`] ends it (the login server
+//!   may already hold it);
+//! - [`Op::Remove`] is the one op that takes a place or grant from outside its
+//!   connection: the place departs (`Departed`, counted in `left_total`) or the grant is
+//!   voided (its `jti` marked used), and the connection holding it is kicked `removed`.
 //! - queue ids are slots of the queue table. An auto-created queue that stays empty
 //!   (nobody waiting or in grace, no unused grant) expires by [`Op::ExpireQueue`]: its
 //!   memory is freed and its slot becomes a tombstone. A tombstone of a queue that never
@@ -123,6 +127,16 @@ pub enum Op {
     /// The server restarted from its log: every place lost its connection and keeps
     /// its position for a fresh reconnect grace period from now.
     Restart,
+    /// An operator removes the player (`DELETE /v1/queues/{q}/players/{user_id}`): its
+    /// place (waiting or in grace) departs, or its unused admission is voided (even one
+    /// whose token an HTTP `admit` returned); the connection holding it is kicked
+    /// `removed`.
+    Remove {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+    },
 }
 
 /// What an op did to the outside world; the core thread routes these.
@@ -157,8 +171,20 @@ pub enum Event {
         /// Expires at, unix seconds.
         exp: u64,
     },
+    /// A player's reconnect grace ran out (its place departed too: `Departed`); for
+    /// its journal.
+    GraceExpired {
+        /// Queue.
+        queue: QueueId,
+        /// Player.
+        user: UserId,
+    },
     /// Close this connection with a `kicked` push.
     Kick {
+        /// Queue of the player kicked.
+        queue: QueueId,
+        /// The player kicked (for its journal).
+        user: UserId,
         /// Connection.
         conn: ConnRef,
         /// Reason.
@@ -186,6 +212,9 @@ pub enum Applied {
     UnknownQueue,
     /// The op's values cannot be used.
     Invalid(&'static str),
+    /// `Remove`: what the player held (`waiting`, `grace`, `admitted`), or `None` when
+    /// it held nothing (nothing changed).
+    Removed(Option<&'static str>),
 }
 
 /// Static limits the state machine enforces.
@@ -717,7 +746,54 @@ impl QueueState {
                 self.restart(now_ms);
                 Applied::Ok
             }
+            Op::Remove { queue, user } => {
+                if *queue as usize >= self.queues.len() {
+                    return Applied::UnknownQueue;
+                }
+                Applied::Removed(self.remove(*queue, *user, out))
+            }
         }
+    }
+
+    /// [`Op::Remove`]: what `user` held, if anything.
+    fn remove(
+        &mut self,
+        queue: QueueId,
+        user: UserId,
+        out: &mut Vec<Event>,
+    ) -> Option<&'static str> {
+        let kick = |conn: Option<ConnRef>, out: &mut Vec<Event>| {
+            if let Some(conn) = conn {
+                out.push(Event::Kick {
+                    queue,
+                    user,
+                    conn,
+                    reason: KickReason::Removed,
+                });
+            }
+        };
+        if let Some(place) = self.depart(queue, user, out) {
+            // Counted with those who left: joined = waiting + admitted + left holds.
+            self.queues[queue as usize].left_total += 1;
+            kick(place.conn, out);
+            return Some(if place.conn.is_some() {
+                "waiting"
+            } else {
+                "grace"
+            });
+        }
+        let conn = self.grants.get(&(queue, user))?.conn;
+        self.withdraw_grant(queue, user);
+        kick(conn, out);
+        Some("admitted")
+    }
+
+    /// The owner of the unused grant whose `jti` text is `jti`, with its number.
+    pub fn grant_owner(&self, jti: &str) -> Option<(QueueId, UserId, u64)> {
+        let number = own_jti_number(jti, self.jti_prefix)?;
+        let &(queue, user) = self.issued.get(&number)?;
+        (self.grants.get(&(queue, user)).map(|g| g.jti) == Some(number))
+            .then_some((queue, user, number))
     }
 
     /// Every place enters reconnect grace until `now_ms` + grace, in queue order; the
@@ -850,6 +926,8 @@ impl QueueState {
             if let Some(old) = grant.conn {
                 if old != conn {
                     out.push(Event::Kick {
+                        queue,
+                        user,
                         conn: old,
                         reason: KickReason::DuplicateLogin,
                     });
@@ -865,6 +943,8 @@ impl QueueState {
             if let Some(old) = place.conn {
                 if old != conn {
                     out.push(Event::Kick {
+                        queue,
+                        user,
                         conn: old,
                         reason: KickReason::DuplicateLogin,
                     });
@@ -992,13 +1072,7 @@ impl QueueState {
         }
         self.used.insert(jti.to_string(), exp);
         self.used_expiry.push_back((exp, jti.to_string()));
-        let own = jti
-            .get(..16)
-            .and_then(|p| u64::from_str_radix(p, 16).ok())
-            .filter(|&p| p == self.jti_prefix)
-            .and_then(|_| jti.get(16..))
-            .and_then(|n| u64::from_str_radix(n, 16).ok());
-        if let Some(number) = own {
+        if let Some(number) = own_jti_number(jti, self.jti_prefix) {
             if let Some((queue, user)) = self.issued.remove(&number) {
                 if self.grants.get(&(queue, user)).map(|g| g.jti) == Some(number) {
                     self.grants.remove(&(queue, user));
@@ -1025,6 +1099,7 @@ impl QueueState {
             if expired {
                 self.depart(queue, user, out);
                 self.queues[queue as usize].left_total += 1;
+                out.push(Event::GraceExpired { queue, user });
             }
         }
         // Grant expiry.
@@ -1062,6 +1137,15 @@ impl QueueState {
             }
         }
     }
+}
+
+/// The grant number of a `jti` this state (prefix `prefix`) issued.
+fn own_jti_number(jti: &str, prefix: u64) -> Option<u64> {
+    jti.get(..16)
+        .and_then(|p| u64::from_str_radix(p, 16).ok())
+        .filter(|&p| p == prefix)
+        .and_then(|_| jti.get(16..))
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
 }
 
 pub mod codec;

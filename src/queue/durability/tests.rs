@@ -149,6 +149,7 @@ impl Driver {
                     exp: self.now_ms / 1000 + self.rng.below(40),
                 }
             }
+            77..=80 => Op::Remove { queue: qid, user },
             _ => Op::Tick,
         };
         self.apply(op);

@@ -18,7 +18,8 @@
 //! - format history: the tombstone of an expired queue is a queue record with an empty
 //!   name (which no queue can have) followed by its own fields, and [`Op::ExpireQueue`]
 //!   is a new tag. Payloads written before queues could expire contain neither, so they
-//!   decode unchanged; nothing else changed.
+//!   decode unchanged; nothing else changed. [`Op::Remove`] (an operator's removal) is
+//!   a later new tag (12); older logs never contain it and decode unchanged.
 
 use std::fmt;
 
@@ -55,6 +56,7 @@ const TAG_CONSUME_JTI: u8 = 8;
 const TAG_TICK: u8 = 9;
 const TAG_RESTART: u8 = 10;
 const TAG_EXPIRE_QUEUE: u8 = 11;
+const TAG_REMOVE: u8 = 12;
 
 /// Tombstone kinds in a snapshot.
 const TOMBSTONE_FREE: u8 = 0;
@@ -255,6 +257,11 @@ pub fn encode_op(op: &Op, now_ms: u64, out: &mut Vec<u8>) {
             out.u32(*queue);
         }
         Op::Restart => out.u8(TAG_RESTART),
+        Op::Remove { queue, user } => {
+            out.u8(TAG_REMOVE);
+            out.u32(*queue);
+            out.u64(*user);
+        }
     }
 }
 
@@ -306,6 +313,10 @@ pub fn decode_op(payload: &[u8]) -> Result<(Op, u64), CodecError> {
         TAG_TICK => Op::Tick,
         TAG_EXPIRE_QUEUE => Op::ExpireQueue { queue: r.u32()? },
         TAG_RESTART => Op::Restart,
+        TAG_REMOVE => Op::Remove {
+            queue: r.u32()?,
+            user: r.u64()?,
+        },
         _ => {
             return Err(CodecError {
                 what: "unknown op tag",

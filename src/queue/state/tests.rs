@@ -92,6 +92,8 @@ fn run_seed(seed: u64, steps: usize) {
                 assert!(resumed, "seed {seed} step {step}: resume expected");
                 if let Some(old) = m.order[i].conn {
                     assert!(out.contains(&Event::Kick {
+                        queue: 0,
+                        user,
                         conn: old,
                         reason: KickReason::DuplicateLogin
                     }));
@@ -568,6 +570,8 @@ fn a_stale_leave_does_not_void_the_newer_connections_admission() {
     assert_eq!(
         out,
         vec![Event::Kick {
+            queue: 0,
+            user: 5,
             conn: a,
             reason: KickReason::DuplicateLogin
         }],
@@ -1190,5 +1194,172 @@ fn logs_and_snapshots_of_the_previous_version_still_load() {
     assert!(
         bytes.starts_with(&old),
         "a state without tombstones encodes as before"
+    );
+}
+
+/// `Op::Remove` of a waiting player: its place departs (the one behind moves up), its
+/// connection is kicked `removed`; removing it again, or a stranger, changes nothing.
+#[test]
+fn remove_takes_a_waiting_player_out_and_kicks_it() {
+    let mut s = state();
+    let mut out = Vec::new();
+    for user in 1..=3 {
+        let join = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn: conn(user),
+        };
+        s.apply(&join, 10, &mut out);
+    }
+    out.clear();
+    let key = s.place(0, 2).expect("placed").key;
+    let applied = s.apply(&Op::Remove { queue: 0, user: 2 }, 20, &mut out);
+    assert_eq!(applied, Applied::Removed(Some("waiting")));
+    assert_eq!(
+        out,
+        vec![
+            Event::Departed { queue: 0, key },
+            Event::Kick {
+                queue: 0,
+                user: 2,
+                conn: conn(2),
+                reason: KickReason::Removed
+            }
+        ]
+    );
+    let q = &s.queues()[0];
+    assert_eq!(q.position(s.place(0, 3).expect("placed").key), 2);
+    assert_eq!((q.waiting(), q.left_total), (2, 1));
+    out.clear();
+    for user in [2, 99] {
+        let applied = s.apply(&Op::Remove { queue: 0, user }, 30, &mut out);
+        assert_eq!(applied, Applied::Removed(None));
+    }
+    assert!(out.is_empty());
+    assert_eq!(
+        s.apply(&Op::Remove { queue: 9, user: 1 }, 30, &mut out),
+        Applied::UnknownQueue
+    );
+    assert!(!crate::queue::durability::logged(&Applied::Removed(None)));
+    assert!(crate::queue::durability::logged(&Applied::Removed(Some(
+        "waiting"
+    ))));
+}
+
+/// A player in grace has no connection to kick; an admitted player's unused token is
+/// voided even when an HTTP `admit` returned it (its `jti` no longer verifies).
+#[test]
+fn remove_ends_grace_and_voids_an_unused_admission() {
+    let mut s = state();
+    let mut out = Vec::new();
+    for user in [1, 2] {
+        let join = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn: conn(user),
+        };
+        s.apply(&join, 10, &mut out);
+    }
+    s.apply(&Op::Admit { queue: 0, count: 1 }, 11, &mut out);
+    let grant = s.grant(0, 1).expect("admitted");
+    assert!(grant.returned);
+    s.apply(
+        &Op::Disconnect {
+            queue: 0,
+            user: 2,
+            conn: conn(2),
+        },
+        12,
+        &mut out,
+    );
+    out.clear();
+    let applied = s.apply(&Op::Remove { queue: 0, user: 2 }, 13, &mut out);
+    assert_eq!(applied, Applied::Removed(Some("grace")));
+    assert!(
+        !out.iter().any(|e| matches!(e, Event::Kick { .. })),
+        "nobody to kick in grace: {out:?}"
+    );
+    out.clear();
+    let applied = s.apply(&Op::Remove { queue: 0, user: 1 }, 14, &mut out);
+    assert_eq!(applied, Applied::Removed(Some("admitted")));
+    assert_eq!(
+        out,
+        vec![Event::Kick {
+            queue: 0,
+            user: 1,
+            conn: conn(1),
+            reason: KickReason::Removed
+        }]
+    );
+    assert!(s.grant(0, 1).is_none());
+    assert_eq!(s.queues()[0].unused_grants, 0);
+    let jti = s.jti_text(grant.jti);
+    assert_eq!(
+        s.apply(
+            &Op::ConsumeJti {
+                jti,
+                exp: grant.exp
+            },
+            15,
+            &mut out
+        ),
+        Applied::Consumed(false),
+        "a removed player's token does not verify"
+    );
+    // Grace expiry later finds nothing to expire.
+    out.clear();
+    s.apply(&Op::Tick, 60_000, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
+
+/// `Op::Remove` goes through the log codec (its own tag) and replays to the same state.
+#[test]
+fn remove_round_trips_through_the_log_and_replays() {
+    let mut live = state();
+    let mut out = Vec::new();
+    let mut ops = Vec::new();
+    for user in 1..=4 {
+        ops.push(Op::Join {
+            queue: "q".into(),
+            user,
+            prio: user == 4,
+            conn: conn(user),
+        });
+    }
+    ops.push(Op::Admit { queue: 0, count: 1 });
+    ops.push(Op::Remove { queue: 0, user: 3 });
+    ops.push(Op::Remove { queue: 0, user: 1 });
+    ops.push(Op::Remove { queue: 0, user: 4 });
+    ops.push(Op::Remove { queue: 0, user: 4 });
+    let mut log = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if crate::queue::durability::logged(&live.apply(op, 100 + i as u64, &mut out)) {
+            let mut payload = Vec::new();
+            codec::encode_op(op, 100 + i as u64, &mut payload);
+            log.push(payload);
+        }
+    }
+    let mut payload = Vec::new();
+    codec::encode_op(&Op::Remove { queue: 7, user: 42 }, 5, &mut payload);
+    assert_eq!(payload[8], 12, "Remove has its own, new tag");
+    assert_eq!(
+        codec::decode_op(&payload),
+        Ok((Op::Remove { queue: 7, user: 42 }, 5))
+    );
+    let mut replayed = state();
+    for payload in &log {
+        let (op, at) = codec::decode_op(payload).expect("decodes");
+        replayed.apply(&op, at, &mut out);
+    }
+    assert_eq!(replayed.dump(), live.dump());
+    let waiting: Vec<UserId> = live.queues()[0].iter().map(|(_, u)| u).collect();
+    assert_eq!(waiting, vec![2], "4 admitted then removed, 3 and 1 removed");
+    assert!(live.grant(0, 4).is_none());
+    assert_eq!(
+        log.len(),
+        ops.len() - 1,
+        "the removal of nothing is not logged"
     );
 }
