@@ -538,13 +538,21 @@ impl Shard {
             let (queue, key, since) = (s.queue.get(), s.key.get(), s.since_batch.get());
             let mut touched = false;
             let mut shift = 0i64;
+            let mut gone = false;
             for (seq, batch) in &pending {
                 if let Some(delta) = batch.queues.iter().find(|d| d.queue == queue) {
                     touched = true;
                     if *seq >= since {
-                        shift += delta.shift(key);
+                        let (by, left) = delta.shift_or_gone(key);
+                        shift += by;
+                        gone |= left;
                     }
                 }
+            }
+            if gone {
+                // Its place left the queue: the admission or kick that follows on this
+                // channel settles the session; "position 1 of 0" would be a lie.
+                return;
             }
             if touched {
                 self.with_queue_view(queue, |v| {

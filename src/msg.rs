@@ -344,9 +344,18 @@ impl QueueDelta {
     /// How far a place with key `key` moves: negative = forward. Both lists are sorted,
     /// so this is two binary searches.
     pub fn shift(&self, key: PlaceKey) -> i64 {
-        let ahead_gone = self.departed.partition_point(|&k| k < key) as i64;
+        self.shift_or_gone(key).0
+    }
+
+    /// [`QueueDelta::shift`], and whether `key` itself departed in this batch (the
+    /// player was admitted, left or removed: its `admitted` push or kick follows on the
+    /// same channel, and no position must be pushed for the place it left). The same
+    /// two binary searches.
+    pub fn shift_or_gone(&self, key: PlaceKey) -> (i64, bool) {
+        let ahead_gone = self.departed.partition_point(|&k| k < key);
+        let gone = self.departed.get(ahead_gone) == Some(&key);
         let ahead_new = self.inserted.partition_point(|&k| k < key) as i64;
-        ahead_new - ahead_gone
+        (ahead_new - ahead_gone as i64, gone)
     }
 }
 
