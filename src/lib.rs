@@ -11,15 +11,19 @@
 //! - [`session`]: one connection: reader, writer, request handling;
 //! - [`frame`]: the 4-byte length framing, decided from the header alone;
 //! - [`protocol`]: envelope parsing, error codes, JSON encoders writing into buffers;
-//! - [`queue`]: the queue state machine ([`queue::state`]), its thread ([`queue::core`])
-//!   and the core's per-player journal ([`queue::journal`]);
+//! - [`queue`]: the queue state machine ([`queue::state`]), its thread ([`queue::core`]),
+//!   durability ([`queue::durability`]: write-ahead log and snapshots) and the core's
+//!   per-player journal ([`queue::journal`]);
 //! - [`msg`]: the messages between loops, core and control thread;
 //! - [`doorbell`]: wakes a loop once per batch of core events;
 //! - [`wake`]: a loop-local task wake-up flag;
 //! - [`token`]: admission tokens (JWT EdDSA/HS256, JWKS) and login ticket checks;
-//! - [`control`]: the HTTP control API thread; [`metrics`]: Prometheus text;
+//! - [`control`]: the HTTP control API thread (hyper + axum on a tokio current-thread
+//!   runtime: routes, limits, `/readyz`, the dashboard and its event stream, the player
+//!   journal and removal, CPU profiles, the audit trail); [`metrics`]: Prometheus text;
 //! - [`limits`]: open-connection limits (total, per IP) shared by the loops;
-//! - [`stats`]: per-loop counters; [`alloc_count`]: the counting allocator.
+//! - [`stats`]: per-loop counters, histograms, the per-minute history and process
+//!   figures; [`alloc_count`]: the counting allocator.
 
 pub mod alloc_count;
 pub mod config;
