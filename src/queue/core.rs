@@ -980,12 +980,27 @@ mod tests {
 
     /// A core with one loop whose channel holds `capacity` events; the loop's end.
     fn core_with_loop(capacity: usize) -> (Core, Receiver<LoopEvent>, doorbell::BellRx) {
+        let (core, mut rxs, mut bells) = core_with_loops(1, capacity);
+        (core, rxs.remove(0), bells.remove(0))
+    }
+
+    /// A core with `n` loops whose channels hold `capacity` events each; the loops' ends.
+    fn core_with_loops(
+        n: usize,
+        capacity: usize,
+    ) -> (Core, Vec<Receiver<LoopEvent>>, Vec<doorbell::BellRx>) {
         let config = Config::default();
         let state = QueueState::new(Limits::from_config(&config), &[], 1);
         let (signer, _) = TokenSigner::from_config(&config.tokens).expect("signer");
         let (_inbox_tx, inbox) = crossbeam_channel::bounded(16);
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+        let (mut links, mut rxs, mut bells) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+            links.push(LoopLink { tx, bell });
+            rxs.push(rx);
+            bells.push(bell_rx);
+        }
         let timing = CoreTiming {
             tick: Duration::from_millis(10),
             resync: Duration::from_secs(10),
@@ -994,11 +1009,11 @@ mod tests {
             state,
             Arc::new(signer),
             inbox,
-            vec![LoopLink { tx, bell }],
+            links,
             timing,
             Arc::new(AtomicBool::new(false)),
         );
-        (core, rx, bell_rx)
+        (core, rxs, bells)
     }
 
     fn kick(session: SessionId) -> LoopEvent {
@@ -1131,5 +1146,86 @@ mod tests {
         }
         core.flush(unix_ms(), false);
         reader.join().expect("loop got every event in order");
+    }
+
+    /// The core's round time at a million players, resync rounds included: 300 rounds
+    /// of churn (50 joins, 50 leaves, a tick), a resync started every 100 rounds, the
+    /// loops' channels drained between rounds outside the timing. A measurement, not a
+    /// check (no timing assert); numbers in `bench/results/resync-2026-11-26.md`.
+    #[test]
+    #[ignore = "measurement: cargo test --release --lib resync_round_times -- --ignored --nocapture"]
+    fn resync_round_times_at_a_million_players() {
+        const PLAYERS: u64 = 1_000_000;
+        const LOOPS: u64 = 4;
+        const ROUNDS: u64 = 300;
+        const RESYNC_EVERY: u64 = 100;
+        const CHURN: u64 = 50;
+        let (mut core, rxs, _bells) = core_with_loops(LOOPS as usize, 1 << 16);
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[("q".into(), 4 * PLAYERS, 0.0)],
+            1,
+        );
+        let now = unix_ms();
+        let conn = |user: u64| ConnRef {
+            loop_id: (user % LOOPS) as _,
+            session: user,
+        };
+        let join = |user: u64| Op::Join {
+            queue: "q".into(),
+            user,
+            prio: user % 10 == 0,
+            conn: conn(user),
+        };
+        for user in 0..PLAYERS {
+            core.apply(&join(user), now);
+        }
+        core.flush(now, false);
+        let drain = |rxs: &[Receiver<LoopEvent>]| {
+            for rx in rxs {
+                while rx.try_recv().is_ok() {}
+            }
+        };
+        drain(&rxs);
+        let mut rounds = Vec::new();
+        let mut resync_rounds = Vec::new();
+        let mut next_user = PLAYERS;
+        for round in 0..ROUNDS {
+            let started = Instant::now();
+            for i in 0..CHURN {
+                core.apply(&join(next_user), now);
+                next_user += 1;
+                let gone = (round * CHURN + i) * 7919 % PLAYERS;
+                let leave = Op::Leave {
+                    queue: 0,
+                    user: gone,
+                    conn: conn(gone),
+                };
+                core.apply(&leave, now);
+            }
+            core.apply(&Op::Tick, now);
+            let resync = round % RESYNC_EVERY == 0;
+            core.commit(resync);
+            core.flush(now, resync);
+            let took = started.elapsed();
+            rounds.push(took);
+            if resync {
+                resync_rounds.push(took);
+            }
+            drain(&rxs);
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut sorted = rounds.clone();
+        sorted.sort_unstable();
+        let at = |p: f64| ms(sorted[((sorted.len() - 1) as f64 * p).round() as usize]);
+        println!(
+            "rounds={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} over_5ms={} resync_start_rounds_ms={:?}",
+            rounds.len(),
+            at(0.5),
+            at(0.99),
+            ms(*sorted.last().expect("rounds")),
+            rounds.iter().filter(|&&d| ms(d) > 5.0).count(),
+            resync_rounds.iter().map(|&d| (ms(d) * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        );
     }
 }
