@@ -15,7 +15,7 @@
 //! Costs: `rank`, `get` O(log n); `push` O(log n), amortized O(1) extra for growth;
 //! `remove` O(log n) plus amortized O(1) for compaction and head advance (each dead slot
 //! is walked over a bounded number of times); `front` O(1); `iter` O(live + dead) with
-//! dead <= max(live, COMPACT_MIN). Memory: 20 bytes per slot, and the ring holds at most
+//! dead <= max(live, COMPACT_MIN); `walk_from` O(log n) to start, O(1) a slot. Memory: 20 bytes per slot, and the ring holds at most
 //! `max(MIN_CAPACITY, 4 x span)` slots, span <= 2 x live + COMPACT_MIN, so about
 //! 8 x live + 256 slots whatever the arrival history (the ring shrinks once it is 4 times
 //! its span). No allocation in steady state: compaction is
@@ -322,6 +322,21 @@ impl Lane {
         (self.head..self.tail).filter_map(move |pos| {
             let slot = self.slot(pos);
             slot.live().then_some((slot.seq, slot.user))
+        })
+    }
+
+    /// The slots from the first one whose seq is `seq` or more, in order: (seq, the
+    /// player, or `None` for a player who left). O(log n) to start, O(1) a slot; dead
+    /// slots are yielded so a caller that bounds its work per call counts them too.
+    pub fn walk_from(&self, seq: u64) -> impl Iterator<Item = (u64, Option<UserId>)> + '_ {
+        let start = if self.head == self.tail {
+            self.tail
+        } else {
+            self.lower_bound(seq)
+        };
+        (start..self.tail).map(move |pos| {
+            let slot = self.slot(pos);
+            (slot.seq & !DEAD, slot.live().then_some(slot.user))
         })
     }
 
