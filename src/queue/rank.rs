@@ -383,6 +383,32 @@ mod tests {
 
     use crate::test_rng::Rng;
 
+    /// A walk resumed from any seq, present, left or never handed out, yields the
+    /// slots from there in order and the live ones with their players.
+    #[test]
+    fn walk_from_resumes_at_any_seq() {
+        let mut lane = Lane::default();
+        for user in 0..200 {
+            lane.push(user);
+        }
+        for seq in (0..200).filter(|s| s % 3 == 1) {
+            lane.remove(seq);
+        }
+        lane.remove(0);
+        for from in [0, 1, 2, 3, 100, 199, 200, 500] {
+            let live: Vec<(u64, UserId)> = lane
+                .walk_from(from)
+                .filter_map(|(seq, user)| user.map(|u| (seq, u)))
+                .collect();
+            let expected: Vec<(u64, UserId)> = lane.iter().filter(|&(s, _)| s >= from).collect();
+            assert_eq!(live, expected, "from {from}");
+            let seqs: Vec<u64> = lane.walk_from(from).map(|(s, _)| s).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "from {from}");
+            assert!(seqs.iter().all(|&s| s >= from), "from {from}");
+        }
+        assert_eq!(Lane::default().walk_from(0).count(), 0);
+    }
+
     #[test]
     fn keys_order_priority_first() {
         assert!(place_key(true, u64::MAX >> 2) < place_key(false, 0));
