@@ -286,12 +286,12 @@ impl Sim {
 
     /// One exact resync cycle as the core runs it every `core.resync_secs`: slices of
     /// at most [`RESYNC_SLICE`] slots from a cursor (`Queue::walk_from`), one slice a
-    /// core round. Returns the longest slice (ms, the core's stall), the slices, and the
-    /// sessions whose position drifted from it.
-    fn resync_and_drift(&self) -> (f64, usize, usize) {
+    /// core round. Returns each slice's time (ms, sorted: what it adds to a core round)
+    /// and the sessions whose position drifted from it.
+    fn resync_and_drift(&self) -> (Vec<f64>, usize) {
         let mut per_loop: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.sessions.len()];
         let q = &self.state.queues()[0];
-        let (mut from, mut slices, mut slice_ms_max) = (Some(0), 0, 0.0f64);
+        let (mut from, mut slice_ms) = (Some(0), Vec::new());
         while let Some(start) = from.take() {
             let t = Instant::now();
             let mut next_position = None;
@@ -307,8 +307,7 @@ impl Sim {
                     per_loop[conn.loop_id as usize].push((conn.session, position));
                 }
             }
-            slices += 1;
-            slice_ms_max = slice_ms_max.max(t.elapsed().as_secs_f64() * 1000.0);
+            slice_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let drift = per_loop
             .iter()
@@ -316,7 +315,8 @@ impl Sim {
             .flat_map(|(l, list)| list.iter().map(move |&(s, p)| (l, s, p)))
             .filter(|&(l, s, p)| self.sessions[l][s as usize].position != p)
             .count();
-        (slice_ms_max, slices, drift)
+        slice_ms.sort_unstable_by(f64::total_cmp);
+        (slice_ms, drift)
     }
 }
 
@@ -334,7 +334,8 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
     let rss1 = rss_bytes();
     sim.start_admission(o.admit_rate);
     let costs = sim.run_ticks(o);
-    let (resync_slice_ms_max, resync_slices, drift) = sim.resync_and_drift();
+    let (slice_ms, drift) = sim.resync_and_drift();
+    let slice_at = |p: f64| slice_ms[((slice_ms.len() - 1) as f64 * p).round() as usize];
 
     let mut out = Outcome::default();
     out.tally.rtt = costs.tick;
@@ -367,8 +368,10 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
             "server_session_struct_bytes".to_string(),
             session_bytes as f64,
         ),
-        ("resync_slice_ms_max".to_string(), resync_slice_ms_max),
-        ("resync_slices".to_string(), resync_slices as f64),
+        ("resync_slice_ms_p50".to_string(), slice_at(0.5)),
+        ("resync_slice_ms_p99".to_string(), slice_at(0.99)),
+        ("resync_slice_ms_max".to_string(), slice_at(1.0)),
+        ("resync_slices".to_string(), slice_ms.len() as f64),
         ("allocs_per_join".to_string(), per_player(join_allocs)),
         ("allocs_per_tick".to_string(), per_tick(costs.allocs)),
     ]);
