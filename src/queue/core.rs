@@ -3,9 +3,19 @@
 //! join answers, the admissions and kicks, one doorbell ring per loop.
 //!
 //! Invariants:
-//! - per loop, a flush sends the rank batch first, then the resync, then join answers,
-//!   then admissions and kicks, so a loop applies a batch only to sessions whose
-//!   position predates it, and new sessions get positions computed at flush time;
+//! - per loop, a flush sends the rank batch first, then the resync slice, then join
+//!   answers, then admissions and kicks, so a loop applies a batch only to sessions
+//!   whose position predates it, and new sessions get positions computed at flush time;
+//! - the exact resync (every `core.resync_secs`) is incremental: a cycle walks every
+//!   queue in id order and each queue in key order, at most [`RESYNC_SLICE`] slots (live
+//!   or left) and queues a round, with a cursor (queue, next key) that survives between
+//!   rounds. A slice carries positions as of its own round, after every op of it: the
+//!   loop gets it behind that round's rank batch and before any later one (one FIFO
+//!   channel), so overwriting with it and then applying later batches is exact. Players
+//!   who joined behind the cursor were answered with exact positions and are caught by
+//!   the next cycle; places that left are dead slots or gone, both skipped; an expired
+//!   queue is an empty tombstone. A round's resync work is O(slice), whatever the number
+//!   of players (a full walk of a million stopped the core ~150 ms);
 //! - join answers compute position at flush time, after every op of the round; a login
 //!   that resumed an admission is answered with that admission even if its token was
 //!   used later in the same round (the login came first; never INTERNAL for it);
@@ -55,7 +65,7 @@ use super::state::{Applied, Event, Grant, Op, QueueState};
 use crate::doorbell::Bell;
 use crate::msg::{
     AdmittedUser, ConnRef, ControlReply, ControlReq, CoreMsg, JoinError, JoinOk, LoopEvent,
-    QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
+    PlaceKey, QueueDelta, QueueId, QueueStats, RankBatch, SessionId, UserId,
 };
 use crate::stats::history::Sampler;
 use crate::stats::{LoopStats, ServerStats};
@@ -70,6 +80,12 @@ pub const ADMIT_MAX: u64 = 100_000;
 /// `admitted` push with its token), so some 40 MB per loop. Past it the core waits for
 /// the loop (see the module invariants).
 pub const BACKLOG_MAX: usize = ADMIT_MAX as usize;
+/// Most slots (players, places left behind, queues) one round's resync slice walks.
+/// Measured ~115 ns a slot at a million players (the place index lookup misses the
+/// cache), so ~1.2 ms of core time a round, well under the 5 ms round budget with the
+/// round's other work; a million players are resynced in 100 rounds (one second at the
+/// default 10 ms tick, sooner under load: every round carries a slice).
+pub const RESYNC_SLICE: usize = 10_000;
 /// Longest wait on the inbox while a loop has a backlog: how soon the core retries.
 pub const BACKLOG_POLL: Duration = Duration::from_millis(1);
 
@@ -89,6 +105,17 @@ pub struct CoreTiming {
     pub tick: Duration,
     /// Exact position resync period.
     pub resync: Duration,
+}
+
+/// Where the incremental resync stands (see the module invariants).
+#[derive(Debug, Default, Clone, Copy)]
+struct ResyncCursor {
+    /// A cycle is under way.
+    active: bool,
+    /// The queue being walked (id).
+    queue: usize,
+    /// The first key of that queue not walked yet.
+    from: PlaceKey,
 }
 
 /// A join waiting for its answer at the next flush.
@@ -151,6 +178,10 @@ pub struct Core {
     stats: Option<(Arc<ServerStats>, Sampler)>,
     /// The per-player journal, when `[journal] enabled`.
     journal: Option<Journal>,
+    /// The resync cycle's cursor.
+    resync: ResyncCursor,
+    /// Slots a resync slice walks ([`RESYNC_SLICE`]; tests make it tiny).
+    resync_slice: usize,
 }
 
 /// The answer to control writes while degraded.
@@ -198,6 +229,8 @@ impl Core {
             round_clock: Arc::new(AtomicU64::new(unix_ms())),
             stats: None,
             journal: None,
+            resync: ResyncCursor::default(),
+            resync_slice: RESYNC_SLICE,
         }
     }
 
@@ -272,7 +305,7 @@ impl Core {
             if resync {
                 next_resync = now + self.timing.resync;
             }
-            self.commit(resync);
+            self.commit(resync || self.resync.active);
             self.flush(now_ms, resync && !self.degraded);
             self.maybe_snapshot(now);
             self.round_clock.store(unix_ms(), Ordering::Relaxed);
@@ -826,11 +859,19 @@ impl Core {
         self.rung[loop_id] = true;
     }
 
-    /// Sends everything this round produced, then rings each loop once.
+    /// Sends everything this round produced, then rings each loop once. `resync`
+    /// starts a resync cycle unless one is under way; a cycle under way sends its next
+    /// slice.
     fn flush(&mut self, now_ms: u64, resync: bool) {
         // Older events first: everything below goes behind them.
         self.drain_backlogs();
-        if resync {
+        if resync && !self.resync.active {
+            self.resync = ResyncCursor {
+                active: true,
+                queue: 0,
+                from: 0,
+            };
+            // Every queue's length and rate reach the loops once a cycle.
             for q in 0..self.state.queues().len() {
                 self.touch(q as QueueId);
             }
@@ -856,21 +897,8 @@ impl Core {
                 self.send(loop_id, LoopEvent::Ranks(batch.clone()));
             }
         }
-        if resync {
-            let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
-            for (id, q) in self.state.queues().iter().enumerate() {
-                for (i, (_, user)) in q.iter().enumerate() {
-                    let place = self.state.place(id as QueueId, user).expect("indexed");
-                    if let Some(conn) = place.conn {
-                        if let Some(list) = per_loop.get_mut(conn.loop_id as usize) {
-                            list.push((conn.session, i as u64 + 1));
-                        }
-                    }
-                }
-            }
-            for (loop_id, list) in per_loop.into_iter().enumerate() {
-                self.send(loop_id, LoopEvent::Resync(list));
-            }
+        if self.resync.active && !self.degraded {
+            self.resync_slice();
         }
         let joins = std::mem::take(&mut self.joins);
         for join in joins {
@@ -899,6 +927,59 @@ impl Core {
         for (loop_id, rung) in self.rung.iter_mut().enumerate() {
             if std::mem::take(rung) {
                 self.loops[loop_id].bell.ring();
+            }
+        }
+    }
+
+    /// Sends the next slice of the resync cycle: exact positions, as of now, of the
+    /// connected players in the next (at most) `resync_slice` slots from the cursor, each
+    /// to its loop; ends the cycle after the last queue.
+    fn resync_slice(&mut self) {
+        let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
+        let mut cursor = self.resync;
+        // At least one queue visit and one slot, so every slice makes progress.
+        let mut budget = self.resync_slice.max(2);
+        let queues = self.state.queues();
+        while budget > 0 {
+            let Some(q) = queues.get(cursor.queue) else {
+                cursor.active = false;
+                break;
+            };
+            budget -= 1;
+            let mut finished = true;
+            // Position of the next live place: one rank, then counting.
+            let mut next_position = None;
+            for (key, user) in q.walk_from(cursor.from) {
+                if budget == 0 {
+                    cursor.from = key;
+                    finished = false;
+                    break;
+                }
+                budget -= 1;
+                let Some(user) = user else {
+                    continue;
+                };
+                let position = next_position.unwrap_or_else(|| q.position(key));
+                next_position = Some(position + 1);
+                let place = self
+                    .state
+                    .place(cursor.queue as QueueId, user)
+                    .expect("indexed");
+                if let Some(conn) = place.conn {
+                    if let Some(list) = per_loop.get_mut(conn.loop_id as usize) {
+                        list.push((conn.session, position));
+                    }
+                }
+            }
+            if finished {
+                cursor.queue += 1;
+                cursor.from = 0;
+            }
+        }
+        self.resync = cursor;
+        for (loop_id, list) in per_loop.into_iter().enumerate() {
+            if !list.is_empty() {
+                self.send(loop_id, LoopEvent::Resync(list));
             }
         }
     }
@@ -980,12 +1061,27 @@ mod tests {
 
     /// A core with one loop whose channel holds `capacity` events; the loop's end.
     fn core_with_loop(capacity: usize) -> (Core, Receiver<LoopEvent>, doorbell::BellRx) {
+        let (core, mut rxs, mut bells) = core_with_loops(1, capacity);
+        (core, rxs.remove(0), bells.remove(0))
+    }
+
+    /// A core with `n` loops whose channels hold `capacity` events each; the loops' ends.
+    fn core_with_loops(
+        n: usize,
+        capacity: usize,
+    ) -> (Core, Vec<Receiver<LoopEvent>>, Vec<doorbell::BellRx>) {
         let config = Config::default();
         let state = QueueState::new(Limits::from_config(&config), &[], 1);
         let (signer, _) = TokenSigner::from_config(&config.tokens).expect("signer");
         let (_inbox_tx, inbox) = crossbeam_channel::bounded(16);
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+        let (mut links, mut rxs, mut bells) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+            links.push(LoopLink { tx, bell });
+            rxs.push(rx);
+            bells.push(bell_rx);
+        }
         let timing = CoreTiming {
             tick: Duration::from_millis(10),
             resync: Duration::from_secs(10),
@@ -994,11 +1090,11 @@ mod tests {
             state,
             Arc::new(signer),
             inbox,
-            vec![LoopLink { tx, bell }],
+            links,
             timing,
             Arc::new(AtomicBool::new(false)),
         );
-        (core, rx, bell_rx)
+        (core, rxs, bells)
     }
 
     fn kick(session: SessionId) -> LoopEvent {
@@ -1131,5 +1227,244 @@ mod tests {
         }
         core.flush(unix_ms(), false);
         reader.join().expect("loop got every event in order");
+    }
+
+    /// The core's round time at a million players, resync rounds included: 300 rounds
+    /// of churn (50 joins, 50 leaves, a tick), a resync started every 100 rounds, the
+    /// loops' channels drained between rounds outside the timing. A measurement, not a
+    /// check (no timing assert); numbers in `bench/results/resync-2026-11-26.md`.
+    #[test]
+    #[ignore = "measurement: cargo test --release --lib resync_round_times -- --ignored --nocapture"]
+    fn resync_round_times_at_a_million_players() {
+        const PLAYERS: u64 = 1_000_000;
+        const LOOPS: u64 = 4;
+        const ROUNDS: u64 = 300;
+        const RESYNC_EVERY: u64 = 100;
+        const CHURN: u64 = 50;
+        let (mut core, rxs, _bells) = core_with_loops(LOOPS as usize, 1 << 16);
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[("q".into(), 4 * PLAYERS, 0.0)],
+            1,
+        );
+        let now = unix_ms();
+        let conn = |user: u64| ConnRef {
+            loop_id: (user % LOOPS) as _,
+            session: user,
+        };
+        let join = |user: u64| Op::Join {
+            queue: "q".into(),
+            user,
+            prio: user.is_multiple_of(10),
+            conn: conn(user),
+        };
+        for user in 0..PLAYERS {
+            core.apply(&join(user), now);
+        }
+        core.flush(now, false);
+        let drain = |rxs: &[Receiver<LoopEvent>]| {
+            for rx in rxs {
+                while rx.try_recv().is_ok() {}
+            }
+        };
+        drain(&rxs);
+        let mut rounds = Vec::new();
+        let mut resync_rounds = Vec::new();
+        let mut slice_rounds = Vec::new();
+        let mut resync_was_active = false;
+        let mut next_user = PLAYERS;
+        for round in 0..ROUNDS {
+            let started = Instant::now();
+            for i in 0..CHURN {
+                core.apply(&join(next_user), now);
+                next_user += 1;
+                let gone = (round * CHURN + i) * 7919 % PLAYERS;
+                let leave = Op::Leave {
+                    queue: 0,
+                    user: gone,
+                    conn: conn(gone),
+                };
+                core.apply(&leave, now);
+            }
+            core.apply(&Op::Tick, now);
+            let resync = round.is_multiple_of(RESYNC_EVERY);
+            core.commit(resync || core.resync.active);
+            core.flush(now, resync);
+            let took = started.elapsed();
+            rounds.push(took);
+            if resync {
+                resync_rounds.push(took);
+            }
+            if resync || core.resync.active || resync_was_active {
+                slice_rounds.push(took);
+            }
+            resync_was_active = core.resync.active;
+            drain(&rxs);
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut sorted = rounds.clone();
+        sorted.sort_unstable();
+        let at = |p: f64| ms(sorted[((sorted.len() - 1) as f64 * p).round() as usize]);
+        println!(
+            "rounds={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} over_5ms={} resync_start_rounds_ms={:?}",
+            rounds.len(),
+            at(0.5),
+            at(0.99),
+            ms(*sorted.last().expect("rounds")),
+            rounds.iter().filter(|&&d| ms(d) > 5.0).count(),
+            resync_rounds.iter().map(|&d| (ms(d) * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        );
+        slice_rounds.sort_unstable();
+        println!(
+            "slice_size={} rounds_with_a_resync_slice={} their_p50_ms={:.3} their_max_ms={:.3}",
+            core.resync_slice,
+            slice_rounds.len(),
+            ms(slice_rounds[slice_rounds.len() / 2]),
+            ms(*slice_rounds.last().expect("slices")),
+        );
+    }
+
+    /// What an io loop keeps of its waiting sessions, for the resync tests: applies
+    /// rank batches and resync lists exactly as `io_loop.rs` does (by session id).
+    #[derive(Default)]
+    struct FakeLoop {
+        /// Session -> (queue, key, position).
+        sessions: std::collections::HashMap<SessionId, (QueueId, PlaceKey, u64)>,
+    }
+
+    impl FakeLoop {
+        fn take(&mut self, rx: &Receiver<LoopEvent>) {
+            for event in rx.try_iter() {
+                match event {
+                    LoopEvent::Ranks(batch) => {
+                        for (queue, key, position) in self.sessions.values_mut() {
+                            if let Some(d) = batch.queues.iter().find(|d| d.queue == *queue) {
+                                *position = position.saturating_add_signed(d.shift(*key));
+                            }
+                        }
+                    }
+                    LoopEvent::Resync(list) => {
+                        for (session, position) in list {
+                            if let Some(s) = self.sessions.get_mut(&session) {
+                                s.2 = position;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The drift the resync exists for: every loop's positions are corrupted, players
+    /// join, leave and are admitted between slices, and a resync cycle walks three
+    /// slots a round over a queue with both lanes, an empty queue and a queue of
+    /// players in grace. After the cycle every loop holds the exact positions.
+    #[test]
+    fn an_incremental_resync_leaves_every_loop_at_the_exact_positions() {
+        const LOOPS: usize = 2;
+        let (mut core, rxs, _bells) = core_with_loops(LOOPS, 1 << 12);
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[
+                ("a".into(), 1000, 0.0),
+                ("b".into(), 1000, 0.0),
+                ("c".into(), 1000, 0.0),
+            ],
+            1,
+        );
+        core.resync_slice = 3;
+        let now = unix_ms();
+        let conn = |user: u64| ConnRef {
+            loop_id: (user % LOOPS as u64) as _,
+            session: user,
+        };
+        let queue_of = |user: u64| if user.is_multiple_of(3) { "c" } else { "a" };
+        let join = |user: u64| Op::Join {
+            queue: queue_of(user).into(),
+            user,
+            prio: user.is_multiple_of(4),
+            conn: conn(user),
+        };
+        let mut loops: Vec<FakeLoop> = (0..LOOPS).map(|_| FakeLoop::default()).collect();
+        // The loop side learns a new session with its exact position at flush time,
+        // behind that round's batch (as a join answer is).
+        let learn = |core: &Core, loops: &mut [FakeLoop], user: u64, drift: u64| {
+            let queue = if queue_of(user) == "c" { 2 } else { 0 };
+            if let Some(place) = core.state.place(queue, user) {
+                let position = core.state.queues()[queue as usize].position(place.key);
+                loops[conn(user).loop_id as usize]
+                    .sessions
+                    .insert(user, (queue, place.key, position + drift));
+            }
+        };
+        for user in 0..60 {
+            core.apply(&join(user), now);
+        }
+        // Players 100.. are in grace: no connection, nothing to resync.
+        for user in 100..105 {
+            core.apply(&join(user), now);
+            let disconnect = Op::Disconnect {
+                queue: 0,
+                user,
+                conn: conn(user),
+            };
+            core.apply(&disconnect, now);
+        }
+        core.flush(now, false);
+        for (l, rx) in loops.iter_mut().zip(&rxs) {
+            l.take(rx);
+        }
+        for user in 0..60 {
+            // Drift: every loop's bookkeeping is off, by a different amount each.
+            learn(&core, &mut loops, user, 1 + user % 7);
+        }
+        let mut next_user = 1000;
+        let mut rounds = 0;
+        let mut resync = true;
+        while resync || core.resync.active {
+            // Churn between slices: a leave near the head, a join at the tail and one
+            // in the priority lane, an admission.
+            let gone = rounds * 5 % 60;
+            let leave = Op::Leave {
+                queue: if queue_of(gone) == "c" { 2 } else { 0 },
+                user: gone,
+                conn: conn(gone),
+            };
+            core.apply(&leave, now);
+            let joined = [next_user, next_user + 1];
+            next_user += 3;
+            for &user in &joined {
+                core.apply(&join(user), now);
+            }
+            core.apply(&Op::Admit { queue: 0, count: 1 }, now);
+            core.flush(now, std::mem::take(&mut resync));
+            for (l, rx) in loops.iter_mut().zip(&rxs) {
+                l.take(rx);
+            }
+            for &user in &joined {
+                learn(&core, &mut loops, user, 0);
+            }
+            // Sessions whose player no longer waits stop following ranks.
+            for l in &mut loops {
+                l.sessions
+                    .retain(|&user, s| core.state.place(s.0, user).is_some());
+            }
+            rounds += 1;
+            assert!(rounds < 1000, "the resync cycle never ends");
+        }
+        assert!(
+            rounds > 10,
+            "the cycle took {rounds} rounds: not incremental"
+        );
+        let mut checked = 0;
+        for l in &loops {
+            for (&user, &(queue, key, position)) in &l.sessions {
+                let exact = core.state.queues()[queue as usize].position(key);
+                assert_eq!(position, exact, "player {user} of queue {queue}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} sessions checked");
     }
 }

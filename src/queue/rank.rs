@@ -15,7 +15,7 @@
 //! Costs: `rank`, `get` O(log n); `push` O(log n), amortized O(1) extra for growth;
 //! `remove` O(log n) plus amortized O(1) for compaction and head advance (each dead slot
 //! is walked over a bounded number of times); `front` O(1); `iter` O(live + dead) with
-//! dead <= max(live, COMPACT_MIN). Memory: 20 bytes per slot, and the ring holds at most
+//! dead <= max(live, COMPACT_MIN); `walk_from` O(log n) to start, O(1) a slot. Memory: 20 bytes per slot, and the ring holds at most
 //! `max(MIN_CAPACITY, 4 x span)` slots, span <= 2 x live + COMPACT_MIN, so about
 //! 8 x live + 256 slots whatever the arrival history (the ring shrinks once it is 4 times
 //! its span). No allocation in steady state: compaction is
@@ -325,6 +325,21 @@ impl Lane {
         })
     }
 
+    /// The slots from the first one whose seq is `seq` or more, in order: (seq, the
+    /// player, or `None` for a player who left). O(log n) to start, O(1) a slot; dead
+    /// slots are yielded so a caller that bounds its work per call counts them too.
+    pub fn walk_from(&self, seq: u64) -> impl Iterator<Item = (u64, Option<UserId>)> + '_ {
+        let start = if self.head == self.tail {
+            self.tail
+        } else {
+            self.lower_bound(seq)
+        };
+        (start..self.tail).map(move |pos| {
+            let slot = self.slot(pos);
+            (slot.seq & !DEAD, slot.live().then_some(slot.user))
+        })
+    }
+
     /// Bytes held by this lane's arrays (for memory-per-player reports).
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
@@ -367,6 +382,32 @@ mod tests {
     use super::*;
 
     use crate::test_rng::Rng;
+
+    /// A walk resumed from any seq, present, left or never handed out, yields the
+    /// slots from there in order and the live ones with their players.
+    #[test]
+    fn walk_from_resumes_at_any_seq() {
+        let mut lane = Lane::default();
+        for user in 0..200 {
+            lane.push(user);
+        }
+        for seq in (0..200).filter(|s| s % 3 == 1) {
+            lane.remove(seq);
+        }
+        lane.remove(0);
+        for from in [0, 1, 2, 3, 100, 199, 200, 500] {
+            let live: Vec<(u64, UserId)> = lane
+                .walk_from(from)
+                .filter_map(|(seq, user)| user.map(|u| (seq, u)))
+                .collect();
+            let expected: Vec<(u64, UserId)> = lane.iter().filter(|&(s, _)| s >= from).collect();
+            assert_eq!(live, expected, "from {from}");
+            let seqs: Vec<u64> = lane.walk_from(from).map(|(s, _)| s).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "from {from}");
+            assert!(seqs.iter().all(|&s| s >= from), "from {from}");
+        }
+        assert_eq!(Lane::default().walk_from(0).count(), 0);
+    }
 
     #[test]
     fn keys_order_priority_first() {

@@ -406,6 +406,24 @@ impl Queue {
         p.chain(n)
     }
 
+    /// Places from key `from` on, in order: (key, the player, or `None` for a slot whose
+    /// player left). For a bounded walk resumed at the next key (the core's resync);
+    /// O(log n) to start, O(1) a step.
+    pub fn walk_from(
+        &self,
+        from: PlaceKey,
+    ) -> impl Iterator<Item = (PlaceKey, Option<UserId>)> + '_ {
+        let (priority, seq) = split_key(from);
+        let prio = priority
+            .then(|| self.prio.walk_from(seq))
+            .into_iter()
+            .flatten();
+        let normal_from = if priority { 0 } else { seq };
+        let normal = self.normal.walk_from(normal_from);
+        prio.map(|(s, u)| (place_key(true, s), u))
+            .chain(normal.map(|(s, u)| (place_key(false, s), u)))
+    }
+
     /// Bytes held by the lanes (memory reports).
     pub fn heap_bytes(&self) -> usize {
         self.prio.heap_bytes() + self.normal.heap_bytes()

@@ -8,7 +8,8 @@
 //! server's encoder where the position changed.
 //!
 //! Reports joins per second, the cost of one core tick and of one broadcast pass per
-//! loop, memory per queued player, an exact resync, and (the bench runs on the counting
+//! loop, memory per queued player, an exact resync (its longest slice: the core's
+//! stall), and (the bench runs on the counting
 //! allocator) allocations per join and per tick.
 //!
 //! Invariants:
@@ -23,6 +24,7 @@ use bytes::BytesMut;
 use queue_server::alloc_count;
 use queue_server::config::Config;
 use queue_server::msg::{ConnRef, QueueDelta};
+use queue_server::queue::core::RESYNC_SLICE;
 use queue_server::queue::state::{Event, Limits, Op, QueueState};
 use queue_server::token::TokenSigner;
 
@@ -282,25 +284,39 @@ impl Sim {
         costs
     }
 
-    /// One exact resync, as the core sends every `core.resync_secs` (its time, ms),
+    /// One exact resync cycle as the core runs it every `core.resync_secs`: slices of
+    /// at most [`RESYNC_SLICE`] slots from a cursor (`Queue::walk_from`), one slice a
+    /// core round. Returns each slice's time (ms, sorted: what it adds to a core round)
     /// and the sessions whose position drifted from it.
-    fn resync_and_drift(&self) -> (f64, usize) {
-        let t = Instant::now();
+    fn resync_and_drift(&self) -> (Vec<f64>, usize) {
         let mut per_loop: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.sessions.len()];
         let q = &self.state.queues()[0];
-        for (i, (_, user)) in q.iter().enumerate() {
-            if let Some(conn) = self.state.place(0, user).and_then(|p| p.conn) {
-                per_loop[conn.loop_id as usize].push((conn.session, i as u64 + 1));
+        let (mut from, mut slice_ms) = (Some(0), Vec::new());
+        while let Some(start) = from.take() {
+            let t = Instant::now();
+            let mut next_position = None;
+            for (walked, (key, user)) in q.walk_from(start).enumerate() {
+                if walked == RESYNC_SLICE {
+                    from = Some(key);
+                    break;
+                }
+                let Some(user) = user else { continue };
+                let position = next_position.unwrap_or_else(|| q.position(key));
+                next_position = Some(position + 1);
+                if let Some(conn) = self.state.place(0, user).and_then(|p| p.conn) {
+                    per_loop[conn.loop_id as usize].push((conn.session, position));
+                }
             }
+            slice_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let resync_ms = t.elapsed().as_secs_f64() * 1000.0;
         let drift = per_loop
             .iter()
             .enumerate()
             .flat_map(|(l, list)| list.iter().map(move |&(s, p)| (l, s, p)))
             .filter(|&(l, s, p)| self.sessions[l][s as usize].position != p)
             .count();
-        (resync_ms, drift)
+        slice_ms.sort_unstable_by(f64::total_cmp);
+        (slice_ms, drift)
     }
 }
 
@@ -318,7 +334,8 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
     let rss1 = rss_bytes();
     sim.start_admission(o.admit_rate);
     let costs = sim.run_ticks(o);
-    let (resync_ms, drift) = sim.resync_and_drift();
+    let (slice_ms, drift) = sim.resync_and_drift();
+    let slice_at = |p: f64| slice_ms[((slice_ms.len() - 1) as f64 * p).round() as usize];
 
     let mut out = Outcome::default();
     out.tally.rtt = costs.tick;
@@ -351,7 +368,10 @@ pub fn run(o: &CoreOpts) -> Result<Outcome, BenchError> {
             "server_session_struct_bytes".to_string(),
             session_bytes as f64,
         ),
-        ("resync_ms".to_string(), resync_ms),
+        ("resync_slice_ms_p50".to_string(), slice_at(0.5)),
+        ("resync_slice_ms_p99".to_string(), slice_at(0.99)),
+        ("resync_slice_ms_max".to_string(), slice_at(1.0)),
+        ("resync_slices".to_string(), slice_ms.len() as f64),
         ("allocs_per_join".to_string(), per_player(join_allocs)),
         ("allocs_per_tick".to_string(), per_tick(costs.allocs)),
     ]);
