@@ -345,7 +345,11 @@ impl Shard {
     }
 
     /// Registers a new connection; `None` when the table cannot grow.
-    pub fn insert_session(&self, fd: i32, peer: std::net::SocketAddr) -> Option<Rc<Session>> {
+    pub fn insert_session(
+        &self,
+        stream: monoio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Option<Rc<Session>> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
             Some(i) => i,
@@ -363,7 +367,7 @@ impl Shard {
         let slot = &mut slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
-        let session = Rc::new(Session::new(id, fd, peer));
+        let session = Rc::new(Session::new(id, stream, peer));
         slot.session = Some(session.clone());
         self.live.set(self.live.get() + 1);
         LoopStats::add(&self.stats().connections, 1);
