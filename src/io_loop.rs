@@ -171,7 +171,8 @@ pub struct Shard {
     live: Cell<usize>,
     /// Write buffers not in use.
     pool: RefCell<Vec<BytesMut>>,
-    /// Read buffers of closed connections, for the next ones.
+    /// Read buffers not in use: a connection takes one when bytes arrive and gives it
+    /// back once every frame in it is handled.
     read_pool: RefCell<Vec<BytesMut>>,
     /// Into the core.
     core: Sender<CoreMsg>,
@@ -260,7 +261,7 @@ impl Shard {
         }
     }
 
-    /// A read buffer for a new connection (allocates only when the pool is empty).
+    /// A read buffer for bytes that arrived (allocates only when the pool is empty).
     pub fn read_buf_get(&self) -> BytesMut {
         self.read_pool
             .borrow_mut()
@@ -268,7 +269,7 @@ impl Shard {
             .unwrap_or_else(|| BytesMut::with_capacity(READ_BUF_BYTES))
     }
 
-    /// Returns a closed connection's read buffer to the pool.
+    /// Returns a read buffer with nothing left to handle to the pool.
     pub fn read_buf_put(&self, mut buf: BytesMut) {
         buf.clear();
         let mut pool = self.read_pool.borrow_mut();
@@ -344,7 +345,11 @@ impl Shard {
     }
 
     /// Registers a new connection; `None` when the table cannot grow.
-    pub fn insert_session(&self, fd: i32, peer: std::net::SocketAddr) -> Option<Rc<Session>> {
+    pub fn insert_session(
+        &self,
+        stream: monoio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Option<Rc<Session>> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
             Some(i) => i,
@@ -362,7 +367,7 @@ impl Shard {
         let slot = &mut slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
-        let session = Rc::new(Session::new(id, fd, peer));
+        let session = Rc::new(Session::new(id, stream, peer));
         slot.session = Some(session.clone());
         self.live.set(self.live.get() + 1);
         LoopStats::add(&self.stats().connections, 1);

@@ -67,6 +67,53 @@ impl KickReason {
     }
 }
 
+/// A queue name as a loop hands it to the core: held inline up to
+/// [`QueueName::INLINE_BYTES`] bytes (every usual name), boxed past that, so a `login`
+/// costs no allocation for it.
+#[derive(Debug, Clone)]
+pub enum QueueName {
+    /// Short name, stored in place.
+    Inline {
+        /// Bytes used in `bytes`.
+        len: u8,
+        /// The name's UTF-8 bytes, then zeros.
+        bytes: [u8; QueueName::INLINE_BYTES],
+    },
+    /// Longer name.
+    Heap(Box<str>),
+}
+
+impl QueueName {
+    /// Longest name held inline (keeps the type at 32 bytes, as `Box<str>` plus tag).
+    pub const INLINE_BYTES: usize = 30;
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` only (`From`), cut at a length it had: valid UTF-8.
+            QueueName::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            QueueName::Heap(name) => name,
+        }
+    }
+}
+
+impl From<&str> for QueueName {
+    fn from(name: &str) -> QueueName {
+        if name.len() <= QueueName::INLINE_BYTES {
+            let mut bytes = [0u8; QueueName::INLINE_BYTES];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            QueueName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            QueueName::Heap(name.into())
+        }
+    }
+}
+
 /// Into the queue core.
 #[derive(Debug)]
 pub enum CoreMsg {
@@ -78,8 +125,8 @@ pub enum CoreMsg {
         seq: u32,
         /// The player.
         user: UserId,
-        /// Queue name from the request.
-        queue: Box<str>,
+        /// Queue name from the request (inline when short: no allocation per login).
+        queue: QueueName,
         /// Ticket asked for the priority lane.
         prio: bool,
         /// The client's address (for the player's journal; `Copy`, no allocation).

@@ -415,7 +415,7 @@ impl Core {
                     Err(JoinError::ShuttingDown)
                 } else {
                     let op = Op::Join {
-                        queue: name.to_string(),
+                        queue: name.as_str().to_string(),
                         user,
                         prio,
                         conn,
@@ -434,7 +434,7 @@ impl Core {
                     }
                 };
                 let refused_in = match (&outcome, &self.journal) {
-                    (Err(_), Some(_)) => self.state.queue_id(&name),
+                    (Err(_), Some(_)) => self.state.queue_id(name.as_str()),
                     _ => None,
                 };
                 self.joins.push(PendingJoin {
