@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::msg::QueueStats;
+use crate::protocol::Code;
 use crate::queue::durability::DurabilityStatus;
 use crate::stats::histogram::{Histogram, HistogramValues};
 use crate::stats::process::ProcessStats;
-use crate::stats::{LoopStats, ServerStats, ERROR_CODES, KICK_REASONS};
+use crate::stats::{LoopStats, ServerStats, KICK_REASONS};
 
 /// What `/metrics` shows beyond the loops, the queues and durability.
 pub struct Extra<'a> {
@@ -329,7 +330,7 @@ fn extra_families(
         "queue_errors_by_code",
         "Error answers sent to players, by protocol error code name",
         |f| {
-            for (i, code) in ERROR_CODES.iter().enumerate().skip(1) {
+            for (i, code) in Code::ALL.iter().enumerate().skip(1) {
                 let n: u64 = loops
                     .iter()
                     .map(|l| LoopStats::get(&l.errors_by_code[i]))

@@ -32,21 +32,6 @@ pub const KICK_REASONS: [KickReason; 5] = [
     KickReason::Removed,
 ];
 
-/// Every error code but OK, indexed by its number (index 0 unused).
-pub const ERROR_CODES: [Code; 11] = [
-    Code::Ok,
-    Code::BadFrame,
-    Code::Unsupported,
-    Code::NotLoggedIn,
-    Code::AuthFailed,
-    Code::QueueFull,
-    Code::UnknownQueue,
-    Code::AlreadyLoggedIn,
-    Code::RateLimited,
-    Code::ShuttingDown,
-    Code::Internal,
-];
-
 /// Position of `reason` in [`KICK_REASONS`].
 #[inline]
 pub fn kick_index(reason: KickReason) -> usize {
@@ -95,7 +80,7 @@ pub struct LoopStats {
     /// Kicks sent, by [`kick_index`].
     pub kicks: [AtomicU64; 5],
     /// Error answers, by code number (index 0 unused).
-    pub errors_by_code: [AtomicU64; 11],
+    pub errors_by_code: [AtomicU64; Code::ALL.len()],
     /// Time from reading a `login` frame to writing its answer, for logins that went to
     /// the core.
     pub login_answer: Histogram,

@@ -98,20 +98,7 @@ pub fn decode(body: &[u8]) -> Option<Reply<'_>> {
 
 /// `"8 RATE_LIMITED"`: the key errors are counted under.
 pub fn code_key(code: u8) -> String {
-    const CODES: [Code; 11] = [
-        Code::Ok,
-        Code::BadFrame,
-        Code::Unsupported,
-        Code::NotLoggedIn,
-        Code::AuthFailed,
-        Code::QueueFull,
-        Code::UnknownQueue,
-        Code::AlreadyLoggedIn,
-        Code::RateLimited,
-        Code::ShuttingDown,
-        Code::Internal,
-    ];
-    match CODES.iter().find(|c| **c as u8 == code) {
+    match Code::from_wire(code) {
         Some(c) => format!("{code} {}", c.name()),
         None => format!("{code} UNKNOWN_CODE"),
     }

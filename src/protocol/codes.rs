@@ -35,6 +35,26 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, indexed by its wire value.
+    pub const ALL: [Code; 11] = [
+        Code::Ok,
+        Code::BadFrame,
+        Code::Unsupported,
+        Code::NotLoggedIn,
+        Code::AuthFailed,
+        Code::QueueFull,
+        Code::UnknownQueue,
+        Code::AlreadyLoggedIn,
+        Code::RateLimited,
+        Code::ShuttingDown,
+        Code::Internal,
+    ];
+
+    /// The code with wire value `value`, if there is one.
+    pub fn from_wire(value: u8) -> Option<Code> {
+        Code::ALL.get(usize::from(value)).copied()
+    }
+
     /// The name used in docs/protocol.md, e.g. `"BAD_FRAME"`.
     pub fn name(self) -> &'static str {
         match self {

@@ -523,6 +523,28 @@ pub struct QueueState {
     last_tick_ms: u64,
 }
 
+/// "Newest connection wins", for a waiting place and an unused admission alike: the
+/// login on `conn` now holds it; an older connection still holding it is kicked
+/// `duplicate_login`.
+fn newest_connection_wins(
+    holder: &mut Option<ConnRef>,
+    conn: ConnRef,
+    queue: QueueId,
+    user: UserId,
+    out: &mut Vec<Event>,
+) {
+    if let Some(old) = holder.replace(conn) {
+        if old != conn {
+            out.push(Event::Kick {
+                queue,
+                user,
+                conn: old,
+                reason: KickReason::DuplicateLogin,
+            });
+        }
+    }
+}
+
 impl QueueState {
     /// An empty state with the configured queues: (name, max_waiting, admit rate).
     pub fn new(limits: Limits, queues: &[(String, u64, f64)], jti_prefix: u64) -> QueueState {
@@ -940,35 +962,14 @@ impl QueueState {
         };
         self.queues[queue as usize].active_ms = now_ms;
         if let Some(grant) = self.grants.get_mut(&(queue, user)) {
-            // The newest login holds the admission, as it would hold a place.
-            if let Some(old) = grant.conn {
-                if old != conn {
-                    out.push(Event::Kick {
-                        queue,
-                        user,
-                        conn: old,
-                        reason: KickReason::DuplicateLogin,
-                    });
-                }
-            }
-            grant.conn = Some(conn);
+            newest_connection_wins(&mut grant.conn, conn, queue, user, out);
             return Applied::Joined {
                 queue,
                 resumed: true,
             };
         }
         if let Some(place) = self.places.get_mut(&(queue, user)) {
-            if let Some(old) = place.conn {
-                if old != conn {
-                    out.push(Event::Kick {
-                        queue,
-                        user,
-                        conn: old,
-                        reason: KickReason::DuplicateLogin,
-                    });
-                }
-            }
-            place.conn = Some(conn);
+            newest_connection_wins(&mut place.conn, conn, queue, user, out);
             return Applied::Joined {
                 queue,
                 resumed: true,
