@@ -1,5 +1,6 @@
-//! The client: builder, one connection ([`Conn`]), and the task that keeps a player in
-//! the queue (heartbeats, answer deadlines, reconnect with backoff and resume).
+//! The client: builder, handle, and (in the submodules) the connection and the task
+//! that keeps a player in the queue (heartbeats, answer deadlines, reconnect with
+//! backoff and resume).
 //!
 //! Owns: the reconnect rules every client must follow (docs/protocol.md 1.6):
 //! - heartbeat every `heartbeat_interval` (10 s by default, well inside the server's
