@@ -2,7 +2,8 @@
 //! that keeps a player in the queue (heartbeats, answer deadlines, reconnect with
 //! backoff and resume).
 //!
-//! Owns: the reconnect rules every client must follow (docs/protocol.md 1.6):
+//! Owns: the reconnect rules every client must follow (docs/protocol.md 5; the server's
+//! side of them in 1.6):
 //! - heartbeat every `heartbeat_interval` (10 s by default, well inside the server's
 //!   30 s idle timeout);
 //! - every request (login, heartbeat, leave) must be answered within `answer_timeout`,
