@@ -15,7 +15,12 @@
 //!   `queue_login_answer_seconds`) are read from the writers' atomic buckets
 //!   ([`crate::stats::histogram`]) and exposed as classic Prometheus histograms;
 //! - `process_*` follow the names every Prometheus client library uses, read from
-//!   `/proc/self` at scrape time.
+//!   `/proc/self` at scrape time;
+//! - one function per family group (`loop_families`, `queue_*_families`,
+//!   `histogram_families`, `by_kind_families`, `process_families`, ...), called in a
+//!   fixed order from [`render`]: the order of families on the page is the order of
+//!   registration, so moving a call moves lines of the exposition (names, types and
+//!   help texts are read by `deploy/` and `tests/deploy_files.rs`: keep them as they are).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -184,9 +189,21 @@ fn loop_families(registry: &mut Registry, loops: &[LoopStats]) {
     }
 }
 
-/// The per-queue families, labelled `queue`.
+/// The label of a per-queue family.
+fn queue_label(q: &QueueStats) -> Labels {
+    [("queue", q.name.clone())]
+}
+
+/// The per-queue families, labelled `queue`: places and counts, rates, and what the
+/// login server last reported (in that order on the page).
 fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
-    let queue = |q: &QueueStats| [("queue", q.name.clone())];
+    queue_count_families(registry, queues);
+    queue_rate_families(registry, queues);
+    queue_report_families(registry, queues);
+}
+
+/// Places held, pause, unused tokens (gauges); admitted and left (counters).
+fn queue_count_families(registry: &mut Registry, queues: &[QueueStats]) {
     let queue_gauges: [QueueValue; 4] = [
         (
             "queue_waiting",
@@ -212,7 +229,7 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
     for (name, help, field) in queue_gauges {
         gauges(registry, name, help, |f| {
             for q in queues {
-                f.get_or_create(&queue(q)).set(field(q));
+                f.get_or_create(&queue_label(q)).set(field(q));
             }
         });
     }
@@ -227,13 +244,17 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
     for (name, help, field) in queue_counters {
         counters(registry, name, help, |f| {
             for q in queues {
-                f.get_or_create(&queue(q)).inc_by(field(q));
+                f.get_or_create(&queue_label(q)).inc_by(field(q));
             }
         });
     }
+}
+
+/// The measured and the configured admission rate.
+fn queue_rate_families(registry: &mut Registry, queues: &[QueueStats]) {
     let rate = RateFamily::default();
     for q in queues {
-        rate.get_or_create(&queue(q)).set(q.admit_rate_per_s);
+        rate.get_or_create(&queue_label(q)).set(q.admit_rate_per_s);
     }
     registry.register(
         "queue_admit_rate_per_s",
@@ -242,13 +263,20 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
     );
     let target = RateFamily::default();
     for q in queues {
-        target.get_or_create(&queue(q)).set(q.target_rate_per_s);
+        target
+            .get_or_create(&queue_label(q))
+            .set(q.target_rate_per_s);
     }
     registry.register(
         "queue_target_rate_per_s",
         "Configured automatic admission rate, players per second (0 = manual only)",
         target,
     );
+}
+
+/// Capacity and players online as the login server last reported them (only queues
+/// with a report have a line).
+fn queue_report_families(registry: &mut Registry, queues: &[QueueStats]) {
     gauges(
         registry,
         "queue_capacity",
@@ -256,7 +284,7 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
         |f| {
             for q in queues {
                 if let Some((_, capacity)) = q.capacity {
-                    f.get_or_create(&queue(q)).set(capacity);
+                    f.get_or_create(&queue_label(q)).set(capacity);
                 }
             }
         },
@@ -268,25 +296,54 @@ fn queue_families(registry: &mut Registry, queues: &[QueueStats]) {
         |f| {
             for q in queues {
                 if let Some((online, _)) = q.capacity {
-                    f.get_or_create(&queue(q)).set(online);
+                    f.get_or_create(&queue_label(q)).set(online);
                 }
             }
         },
     );
 }
 
-/// Histograms, kicks and errors by kind, the core's inbox, the process, the build.
+/// Histograms, the core's inbox, kicks and errors by kind, the build, the process (in
+/// that order on the page).
 fn extra_families(
     registry: &mut Registry,
     loops: &[LoopStats],
     durability: Option<&DurabilityStatus>,
     extra: &Extra<'_>,
 ) {
+    histogram_families(registry, loops, durability, extra.server);
+    let depth = Gauge::<u64, AtomicU64>::default();
+    depth.set(extra.inbox_depth as u64);
+    registry.register(
+        "queue_core_inbox_depth",
+        "Messages waiting in the queue core's inbox",
+        depth,
+    );
+    by_kind_families(registry, loops);
+    gauges(
+        registry,
+        "queue_build_info",
+        "Always 1; the label carries the server's version",
+        |f| {
+            f.get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_string())])
+                .set(1);
+        },
+    );
+    process_families(registry, &extra.process, extra.server.started_unix_secs);
+}
+
+/// Core round times, log fsync times (durability on), login answer times (all loops).
+fn histogram_families(
+    registry: &mut Registry,
+    loops: &[LoopStats],
+    durability: Option<&DurabilityStatus>,
+    server: &ServerStats,
+) {
     histogram(
         registry,
         "queue_core_round_seconds",
         "Duration of a queue core round: apply the messages taken, commit, flush",
-        extra.server.core_round.values(),
+        server.core_round.values(),
     );
     if let Some(d) = durability {
         histogram(
@@ -306,13 +363,10 @@ fn extra_families(
         "Time from reading a login frame to writing its answer (logins sent to the core)",
         login,
     );
-    let depth = Gauge::<u64, AtomicU64>::default();
-    depth.set(extra.inbox_depth as u64);
-    registry.register(
-        "queue_core_inbox_depth",
-        "Messages waiting in the queue core's inbox",
-        depth,
-    );
+}
+
+/// Kicks by reason and error answers by code, summed over the loops.
+fn by_kind_families(registry: &mut Registry, loops: &[LoopStats]) {
     counters(
         registry,
         "queue_kicks",
@@ -340,16 +394,11 @@ fn extra_families(
             }
         },
     );
-    gauges(
-        registry,
-        "queue_build_info",
-        "Always 1; the label carries the server's version",
-        |f| {
-            f.get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_string())])
-                .set(1);
-        },
-    );
-    let p = &extra.process;
+}
+
+/// `process_*` under the names every Prometheus client library uses; a figure the
+/// process could not read has no line.
+fn process_families(registry: &mut Registry, p: &ProcessStats, started_unix_secs: u64) {
     let int_gauges = [
         (
             "process_resident_memory_bytes",
@@ -369,7 +418,7 @@ fn extra_families(
         (
             "process_start_time_seconds",
             "Start time of the process since the unix epoch in seconds",
-            Some(extra.server.started_unix_secs),
+            Some(started_unix_secs),
         ),
     ];
     for (name, help, value) in int_gauges {

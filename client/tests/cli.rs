@@ -242,6 +242,14 @@ fn swarm_joins_everyone_and_reports_them_admitted() {
     assert_eq!(swarm.exit_code(), 0);
 }
 
+/// A queuectl run with the test's URL and key: (exit code, stdout, stderr).
+type Ctl<'a> = &'a dyn Fn(&[&str]) -> (i32, String, String);
+
+/// One JSON line of output.
+fn one_json(out: &str) -> Value {
+    serde_json::from_str(out.trim()).expect("one JSON line")
+}
+
 #[test]
 fn queuectl_round_trips_every_command() {
     let server = Server::start(&format!("{BASE}[control]\napi_key = \"sekret\"\n"));
@@ -251,7 +259,6 @@ fn queuectl_round_trips_every_command() {
         all.extend_from_slice(args);
         run(QUEUECTL, &all, None)
     };
-    let json = |out: &str| -> Value { serde_json::from_str(out.trim()).expect("one JSON line") };
 
     // Players waiting, to admit.
     let mut raw = Vec::new();
@@ -261,7 +268,13 @@ fn queuectl_round_trips_every_command() {
     for p in &raw {
         p.wait_event("position");
     }
+    ctl_stats_admit_verify(&ctl);
+    ctl_operations_and_keys(&ctl);
+    ctl_errors(&ctl, &url);
+}
 
+/// `stats`, `admit` and `verify`, human and `--json`, with three players waiting.
+fn ctl_stats_admit_verify(ctl: Ctl<'_>) {
     let (code, out, err) = ctl(&["stats"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("QUEUE"), "{out}");
@@ -271,14 +284,14 @@ fn queuectl_round_trips_every_command() {
     );
     let (code, out, _) = ctl(&["stats", "--json"]);
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["queues"]["default"]["waiting"], 3, "{out}");
+    assert_eq!(one_json(&out)["queues"]["default"]["waiting"], 3, "{out}");
 
     let (code, out, _) = ctl(&["admit", "1"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("admitted 1 from queue default"), "{out}");
     let (code, out, _) = ctl(&["admit", "1", "--queue", "default", "--json"]);
     assert_eq!(code, 0);
-    let admitted = json(&out)["admitted"][0].clone();
+    let admitted = one_json(&out)["admitted"][0].clone();
     let token = admitted["token"].as_str().unwrap().to_string();
 
     let (code, out, _) = ctl(&["verify", &token]);
@@ -286,26 +299,33 @@ fn queuectl_round_trips_every_command() {
     assert_eq!((code, out), (0, expect));
     let (code, out, _) = ctl(&["verify", &token, "--json"]);
     assert_eq!(code, 3, "a used token is not valid: {out}");
-    assert_eq!(json(&out)["reason"], "already_used");
+    assert_eq!(one_json(&out)["reason"], "already_used");
+}
 
+/// `rate`, `capacity`, `pause`, `resume` (seen in `stats`), and `keys`.
+fn ctl_operations_and_keys(ctl: Ctl<'_>) {
     let (code, out, _) = ctl(&["rate", "2.5"]);
     assert_eq!(
         (code, out.as_str()),
         (0, "queue default: automatic admission at 2.5 players/s\n")
     );
     let (code, out, _) = ctl(&["capacity", "10", "100", "--json"]);
-    assert_eq!((code, json(&out)["ok"].clone()), (0, Value::Bool(true)));
+    assert_eq!((code, one_json(&out)["ok"].clone()), (0, Value::Bool(true)));
     let (code, _, _) = ctl(&["pause"]);
     assert_eq!(code, 0);
     let (_, out, _) = ctl(&["stats", "--json"]);
-    assert_eq!(json(&out)["queues"]["default"]["paused"], true, "{out}");
+    assert_eq!(one_json(&out)["queues"]["default"]["paused"], true, "{out}");
     let (code, out, _) = ctl(&["resume"]);
     assert_eq!(
         (code, out.as_str()),
         (0, "queue default: automatic admission resumed\n")
     );
     let (_, out, _) = ctl(&["stats", "--json"]);
-    assert_eq!(json(&out)["queues"]["default"]["paused"], false, "{out}");
+    assert_eq!(
+        one_json(&out)["queues"]["default"]["paused"],
+        false,
+        "{out}"
+    );
 
     let (code, out, _) = ctl(&["keys"]);
     assert_eq!(code, 0);
@@ -315,8 +335,12 @@ fn queuectl_round_trips_every_command() {
     );
     let (code, out, _) = ctl(&["keys", "--json"]);
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["keys"][0]["alg"], "EdDSA");
+    assert_eq!(one_json(&out)["keys"][0]["alg"], "EdDSA");
+}
 
+/// The server's own error text with exit 1; no key; the key from the environment;
+/// `queue-client ctl`; an unreachable port (exit 5).
+fn ctl_errors(ctl: Ctl<'_>, url: &str) {
     // Errors: the server's own message, a non-zero exit.
     let (code, _, err) = ctl(&["admit", "1", "--queue", "nope"]);
     assert_eq!(code, 1);
@@ -327,20 +351,20 @@ fn queuectl_round_trips_every_command() {
         err.contains("HTTP 400") && err.contains("per_second"),
         "{err}"
     );
-    let (code, _, err) = run(QUEUECTL, &["--url", &url, "stats"], None);
+    let (code, _, err) = run(QUEUECTL, &["--url", url, "stats"], None);
     assert_eq!(code, 1);
     assert!(err.contains("HTTP 401"), "{err}");
     // The key from the environment; and `queue-client ctl` is the same tool.
-    let (code, out, err) = run(QUEUECTL, &["--url", &url, "stats"], Some("sekret"));
+    let (code, out, err) = run(QUEUECTL, &["--url", url, "stats"], Some("sekret"));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("default"));
     let (code, out, _) = run(
         CLIENT,
-        &["ctl", "--url", &url, "--json", "stats"],
+        &["ctl", "--url", url, "--json", "stats"],
         Some("sekret"),
     );
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["cores"], 1);
+    assert_eq!(one_json(&out)["cores"], 1);
     // Unreachable.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -438,7 +462,12 @@ fn the_progress_bar_moves_in_a_pseudo_terminal() {
     wait_screen(&tmux.0, "position 1", |s| s.contains("position 1 of 1"));
     server.admit(1);
     let last = wait_screen(&tmux.0, "the token", |s| s.contains("token: "));
-    // The last frame of the bar: full, with the last position and ETA, and admitted.
+    check_final_bar(&last);
+    write_bar_capture(&addr, &moved, &last);
+}
+
+/// The last frame of the bar: full, with the last position and ETA, and admitted.
+fn check_final_bar(last: &str) {
     let bar_line = last
         .lines()
         .find(|l| l.contains("admitted"))
@@ -461,8 +490,10 @@ fn the_progress_bar_moves_in_a_pseudo_terminal() {
         bar_line.contains("[=============================="),
         "{bar_line}"
     );
+}
 
-    // The captures (while waiting, and the last frame), token shortened, for the README.
+/// The captures (while waiting, and the last frame), token shortened, for the README.
+fn write_bar_capture(addr: &str, moved: &str, last: &str) {
     let tidy = |screen: &str| -> String {
         let lines: Vec<String> = screen
             .lines()
@@ -477,10 +508,10 @@ fn the_progress_bar_moves_in_a_pseudo_terminal() {
     };
     let text = format!(
         "$ queue-client join --addr {addr} --user 4\n{}\n\n(after the last admit)\n{}\n",
-        tidy(&moved),
-        tidy(&last)
+        tidy(moved),
+        tidy(last)
     )
-    .replace(&addr, "127.0.0.1:7000");
+    .replace(addr, "127.0.0.1:7000");
     std::fs::write(
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("README-bar.txt"),
         &text,

@@ -20,6 +20,37 @@ fn fast(addr: &str, user: u64) -> queue_client::ClientBuilder {
         .max_reconnect_attempts(40)
 }
 
+/// Waits for `Admitted` on `client`: (token, expires_at, login_addr).
+async fn admitted_of(client: &mut Client, what: &str) -> (String, u64, Option<String>) {
+    match wait_for(client, what, |e| matches!(e, Event::Admitted { .. })).await {
+        Event::Admitted {
+            token,
+            expires_at,
+            login_addr,
+        } => (token, expires_at, login_addr),
+        other => unreachable!("wait_for returned {other:?}"),
+    }
+}
+
+/// Checks `token` with `POST /v1/tokens/verify`: it must be valid; its `user_id`.
+async fn verified_user(server: &std::sync::Arc<Server>, token: String) -> serde_json::Value {
+    let s = server.clone();
+    let (status, body) = blocking(move || {
+        s.http(
+            "POST",
+            "/v1/tokens/verify",
+            Some(&format!("{{\"token\":\"{token}\"}}")),
+        )
+    })
+    .await;
+    assert_eq!(
+        (status, body["valid"].clone()),
+        (200, serde_json::json!(true)),
+        "{body}"
+    );
+    body["user_id"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_positions_move_and_admission_ends_the_stream() {
     let server = Server::start(BASE);
@@ -54,16 +85,7 @@ async fn login_positions_move_and_admission_ends_the_stream() {
     let s = server.clone();
     let admitted = blocking(move || s.admit(1)).await;
     assert_eq!(admitted[0]["user_id"], 2);
-    let e = wait_for(&mut b, "b admitted", |e| {
-        matches!(e, Event::Admitted { .. })
-    })
-    .await;
-    let Event::Admitted {
-        token, login_addr, ..
-    } = e
-    else {
-        unreachable!()
-    };
+    let (token, _, login_addr) = admitted_of(&mut b, "b admitted").await;
     assert_eq!(token, admitted[0]["token"].as_str().unwrap());
     assert_eq!(login_addr, None);
     assert!(
@@ -88,32 +110,9 @@ async fn login_positions_move_and_admission_ends_the_stream() {
 
     let s = server.clone();
     blocking(move || s.admit(1)).await;
-    let e = wait_for(&mut c, "c admitted", |e| {
-        matches!(e, Event::Admitted { .. })
-    })
-    .await;
-    let Event::Admitted {
-        token, expires_at, ..
-    } = e
-    else {
-        unreachable!()
-    };
+    let (token, expires_at, _) = admitted_of(&mut c, "c admitted").await;
     assert!(expires_at > 0);
-    let s = server.clone();
-    let (status, body) = blocking(move || {
-        s.http(
-            "POST",
-            "/v1/tokens/verify",
-            Some(&format!("{{\"token\":\"{token}\"}}")),
-        )
-    })
-    .await;
-    assert_eq!(
-        (status, body["valid"].clone()),
-        (200, serde_json::json!(true)),
-        "{body}"
-    );
-    assert_eq!(body["user_id"], 3);
+    assert_eq!(verified_user(&server, token).await, 3);
     assert!(next_item(&mut c).await.is_none());
     assert!(matches!(c.leave().await, Err(Error::Closed)));
 }

@@ -104,6 +104,53 @@ struct Cache {
     recent: VecDeque<Point>,
 }
 
+impl Previous {
+    /// The loops' counters now, with the admissions `admitted` (all queues).
+    fn read(loops: &[LoopStats], at: Instant, admitted: u64) -> Previous {
+        Previous {
+            at,
+            loops: loops
+                .iter()
+                .map(|l| {
+                    (
+                        LoopStats::get(&l.logins),
+                        LoopStats::get(&l.frames_in),
+                        LoopStats::get(&l.frames_out),
+                    )
+                })
+                .collect(),
+            admitted,
+        }
+    }
+}
+
+impl Cache {
+    /// Fills the loops' rates of `stats` and appends a point to `recent`, both since the
+    /// previous snapshot's counters (nothing on the first snapshot: no rate yet).
+    fn add_rates(&mut self, stats: &mut shapes::StatsOut<'_>, current: &Previous, waiting: u64) {
+        let Some(prev) = &self.previous else {
+            return;
+        };
+        let secs = current.at.duration_since(prev.at).as_secs_f64().max(1e-3);
+        let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        for ((out, c), p) in stats.loops.iter_mut().zip(&current.loops).zip(&prev.loops) {
+            out.logins_per_s = Some(per_s(c.0, p.0));
+            out.frames_in_per_s = Some(per_s(c.1, p.1));
+            out.frames_out_per_s = Some(per_s(c.2, p.2));
+        }
+        let frames = |l: &[(u64, u64, u64)]| l.iter().map(|x| x.1).sum::<u64>();
+        if self.recent.len() == RECENT_POINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Point {
+            t: crate::queue::core::unix_ms(),
+            waiting,
+            admitted_per_s: per_s(current.admitted, prev.admitted),
+            requests_per_s: per_s(frames(&current.loops), frames(&prev.loops)),
+        });
+    }
+}
+
 /// The dashboard's state: the stream cap and the shared snapshot.
 #[derive(Debug)]
 pub(super) struct Live {
@@ -303,40 +350,8 @@ impl Live {
             queues.truncate(EVENT_QUEUES_MAX);
         }
         let mut stats = shapes::stats(ctx, &queues);
-        let current = Previous {
-            at: now,
-            loops: ctx
-                .loops
-                .iter()
-                .map(|l| {
-                    (
-                        LoopStats::get(&l.logins),
-                        LoopStats::get(&l.frames_in),
-                        LoopStats::get(&l.frames_out),
-                    )
-                })
-                .collect(),
-            admitted,
-        };
-        if let Some(prev) = &cache.previous {
-            let secs = now.duration_since(prev.at).as_secs_f64().max(1e-3);
-            let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-            for ((out, c), p) in stats.loops.iter_mut().zip(&current.loops).zip(&prev.loops) {
-                out.logins_per_s = Some(per_s(c.0, p.0));
-                out.frames_in_per_s = Some(per_s(c.1, p.1));
-                out.frames_out_per_s = Some(per_s(c.2, p.2));
-            }
-            let frames = |l: &[(u64, u64, u64)]| l.iter().map(|x| x.1).sum::<u64>();
-            if cache.recent.len() == RECENT_POINTS {
-                cache.recent.pop_front();
-            }
-            cache.recent.push_back(Point {
-                t: crate::queue::core::unix_ms(),
-                waiting,
-                admitted_per_s: per_s(admitted, prev.admitted),
-                requests_per_s: per_s(frames(&current.loops), frames(&prev.loops)),
-            });
-        }
+        let current = Previous::read(&ctx.loops, now, admitted);
+        cache.add_rates(&mut stats, &current, waiting);
         let json = sonic_rs::to_vec(&Snapshot {
             at_unix_ms: crate::queue::core::unix_ms(),
             stats,

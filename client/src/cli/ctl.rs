@@ -231,60 +231,8 @@ fn cell(v: Option<&Value>) -> String {
 /// The human form of an answer.
 fn human(command: &CtlCommand, v: &Value) -> String {
     match command {
-        CtlCommand::Stats => {
-            let rows: Vec<Vec<String>> = v
-                .get("queues")
-                .and_then(Value::as_object)
-                .map(|qs| {
-                    qs.iter()
-                        .map(|(name, q)| {
-                            vec![
-                                name.clone(),
-                                cell(q.get("waiting")),
-                                cell(q.get("admitted_total")),
-                                cell(q.get("left_total")),
-                                q.get("admit_rate_per_s")
-                                    .and_then(Value::as_f64)
-                                    .map_or("-".into(), |r| format!("{r:.2}")),
-                                cell(q.get("paused")),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut out = table(
-                &["QUEUE", "WAITING", "ADMITTED", "LEFT", "RATE/S", "PAUSED"],
-                &rows,
-            );
-            out.push_str(&format!(
-                "connections: {}  cores: {}\n",
-                cell(v.get("connections")),
-                cell(v.get("cores"))
-            ));
-            out
-        }
-        CtlCommand::Admit { queue, .. } => {
-            let players = v
-                .get("admitted")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let rows: Vec<Vec<String>> = players
-                .iter()
-                .map(|p| {
-                    vec![
-                        cell(p.get("user_id")),
-                        cell(p.get("expires_at")),
-                        cell(p.get("token")),
-                    ]
-                })
-                .collect();
-            let mut out = format!("admitted {} from queue {queue}\n", players.len());
-            if !rows.is_empty() {
-                out.push_str(&table(&["USER", "EXPIRES_AT", "TOKEN"], &rows));
-            }
-            out
-        }
+        CtlCommand::Stats => stats_human(v),
+        CtlCommand::Admit { queue, .. } => admit_human(queue, v),
         CtlCommand::Rate { per_second, queue } => {
             format!("queue {queue}: automatic admission at {per_second} players/s\n")
         }
@@ -306,25 +254,86 @@ fn human(command: &CtlCommand, v: &Value) -> String {
                 format!("not valid: {}\n", cell(v.get("reason")))
             }
         }
-        CtlCommand::Keys => {
-            let rows: Vec<Vec<String>> = v
-                .get("keys")
-                .and_then(Value::as_array)
-                .map(|ks| {
-                    ks.iter()
-                        .map(|k| {
-                            vec![
-                                cell(k.get("kid")),
-                                cell(k.get("alg")),
-                                cell(k.get("kty")),
-                                cell(k.get("crv")),
-                                cell(k.get("x")),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["KID", "ALG", "KTY", "CRV", "X"], &rows)
-        }
+        CtlCommand::Keys => keys_human(v),
     }
+}
+
+/// `stats`: one row per queue, then the connections and cores.
+fn stats_human(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .get("queues")
+        .and_then(Value::as_object)
+        .map(|qs| {
+            qs.iter()
+                .map(|(name, q)| {
+                    vec![
+                        name.clone(),
+                        cell(q.get("waiting")),
+                        cell(q.get("admitted_total")),
+                        cell(q.get("left_total")),
+                        q.get("admit_rate_per_s")
+                            .and_then(Value::as_f64)
+                            .map_or("-".into(), |r| format!("{r:.2}")),
+                        cell(q.get("paused")),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = table(
+        &["QUEUE", "WAITING", "ADMITTED", "LEFT", "RATE/S", "PAUSED"],
+        &rows,
+    );
+    out.push_str(&format!(
+        "connections: {}  cores: {}\n",
+        cell(v.get("connections")),
+        cell(v.get("cores"))
+    ));
+    out
+}
+
+/// `admit`: how many, then one row per admitted player.
+fn admit_human(queue: &str, v: &Value) -> String {
+    let players = v
+        .get("admitted")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = players
+        .iter()
+        .map(|p| {
+            vec![
+                cell(p.get("user_id")),
+                cell(p.get("expires_at")),
+                cell(p.get("token")),
+            ]
+        })
+        .collect();
+    let mut out = format!("admitted {} from queue {queue}\n", players.len());
+    if !rows.is_empty() {
+        out.push_str(&table(&["USER", "EXPIRES_AT", "TOKEN"], &rows));
+    }
+    out
+}
+
+/// `keys`: one row per public key.
+fn keys_human(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|ks| {
+            ks.iter()
+                .map(|k| {
+                    vec![
+                        cell(k.get("kid")),
+                        cell(k.get("alg")),
+                        cell(k.get("kty")),
+                        cell(k.get("crv")),
+                        cell(k.get("x")),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["KID", "ALG", "KTY", "CRV", "X"], &rows)
 }

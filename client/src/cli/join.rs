@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::{exit, exit_code, human_secs, JoinArgs};
-use crate::{Error, Event};
+use crate::{Client, Error, Event};
 
 /// One event as the `--json` line prints it.
 pub fn event_json(event: &Event) -> Value {
@@ -86,42 +86,52 @@ impl View {
     }
 }
 
+/// Writes one JSON line to stdout, flushed (scripts read it as it comes).
+fn say(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Connects and logs in; on failure (or Ctrl-C) the exit code, the error printed.
+async fn connect(args: &JoinArgs) -> Result<Client, u8> {
+    let connecting = async { args.player.builder(args.user).connect().await };
+    tokio::select! {
+        c = connecting => c.map_err(|e| {
+            let code = exit_code(&e);
+            if args.json { say(error_json(&e, code)) } else { eprintln!("queue-client: {e}") }
+            code
+        }),
+        _ = tokio::signal::ctrl_c() => Err(exit::INTERRUPTED),
+    }
+}
+
+/// The bar on stderr (hidden with `--json`).
+fn progress_bar(json: bool) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+            .expect("static template")
+            .progress_chars("=> ")
+            .tick_chars("|/-\\ "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
 /// Runs `join`; returns the exit code.
 pub async fn run(args: JoinArgs) -> u8 {
     let started = Instant::now();
     let json = args.json;
-    let say = |v: Value| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
-        let _ = out.flush();
+    let mut client = match connect(&args).await {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let connecting = async { args.player.builder(args.user).connect().await };
-    let mut client = tokio::select! {
-        c = connecting => match c {
-            Ok(c) => c,
-            Err(e) => {
-                let code = exit_code(&e);
-                if json { say(error_json(&e, code)) } else { eprintln!("queue-client: {e}") }
-                return code;
-            }
-        },
-        _ = tokio::signal::ctrl_c() => return exit::INTERRUPTED,
-    };
-
     let tty = std::io::stderr().is_terminal();
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
-                .expect("static template")
-                .progress_chars("=> ")
-                .tick_chars("|/-\\ "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    };
+    let bar = progress_bar(json);
     let mut view = View {
         start: 1,
         position: 0,
@@ -173,32 +183,49 @@ pub async fn run(args: JoinArgs) -> u8 {
         } else if !tty {
             eprintln!("{}", event_json(&event));
         }
+        if let Some(code) = view.apply(event, &bar, json, started) {
+            return code;
+        }
+        bar.set_message(view.message(started.elapsed()));
+    }
+}
+
+impl View {
+    /// Takes one event into the view and the bar; the exit code once admitted (the
+    /// token is then printed on stdout, unless `--json` printed it already).
+    fn apply(
+        &mut self,
+        event: Event,
+        bar: &ProgressBar,
+        json: bool,
+        started: Instant,
+    ) -> Option<u8> {
         match event {
             Event::Position {
                 position,
                 queue_len,
                 eta_secs,
             } => {
-                view.start = view.start.max(position);
-                view.position = position;
-                view.queue_len = queue_len;
-                view.eta_secs = eta_secs;
-                view.note.clear();
-                bar.set_length(view.start);
-                bar.set_position(view.start - position.min(view.start));
+                self.start = self.start.max(position);
+                self.position = position;
+                self.queue_len = queue_len;
+                self.eta_secs = eta_secs;
+                self.note.clear();
+                bar.set_length(self.start);
+                bar.set_position(self.start - position.min(self.start));
             }
             Event::Reconnecting {
                 attempt, delay_ms, ..
             } => {
-                view.note = format!("reconnecting (attempt {attempt}, in {delay_ms} ms)");
+                self.note = format!("reconnecting (attempt {attempt}, in {delay_ms} ms)");
             }
-            Event::Resumed { .. } => view.note = "resumed".into(),
-            Event::Kicked { reason, .. } => view.note = format!("kicked: {reason}"),
+            Event::Resumed { .. } => self.note = "resumed".into(),
+            Event::Kicked { reason, .. } => self.note = format!("kicked: {reason}"),
             Event::Admitted {
                 token, login_addr, ..
             } => {
-                bar.set_position(view.start);
-                bar.finish_with_message(format!("{} | admitted", view.message(started.elapsed())));
+                bar.set_position(self.start);
+                bar.finish_with_message(format!("{} | admitted", self.message(started.elapsed())));
                 if !json {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "token: {token}");
@@ -207,9 +234,9 @@ pub async fn run(args: JoinArgs) -> u8 {
                     }
                     let _ = out.flush();
                 }
-                return exit::OK;
+                return Some(exit::OK);
             }
         }
-        bar.set_message(view.message(started.elapsed()));
+        None
     }
 }
