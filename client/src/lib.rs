@@ -65,12 +65,12 @@
 //! | heartbeat period | 10 s | [`ClientBuilder::heartbeat_interval`] |
 //! | answer timeout (every request; no answer = server dead, reconnect) | 10 s | [`ClientBuilder::answer_timeout`] |
 //! | TCP connect timeout | 5 s | [`ClientBuilder::connect_timeout`] |
-//! | reconnect backoff (doubling, random 50-100 % of it) | 500 ms up to 30 s | [`ClientBuilder::backoff`] |
-//! | reconnect attempts before giving up | 10 | [`ClientBuilder::max_reconnect_attempts`] |
+//! | reconnect backoff (doubling, random 50-100 % of it) | 500 ms up to 15 s | [`ClientBuilder::backoff`] |
+//! | reconnect attempts before giving up | 12 | [`ClientBuilder::max_reconnect_attempts`] |
 //! | largest server frame | 64 KiB | [`ClientBuilder::max_frame_bytes`] |
 //!
 //! - After `SHUTTING_DOWN` (code 9) or `kicked shutdown`, the next attempt waits at
-//!   least the server's `retry_after_secs` (plus up to 25 % jitter).
+//!   least the server's `retry_after_secs` (plus up to 10 % jitter, at most 1 s).
 //! - No reconnect after `kicked duplicate_login` (another connection took the place),
 //!   `kicked removed`, `leave`, admission, or a refusal that would repeat.
 //! - [`ClientBuilder::connect`] fails at once when the server cannot be reached or

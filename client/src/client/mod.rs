@@ -11,8 +11,8 @@
 //! - reconnect with exponential backoff and jitter; a `login` within the server's
 //!   `reconnect_grace_secs` gets the place back (`resumed: true`);
 //! - `SHUTTING_DOWN` (9) and `kicked shutdown` are honoured: the next attempt waits at
-//!   least `retry_after_secs` (plus up to a quarter more of jitter, so a whole queue
-//!   does not come back in the same instant);
+//!   least `retry_after_secs` (plus up to 10 % of jitter, at most 1 s, so a whole
+//!   queue does not come back in the same instant: docs/protocol.md section 5 rule 4);
 //! - never reconnect after `kicked duplicate_login` / `removed`, after `leave`, after a
 //!   refusal that would repeat (bad ticket, full or unknown queue), or once admitted
 //!   (the connection is closed then; the token is the player's).
@@ -107,11 +107,11 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// First reconnect backoff (doubles per attempt, with jitter).
     pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-    /// Largest reconnect backoff.
-    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-    /// Reconnect attempts in a row before giving up (about two minutes of backoff, past
-    /// the server's default 60 s reconnect grace).
-    pub const MAX_RECONNECT_ATTEMPTS: u32 = 10;
+    /// Largest reconnect backoff (docs/protocol.md section 5 rule 3).
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
+    /// Reconnect attempts in a row before giving up: 60-120 s of backoff in all, so a
+    /// client keeps trying through the server's default 60 s reconnect grace.
+    pub const MAX_RECONNECT_ATTEMPTS: u32 = 12;
 }
 
 /// Settings of one client; see [`Client::builder`].
@@ -180,7 +180,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Reconnect backoff: first delay and cap (defaults 500 ms and 30 s). Each attempt
+    /// Reconnect backoff: first delay and cap (defaults 500 ms and 15 s). Each attempt
     /// doubles the delay up to the cap and waits a random 50 to 100 % of it.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
@@ -348,7 +348,8 @@ struct Config {
 
 impl Config {
     /// Wait before attempt `attempt` (from 1): exponential backoff, a random 50-100 %
-    /// of it; at least the server's retry-after (plus up to 25 % jitter) when given.
+    /// of it; at least the server's retry-after (plus up to 10 % jitter, at most 1 s) when
+    /// given.
     fn delay(&mut self, attempt: u32, retry_after_secs: Option<u64>) -> Duration {
         let initial = self.b.backoff_initial.as_millis() as u64;
         let max = self.b.backoff_max.as_millis() as u64;
@@ -358,7 +359,7 @@ impl Config {
         let ms = match retry_after_secs {
             Some(secs) => {
                 let floor = secs.saturating_mul(1000);
-                backoff.max(floor + self.rng.below(floor / 4 + 1))
+                backoff.max(floor + self.rng.below((floor / 10).min(1000) + 1))
             }
             None => backoff,
         };
@@ -396,6 +397,53 @@ impl Rng {
             0
         } else {
             self.0 % n
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            b: Client::builder("127.0.0.1:1").user(7),
+            user_id: 7,
+            rng: Rng::new(7),
+        }
+    }
+
+    /// docs/protocol.md section 5, rule 3: a random 50-100 % of 0.5 s x 2^attempt,
+    /// capped at 15 s.
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_documented_cap() {
+        let mut cfg = config();
+        for _ in 0..1000 {
+            let first = cfg.delay(1, None);
+            assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+            let late = cfg.delay(30, None);
+            assert!(
+                late >= Duration::from_millis(7_500) && late <= Duration::from_secs(15),
+                "{late:?}"
+            );
+        }
+    }
+
+    /// Rule 4: at least `retry_after_secs`, plus up to 10 % jitter, at most 1 s.
+    #[test]
+    fn retry_after_gets_at_most_ten_percent_and_one_second_of_jitter() {
+        let mut cfg = config();
+        for _ in 0..1000 {
+            let d = cfg.delay(1, Some(5));
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_millis(5_500),
+                "{d:?}"
+            );
+            let d = cfg.delay(1, Some(60));
+            assert!(
+                d >= Duration::from_secs(60) && d <= Duration::from_secs(61),
+                "{d:?}"
+            );
         }
     }
 }
