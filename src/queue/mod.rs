@@ -6,13 +6,11 @@
 //! - [`core`]: the queue core thread: drains, applies, flushes batches to the loops;
 //! - [`journal`]: the core's bounded per-player journal (`GET /v1/users/{user_id}`);
 //! - [`durability`]: recovery at start, fsync policy, snapshots, degraded status, over
-//!   [`wal`] (the append-only log of ops) and [`snapshot`] (the whole state, atomically).
+//!   [`durability::wal`] (the append-only log of ops) and [`durability::snapshot`] (the whole state, atomically).
 
 pub mod core;
 pub mod durability;
 pub mod journal;
 pub mod pacing;
 pub mod rank;
-pub mod snapshot;
 pub mod state;
-pub mod wal;

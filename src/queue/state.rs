@@ -1,7 +1,7 @@
 //! The queue state machine: every queue, the user index, admission pacing and issued
 //! admission grants. `apply(op, now) -> events`, nothing else: no sockets, no threads,
 //! no clock of its own, no randomness, so it can be tested against a model and replayed
-//! from a write-ahead log of [`Op`]s (`queue::wal`); [`codec`] turns ops and the whole
+//! from a write-ahead log of [`Op`]s (`queue::durability::wal`); [`codec`] turns ops and the whole
 //! state into bytes, canonically, so equal states give equal snapshots.
 //!
 //! Invariants:

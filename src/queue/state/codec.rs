@@ -1,7 +1,7 @@
 //! Bytes for the write-ahead log and snapshots: one [`Op`] with its time as a log
 //! record's payload, and the whole [`QueueState`] as a snapshot's payload.
 //! Little-endian, fixed widths, strings as a u32 length + UTF-8. Framing (lengths, CRCs,
-//! files) is `queue::wal`'s and `queue::snapshot`'s business, not this file's.
+//! files) is `queue::durability::wal`'s and `::snapshot`'s business, not this file's.
 //!
 //! Invariants:
 //! - `decode_op(encode_op(op, t)) == (op, t)` for every op; encoding appends to a
