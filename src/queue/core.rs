@@ -1,6 +1,7 @@
 //! The queue core thread: the only owner of [`QueueState`]. It drains every pending
-//! message, applies them, and then flushes: one [`RankBatch`] shared by all loops, the
-//! join answers, the admissions and kicks, one doorbell ring per loop.
+//! message, applies them, and then flushes: one [`RankBatch`](crate::msg::RankBatch)
+//! shared by all loops, the join answers, the admissions and kicks, one doorbell ring
+//! per loop.
 //!
 //! The map (the files below add `impl Core` blocks and import this file; it imports
 //! none of them):

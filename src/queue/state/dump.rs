@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::msg::UserId;
 
-/// What [`QueueState::dump`] shows: equal dumps mean equal observable state.
+/// What [`QueueState::dump`](super::QueueState::dump) shows: equal dumps mean equal
+/// observable state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Dump {
     /// Prefix of every `jti` this state issues.

@@ -93,7 +93,8 @@ pub enum Op {
     /// Housekeeping: automatic admission, grace and grant expiry.
     Tick,
     /// An empty auto-created queue is removed (the core decides when, from
-    /// `queues.auto_expire_secs`; see [`QueueState::next_expiry`]).
+    /// `queues.auto_expire_secs`; see
+    /// [`QueueState::next_expiry`](super::QueueState::next_expiry)).
     ExpireQueue {
         /// Queue.
         queue: QueueId,

@@ -78,7 +78,8 @@ impl QueueState {
     }
 
     /// The first queue at or after `from` that is due to expire at `now_ms`: auto-created,
-    /// idle, and unused for `auto_expire_ms`. The core applies [`Op::ExpireQueue`] to it.
+    /// idle, and unused for `auto_expire_ms`. The core applies
+    /// [`Op::ExpireQueue`](super::Op::ExpireQueue) to it.
     pub fn next_expiry(&self, now_ms: u64, from: usize) -> Option<QueueId> {
         let expire_ms = self.limits.auto_expire_ms;
         if expire_ms == 0 {
