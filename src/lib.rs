@@ -12,8 +12,10 @@
 //! - [`frame`]: the 4-byte length framing, decided from the header alone;
 //! - [`protocol`]: envelope parsing, error codes, JSON encoders writing into buffers;
 //! - [`queue`]: the queue state machine ([`queue::state`]), its thread ([`queue::core`]),
-//!   durability ([`queue::durability`]: write-ahead log and snapshots) and the core's
-//!   per-player journal ([`queue::journal`]);
+//!   durability ([`queue::durability`]: write-ahead log, snapshots, recovery) and the
+//!   core's per-player journal ([`queue::journal`]); [`queue`]'s header names the file
+//!   behind each queue behaviour (join, leave, admission, rate, capacity, pause, grace,
+//!   expiry, removal, journal, durability, resync);
 //! - [`msg`]: the messages between loops, core and control thread;
 //! - [`doorbell`]: wakes a loop once per batch of core events;
 //! - [`wake`]: a loop-local task wake-up flag;

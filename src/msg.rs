@@ -15,6 +15,10 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 
+pub use self::report::{EventOut, PositionCounts, UserReport};
+
+mod report;
+
 /// Index of an io loop, 0-based.
 pub type LoopId = u16;
 /// A session's id within its loop: slot index in the low 32 bits, slot generation in
@@ -243,7 +247,7 @@ pub enum ControlReply {
     /// Per-queue counters.
     Stats(Vec<QueueStats>),
     /// A player's state and journal.
-    User(Box<crate::queue::journal::UserReport>),
+    User(Box<UserReport>),
     /// The player was removed; what it held (`waiting`, `grace`, `admitted`).
     Removed(&'static str),
     /// Nothing is known of the player (404 `no such player`).

@@ -3,7 +3,11 @@
 //! plus counters of the positions its sessions were told. Owned by the queue core thread
 //! (no locks), written where the core already handles the fact, read through a
 //! `ControlReq::User` round trip like the stats. Not durable: a restart starts it empty
-//! (the current state part of an answer comes from the state machine, which is).
+//! (the current state part of an answer comes from the state machine, which is). The
+//! answer's shape ([`UserReport`], [`EventOut`], [`PositionCounts`]) lives in
+//! `msg::report`, the seam to the control thread, and is re-exported here; this file
+//! renders entries into it ([`EventOut::from_entry`]) and imports only `msg` and
+//! `config`, so `msg` never imports the queue.
 //!
 //! Where the facts come from (no message per frame):
 //! - core-side facts are recorded where the core applies them: a login (position answered,
@@ -38,8 +42,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
 
-use serde::Serialize;
-
+pub use crate::msg::{EventOut, PositionCounts, UserReport};
 use crate::msg::{JoinError, KickReason, LoopId, QueueId, SessionReport, UserId};
 
 /// What happened (the payload of an [`Entry`]).
@@ -275,86 +278,6 @@ pub fn connected(peer: SocketAddr, loop_id: LoopId) -> What {
         port: peer.port(),
         loop_id,
     }
-}
-
-/// `GET /v1/users/{user_id}`: the answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UserReport {
-    /// The player.
-    pub user_id: UserId,
-    /// The queue asked about.
-    pub queue: String,
-    /// `waiting`, `grace`, `admitted` or `unknown`.
-    pub state: &'static str,
-    /// Position (waiting, grace).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    /// `priority` or `normal` (waiting, grace).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lane: Option<&'static str>,
-    /// End of reconnect grace, unix ms (grace).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grace_until_ms: Option<u64>,
-    /// The admission token's `jti` (admitted).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-    /// The token was verified (admitted).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub used: Option<bool>,
-    /// Position answers and pushes, as of the last session report.
-    pub positions: PositionCounts,
-    /// The last events, oldest first.
-    pub events: Vec<EventOut>,
-    /// Older events dropped from the ring.
-    pub events_dropped: u64,
-}
-
-/// Counters of positions a player was told.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PositionCounts {
-    /// `position` requests answered.
-    pub answered: u64,
-    /// `position` pushes sent.
-    pub pushed: u64,
-    /// Last value answered or pushed (0: none).
-    pub last: u64,
-    /// When a session last reported (its disconnect), unix ms; 0 = never: counts of a
-    /// connected session arrive when it ends.
-    pub as_of_ms: u64,
-}
-
-/// One event in a [`UserReport`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventOut {
-    /// When, unix ms.
-    pub at_ms: u64,
-    /// `connected`, `logged_in`, `resumed`, `refused`, `disconnected`,
-    /// `grace_expired`, `kicked`, `admitted`, `token_verified`, `left`, `removed`.
-    pub event: &'static str,
-    /// Peer address (`connected`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    /// io loop (`connected`).
-    #[serde(rename = "loop", skip_serializing_if = "Option::is_none")]
-    pub loop_id: Option<LoopId>,
-    /// Position answered (`logged_in`, `resumed`; 0 = resumed an admission).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    /// Lane (`logged_in`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lane: Option<&'static str>,
-    /// Kick reason (`kicked`, `disconnected` after a loop's kick).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// Error code (`refused`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
-    /// Token `jti` (`admitted`, `token_verified`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-    /// What was removed (`removed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held: Option<&'static str>,
 }
 
 impl EventOut {

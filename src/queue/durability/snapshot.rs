@@ -12,7 +12,9 @@
 //! - a snapshot is written to `snapshot.bin.tmp`, fsynced, renamed over `snapshot.bin`,
 //!   and the directory fsynced; only then are the logs it covers deleted. A crash at any
 //!   step leaves the old snapshot with every log it needs, or the new one;
-//! - a snapshot that fails its checks is never guessed at: start-up refuses.
+//! - a snapshot that fails its checks is never guessed at: start-up refuses;
+//! - this file imports [`super::shared`] and [`super::wal`] (log names, directory
+//!   fsync), never the durability root, which builds on it.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -23,7 +25,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
-use super::durability::{DurabilityStatus, RecoveryError};
+use super::shared::{DurabilityStatus, RecoveryError};
 use super::wal;
 
 /// The snapshot's file name.

@@ -16,15 +16,17 @@
 //!   always opens a new generation);
 //! - a record that fails its checks is a *torn tail* only when no valid record follows
 //!   it anywhere in the file, and only in the last file; anything else is corruption,
-//!   reported with the file and the byte offset of the bad record.
+//!   reported with the file and the byte offset of the bad record;
+//! - this file imports only [`super::shared`] (and the op codec of `queue::state`),
+//!   never `snapshot` or the durability root: they build on it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::durability::RecoveryError;
-use super::state::codec::{decode_op, encode_op};
-use super::state::Op;
+use super::shared::RecoveryError;
+use crate::queue::state::codec::{decode_op, encode_op};
+use crate::queue::state::Op;
 
 /// Bytes of the file header.
 pub const HEADER_BYTES: usize = 20;

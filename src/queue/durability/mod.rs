@@ -5,6 +5,16 @@
 //! Files in `durability.dir`: `snapshot.bin` (see [`snapshot`]), `wal-<gen>.log` (see
 //! [`wal`]) and `lock` (held with `flock` so two servers never share a directory).
 //!
+//! The module map (imports go one way: `shared` <- `wal` <- `snapshot` <- this file):
+//! - this file: [`open`] and [`recover`] (start-up), [`Durability`] (append, commit
+//!   with the fsync policy, periodic and final snapshots, degraded after a log error),
+//!   [`logged`] (which ops go to the log);
+//! - [`wal`]: the append-only log files, their record framing, torn-tail rules;
+//! - [`snapshot`]: `snapshot.bin`, its header and atomic replacement, the writer
+//!   thread, deleting the logs a snapshot covers;
+//! - [`shared`]: [`RecoveryError`] and [`DurabilityStatus`], used by all three (a leaf:
+//!   it imports none of them).
+//!
 //! Invariants:
 //! - in every policy the records of a round reach the OS (one `write`) before anything
 //!   that depends on them leaves the core, so a killed process loses nothing it answered;
@@ -17,105 +27,29 @@
 //!   file and byte offset at fault; then it writes a snapshot and opens a new log
 //!   generation, so a log is never appended to after a torn record.
 
-use std::fmt;
+pub mod shared;
+pub mod snapshot;
+pub mod wal;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::snapshot;
-use super::state::{Applied, Limits, Op, QueueState};
-use super::wal::{self, LogWriter};
+pub use self::shared::{DurabilityStatus, RecoveryError};
+use self::wal::LogWriter;
 use crate::config::{DurabilityConfig, FsyncPolicy};
 use crate::msg::JoinError;
+use crate::queue::state::{Applied, Limits, Op, QueueState};
 
 /// Buffered quiet records (rounds with nothing to answer) are written once they reach
 /// this many bytes; rounds with output write at once.
 const QUIET_WRITE_BYTES: usize = 64 * 1024;
 /// Longest time between two fsyncs with `fsync = "everysec"`.
 const EVERYSEC: Duration = Duration::from_secs(1);
-
-/// Why the durable state cannot be loaded; start-up refuses with it.
-#[derive(Debug)]
-pub enum RecoveryError {
-    /// A file or the directory could not be read, written or created.
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// A file holds bytes that were not written as they are: no guessing.
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// Byte offset of the first bad byte or record.
-        offset: u64,
-        /// What is wrong there.
-        reason: String,
-    },
-    /// The files do not form one history (a log is missing, or has no snapshot).
-    Inconsistent {
-        /// The file at fault (or missing).
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// Another process holds the directory's lock.
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
-}
-
-impl fmt::Display for RecoveryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecoveryError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            RecoveryError::Corrupt {
-                path,
-                offset,
-                reason,
-            } => write!(
-                f,
-                "{}: corrupt at byte offset {offset}: {reason}",
-                path.display()
-            ),
-            RecoveryError::Inconsistent { path, reason } => {
-                write!(f, "{}: {reason}", path.display())
-            }
-            RecoveryError::Locked { path } => write!(
-                f,
-                "{}: the durability directory is in use by another process",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RecoveryError {}
-
-/// What the durability layer reports to the rest of the server (metrics, health, tests).
-#[derive(Debug, Default)]
-pub struct DurabilityStatus {
-    /// The log failed (write or fsync): joins and admissions are refused until a restart.
-    pub degraded: AtomicBool,
-    /// Test hook: the next log fsync fails as if the disk had returned an error.
-    pub fail_next_sync: AtomicBool,
-    /// Records appended since start.
-    pub records: AtomicU64,
-    /// Log fsyncs since start.
-    pub syncs: AtomicU64,
-    /// Snapshots written since start (start-up and shutdown included).
-    pub snapshots: AtomicU64,
-    /// Snapshots that failed (not fatal: the log keeps everything).
-    pub snapshot_errors: AtomicU64,
-    /// Time each log fsync took (written by the core only).
-    pub fsync: crate::stats::histogram::Histogram,
-}
 
 /// What [`recover`] found on disk.
 #[derive(Debug)]

@@ -1,0 +1,419 @@
+//! Tests of the queue core: a `Core` driven through its inbox, loops as channel ends.
+
+use super::*;
+use crate::config::Config;
+use crate::doorbell;
+use crate::msg::{ControlReq, JoinOk, KickReason, SessionId};
+use crate::queue::state::Limits;
+
+/// A core with one loop whose channel holds `capacity` events; the loop's end.
+fn core_with_loop(capacity: usize) -> (Core, Receiver<LoopEvent>, doorbell::BellRx) {
+    let (core, mut rxs, mut bells) = core_with_loops(1, capacity);
+    (core, rxs.remove(0), bells.remove(0))
+}
+
+/// A core with `n` loops whose channels hold `capacity` events each; the loops' ends.
+fn core_with_loops(
+    n: usize,
+    capacity: usize,
+) -> (Core, Vec<Receiver<LoopEvent>>, Vec<doorbell::BellRx>) {
+    let config = Config::default();
+    let state = QueueState::new(Limits::from_config(&config), &[], 1);
+    let (signer, _) = TokenSigner::from_config(&config.tokens).expect("signer");
+    let (_inbox_tx, inbox) = crossbeam_channel::bounded(16);
+    let (mut links, mut rxs, mut bells) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let (bell, bell_rx) = doorbell::pair().expect("doorbell");
+        links.push(LoopLink { tx, bell });
+        rxs.push(rx);
+        bells.push(bell_rx);
+    }
+    let timing = CoreTiming {
+        tick: Duration::from_millis(10),
+        resync: Duration::from_secs(10),
+    };
+    let core = Core::new(
+        state,
+        Arc::new(signer),
+        inbox,
+        links,
+        timing,
+        Arc::new(AtomicBool::new(false)),
+    );
+    (core, rxs, bells)
+}
+
+fn kick(session: SessionId) -> LoopEvent {
+    LoopEvent::Kick {
+        session,
+        reason: KickReason::DuplicateLogin,
+    }
+}
+
+fn session_of(event: LoopEvent) -> SessionId {
+    match event {
+        LoopEvent::Kick { session, .. } => session,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// The "ConsumeJti + resume in the same round answers INTERNAL" race: a player
+/// resumes its admission and the token is used in the same round. The login answer
+/// is the admission it resumed, not `Gone` (INTERNAL).
+#[test]
+fn a_resume_and_a_token_use_in_one_round_answer_admitted() {
+    let (mut core, rx, _bell) = core_with_loop(64);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    let now = unix_ms();
+    let join = |session| CoreMsg::Join {
+        conn: ConnRef {
+            loop_id: 0,
+            session,
+        },
+        seq: 1,
+        user: 5,
+        queue: "q".into(),
+        prio: false,
+        peer: "127.0.0.1:1".parse().expect("addr"),
+    };
+    let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
+        rx.try_iter()
+            .find_map(|e| match e {
+                LoopEvent::Joined { result, .. } => Some(result),
+                _ => None,
+            })
+            .expect("a login answer")
+    };
+    core.handle(join(1), now);
+    core.flush(now, false);
+    assert!(answer(&rx).expect("joined").admitted.is_none());
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    let admit = ControlReq::Admit {
+        queue: "q".into(),
+        count: 1,
+    };
+    core.handle(CoreMsg::Control(admit, reply_tx.clone()), now);
+    core.flush(now, false);
+    let grant = core.state.grant(0, 5).expect("admitted");
+    assert!(matches!(reply_rx.try_recv(), Ok(ControlReply::Admitted(_))));
+    let _ = rx.try_iter().count();
+    // One round: the player logs in again, and its token is used.
+    core.handle(join(2), now);
+    let consume = ControlReq::ConsumeJti {
+        jti: core.state.jti_text(grant.jti),
+        exp: grant.exp,
+    };
+    core.handle(CoreMsg::Control(consume, reply_tx), now);
+    core.flush(now, false);
+    assert!(matches!(
+        reply_rx.try_recv(),
+        Ok(ControlReply::Consumed(true))
+    ));
+    let resumed = answer(&rx).expect("not INTERNAL");
+    assert!(resumed.resumed);
+    assert!(resumed.admitted.is_some());
+}
+
+/// A full channel never blocks the core: the rest waits in order, and once anything
+/// waits, later events go behind it even when the channel has room again.
+#[test]
+fn a_full_loop_channel_backs_up_in_order_without_blocking() {
+    let (mut core, rx, _bell) = core_with_loop(2);
+    for s in 0..10 {
+        core.send(0, kick(s));
+    }
+    assert_eq!(rx.len(), 2);
+    assert_eq!(core.backlog[0].len(), 8);
+    let mut seen: Vec<SessionId> = rx.try_iter().map(session_of).collect();
+    core.send(0, kick(10));
+    assert!(rx.is_empty(), "a new event must not pass the backlog");
+    while core.backlogged() {
+        core.drain_backlogs();
+        seen.extend(rx.try_iter().map(session_of));
+    }
+    assert_eq!(seen, (0..=10).collect::<Vec<_>>());
+}
+
+/// Past `BACKLOG_MAX` the core waits for the loop, ringing it first: a loop that
+/// only reads after its doorbell (as the io loops do) still takes everything.
+#[test]
+fn a_backlog_over_its_bound_waits_for_a_loop_that_sleeps_on_its_bell() {
+    use std::io::Read;
+    let (mut core, rx, bell) = core_with_loop(16);
+    let total = BACKLOG_MAX as u64 + 100;
+    let reader = std::thread::spawn(move || {
+        let (armed, mut bell) = bell.into_parts();
+        bell.set_nonblocking(false).expect("blocking bell");
+        let mut next = 0;
+        let mut buf = [0u8; 64];
+        while next < total {
+            while let Ok(event) = rx.try_recv() {
+                assert_eq!(session_of(event), next);
+                next += 1;
+            }
+            doorbell::arm(&armed);
+            if rx.is_empty() && next < total {
+                let _rings = bell.read(&mut buf).expect("bell read");
+            } else {
+                doorbell::disarm(&armed);
+            }
+        }
+    });
+    for s in 0..total {
+        core.send(0, kick(s));
+        assert!(core.backlog[0].len() <= BACKLOG_MAX);
+    }
+    while core.backlogged() {
+        core.flush(unix_ms(), false);
+        std::thread::yield_now();
+    }
+    core.flush(unix_ms(), false);
+    reader.join().expect("loop got every event in order");
+}
+
+/// The core's round time at a million players, resync rounds included: 300 rounds
+/// of churn (50 joins, 50 leaves, a tick), a resync started every 100 rounds, the
+/// loops' channels drained between rounds outside the timing. A measurement, not a
+/// check (no timing assert); numbers in `bench/results/resync-2026-11-26.md`.
+#[test]
+#[ignore = "measurement: cargo test --release --lib resync_round_times -- --ignored --nocapture"]
+fn resync_round_times_at_a_million_players() {
+    const PLAYERS: u64 = 1_000_000;
+    const LOOPS: u64 = 4;
+    const ROUNDS: u64 = 300;
+    const RESYNC_EVERY: u64 = 100;
+    const CHURN: u64 = 50;
+    let (mut core, rxs, _bells) = core_with_loops(LOOPS as usize, 1 << 16);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 4 * PLAYERS, 0.0)],
+        1,
+    );
+    let now = unix_ms();
+    let conn = |user: u64| ConnRef {
+        loop_id: (user % LOOPS) as _,
+        session: user,
+    };
+    let join = |user: u64| Op::Join {
+        queue: "q".into(),
+        user,
+        prio: user.is_multiple_of(10),
+        conn: conn(user),
+    };
+    for user in 0..PLAYERS {
+        core.apply(&join(user), now);
+    }
+    core.flush(now, false);
+    let drain = |rxs: &[Receiver<LoopEvent>]| {
+        for rx in rxs {
+            while rx.try_recv().is_ok() {}
+        }
+    };
+    drain(&rxs);
+    let mut rounds = Vec::new();
+    let mut resync_rounds = Vec::new();
+    let mut slice_rounds = Vec::new();
+    let mut resync_was_active = false;
+    let mut next_user = PLAYERS;
+    for round in 0..ROUNDS {
+        let started = Instant::now();
+        for i in 0..CHURN {
+            core.apply(&join(next_user), now);
+            next_user += 1;
+            let gone = (round * CHURN + i) * 7919 % PLAYERS;
+            let leave = Op::Leave {
+                queue: 0,
+                user: gone,
+                conn: conn(gone),
+            };
+            core.apply(&leave, now);
+        }
+        core.apply(&Op::Tick, now);
+        let resync = round.is_multiple_of(RESYNC_EVERY);
+        core.commit(resync || core.resync.active);
+        core.flush(now, resync);
+        let took = started.elapsed();
+        rounds.push(took);
+        if resync {
+            resync_rounds.push(took);
+        }
+        if resync || core.resync.active || resync_was_active {
+            slice_rounds.push(took);
+        }
+        resync_was_active = core.resync.active;
+        drain(&rxs);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut sorted = rounds.clone();
+    sorted.sort_unstable();
+    let at = |p: f64| ms(sorted[((sorted.len() - 1) as f64 * p).round() as usize]);
+    println!(
+        "rounds={} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} over_5ms={} resync_start_rounds_ms={:?}",
+        rounds.len(),
+        at(0.5),
+        at(0.99),
+        ms(*sorted.last().expect("rounds")),
+        rounds.iter().filter(|&&d| ms(d) > 5.0).count(),
+        resync_rounds
+            .iter()
+            .map(|&d| (ms(d) * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+    );
+    slice_rounds.sort_unstable();
+    println!(
+        "slice_size={} rounds_with_a_resync_slice={} their_p50_ms={:.3} their_max_ms={:.3}",
+        core.resync_slice,
+        slice_rounds.len(),
+        ms(slice_rounds[slice_rounds.len() / 2]),
+        ms(*slice_rounds.last().expect("slices")),
+    );
+}
+
+/// What an io loop keeps of its waiting sessions, for the resync tests: applies
+/// rank batches and resync lists exactly as `io_loop.rs` does (by session id).
+#[derive(Default)]
+struct FakeLoop {
+    /// Session -> (queue, key, position).
+    sessions: std::collections::HashMap<SessionId, (QueueId, PlaceKey, u64)>,
+}
+
+impl FakeLoop {
+    fn take(&mut self, rx: &Receiver<LoopEvent>) {
+        for event in rx.try_iter() {
+            match event {
+                LoopEvent::Ranks(batch) => {
+                    for (queue, key, position) in self.sessions.values_mut() {
+                        if let Some(d) = batch.queues.iter().find(|d| d.queue == *queue) {
+                            *position = position.saturating_add_signed(d.shift(*key));
+                        }
+                    }
+                }
+                LoopEvent::Resync(list) => {
+                    for (session, position) in list {
+                        if let Some(s) = self.sessions.get_mut(&session) {
+                            s.2 = position;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The drift the resync exists for: every loop's positions are corrupted, players
+/// join, leave and are admitted between slices, and a resync cycle walks three
+/// slots a round over a queue with both lanes, an empty queue and a queue of
+/// players in grace. After the cycle every loop holds the exact positions.
+#[test]
+fn an_incremental_resync_leaves_every_loop_at_the_exact_positions() {
+    const LOOPS: usize = 2;
+    let (mut core, rxs, _bells) = core_with_loops(LOOPS, 1 << 12);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[
+            ("a".into(), 1000, 0.0),
+            ("b".into(), 1000, 0.0),
+            ("c".into(), 1000, 0.0),
+        ],
+        1,
+    );
+    core.resync_slice = 3;
+    let now = unix_ms();
+    let conn = |user: u64| ConnRef {
+        loop_id: (user % LOOPS as u64) as _,
+        session: user,
+    };
+    let queue_of = |user: u64| if user.is_multiple_of(3) { "c" } else { "a" };
+    let join = |user: u64| Op::Join {
+        queue: queue_of(user).into(),
+        user,
+        prio: user.is_multiple_of(4),
+        conn: conn(user),
+    };
+    let mut loops: Vec<FakeLoop> = (0..LOOPS).map(|_| FakeLoop::default()).collect();
+    // The loop side learns a new session with its exact position at flush time,
+    // behind that round's batch (as a join answer is).
+    let learn = |core: &Core, loops: &mut [FakeLoop], user: u64, drift: u64| {
+        let queue = if queue_of(user) == "c" { 2 } else { 0 };
+        if let Some(place) = core.state.place(queue, user) {
+            let position = core.state.queues()[queue as usize].position(place.key);
+            loops[conn(user).loop_id as usize]
+                .sessions
+                .insert(user, (queue, place.key, position + drift));
+        }
+    };
+    for user in 0..60 {
+        core.apply(&join(user), now);
+    }
+    // Players 100.. are in grace: no connection, nothing to resync.
+    for user in 100..105 {
+        core.apply(&join(user), now);
+        let disconnect = Op::Disconnect {
+            queue: 0,
+            user,
+            conn: conn(user),
+        };
+        core.apply(&disconnect, now);
+    }
+    core.flush(now, false);
+    for (l, rx) in loops.iter_mut().zip(&rxs) {
+        l.take(rx);
+    }
+    for user in 0..60 {
+        // Drift: every loop's bookkeeping is off, by a different amount each.
+        learn(&core, &mut loops, user, 1 + user % 7);
+    }
+    let mut next_user = 1000;
+    let mut rounds = 0;
+    let mut resync = true;
+    while resync || core.resync.active {
+        // Churn between slices: a leave near the head, a join at the tail and one
+        // in the priority lane, an admission.
+        let gone = rounds * 5 % 60;
+        let leave = Op::Leave {
+            queue: if queue_of(gone) == "c" { 2 } else { 0 },
+            user: gone,
+            conn: conn(gone),
+        };
+        core.apply(&leave, now);
+        let joined = [next_user, next_user + 1];
+        next_user += 3;
+        for &user in &joined {
+            core.apply(&join(user), now);
+        }
+        core.apply(&Op::Admit { queue: 0, count: 1 }, now);
+        core.flush(now, std::mem::take(&mut resync));
+        for (l, rx) in loops.iter_mut().zip(&rxs) {
+            l.take(rx);
+        }
+        for &user in &joined {
+            learn(&core, &mut loops, user, 0);
+        }
+        // Sessions whose player no longer waits stop following ranks.
+        for l in &mut loops {
+            l.sessions
+                .retain(|&user, s| core.state.place(s.0, user).is_some());
+        }
+        rounds += 1;
+        assert!(rounds < 1000, "the resync cycle never ends");
+    }
+    assert!(
+        rounds > 10,
+        "the cycle took {rounds} rounds: not incremental"
+    );
+    let mut checked = 0;
+    for l in &loops {
+        for (&user, &(queue, key, position)) in &l.sessions {
+            let exact = core.state.queues()[queue as usize].position(key);
+            assert_eq!(position, exact, "player {user} of queue {queue}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} sessions checked");
+}
