@@ -1,0 +1,428 @@
+//! The cluster thread's state machine: one lease, its keep-alive, this node's
+//! registration, the member and owner listings, and campaigns for unowned queues.
+//! Runs on the cluster thread's tokio runtime only; shares results with other threads
+//! through [`Shared`] (atomics for the admission check, a mutex for the listings).
+//!
+//! One step per tick (every TTL/3):
+//! 1. no lease: revoke the stale one if any (drops its keys at once), grant a new one;
+//!    else send one keep-alive and wait for its answer; on success the fence deadline
+//!    becomes `sent + TTL - margin`; if etcd says the lease is gone, drop every
+//!    ownership and start over with a new lease;
+//! 2. register `{prefix}/nodes/{id}` on the lease if not done (or if it vanished);
+//! 3. list members and owners; for each tracked queue: adopt the key if it is ours,
+//!    forget it if it is someone else's, delete it if it is ours under a dead lease, and
+//!    campaign when it has no owner and this node is its preferred owner (or nobody
+//!    took it for one TTL).
+//!
+//! Invariants:
+//! - at most one keep-alive is in flight, on a stream opened for it after any failure,
+//!   so every answer belongs to the request whose send instant set the deadline;
+//! - every etcd call has a deadline (TTL/3): a hung etcd cannot stall the tick forever;
+//! - after the fence lapsed, ownership is re-read from etcd before admitting again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp,
+};
+
+use super::config::ClusterConfig;
+use super::fence::{now_ms, Fence, QueueTable};
+use super::membership::{node_key, nodes_prefix, Member};
+use super::ownership::{owner_key, owners_prefix, preferred_owner};
+use super::{within, ClusterError};
+
+/// The owner of a queue as last listed from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The owning node.
+    pub node_id: String,
+    /// The ownership epoch (the key's create_revision).
+    pub epoch: u64,
+}
+
+/// The last listing of members and owners (for readers off the hot path).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Live members, sorted by node id.
+    pub members: Vec<Member>,
+    /// Queue name -> owner, for every owned queue under the prefix.
+    pub owners: HashMap<String, Owner>,
+}
+
+/// State shared between the cluster thread and every other thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// This node's id.
+    pub node_id: String,
+    /// The lease deadline.
+    pub fence: Fence,
+    /// Tracked queues and this node's ownership epochs.
+    pub queues: QueueTable,
+    /// Last listing (written once per tick).
+    pub view: Mutex<View>,
+    /// Test hook: the node stops all etcd traffic, as if frozen or cut off.
+    pub frozen: AtomicBool,
+    /// The current lease id (0 = none), for diagnostics and tests.
+    pub lease_id: AtomicI64,
+}
+
+/// An owner key as listed, with what is needed to judge it.
+struct Listed {
+    node_id: String,
+    epoch: u64,
+    lease: i64,
+    mod_revision: i64,
+}
+
+/// The cluster thread's view of its lease and campaigns.
+pub struct Node {
+    /// The etcd client (cheap to clone; one HTTP/2 channel).
+    pub client: Client,
+    /// Shared with the handle.
+    shared: Arc<Shared>,
+    /// `[cluster]`.
+    config: ClusterConfig,
+    /// This node's registration record.
+    me: Member,
+    /// The lease this node holds, if any.
+    lease: Option<i64>,
+    /// The keep-alive stream of `lease`, opened on demand.
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// True once the node key is on the current lease.
+    registered: bool,
+    /// A lease given up locally but maybe alive in etcd: revoked before the next grant.
+    stale_lease: Option<i64>,
+    /// Queue -> `now_ms` when this node first saw it without an owner.
+    unowned_since_ms: HashMap<String, u64>,
+    /// Deadline of each etcd call, ms.
+    op_ms: u64,
+    /// Safety margin subtracted from every lease deadline, ms.
+    margin_ms: u64,
+}
+
+impl Node {
+    /// A node with no lease yet.
+    pub fn new(client: Client, shared: Arc<Shared>, config: ClusterConfig, me: Member) -> Node {
+        let ttl_ms = config.lease_ttl_ms();
+        Node {
+            client,
+            shared,
+            me,
+            lease: None,
+            keeper: None,
+            registered: false,
+            stale_lease: None,
+            unowned_since_ms: HashMap::new(),
+            op_ms: tick_ms(&config),
+            // TTL/5: covers a 20% rate difference between this clock and etcd's, plus the
+            // time from an admission check to its effect.
+            margin_ms: ttl_ms / 5,
+            config,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.me.node_id
+    }
+
+    /// One tick: lease, registration, listings and campaigns.
+    pub async fn step(&mut self) {
+        if self.shared.frozen.load(Ordering::Acquire) {
+            return;
+        }
+        let renewed = match self.lease {
+            None => self.start_lease().await,
+            Some(lease) => self.keep_alive(lease).await,
+        };
+        if let Err(e) = renewed {
+            tracing::warn!(node = %self.me.node_id, error = %e, "cluster: lease not renewed");
+            return;
+        }
+        if !self.registered {
+            if let Err(e) = self.register().await {
+                tracing::warn!(node = %self.me.node_id, error = %e, "cluster: register failed");
+                return;
+            }
+        }
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(node = %self.me.node_id, error = %e, "cluster: listing failed");
+        }
+    }
+
+    /// Revokes a stale lease (best effort) and grants a new one.
+    async fn start_lease(&mut self) -> Result<(), ClusterError> {
+        if let Some(old) = self.stale_lease.take() {
+            // Drops the old node and owner keys at once instead of after their TTL. A
+            // failure is harmless: reconcile deletes our keys under a dead lease.
+            let _ = within(self.op_ms, self.client.lease_revoke(old)).await;
+        }
+        let sent = now_ms();
+        let ttl = self.config.lease_ttl_secs as i64;
+        let granted = within(self.op_ms, self.client.lease_grant(ttl, None)).await?;
+        self.shared
+            .fence
+            .set(self.deadline(sent, granted.ttl().max(0) as u64));
+        self.lease = Some(granted.id());
+        self.shared.lease_id.store(granted.id(), Ordering::Release);
+        self.registered = false;
+        self.keeper = None;
+        tracing::info!(node = %self.me.node_id, lease = granted.id(), "cluster: lease granted");
+        Ok(())
+    }
+
+    /// `sent + ttl - margin`, in `now_ms` milliseconds.
+    fn deadline(&self, sent_ms: u64, ttl_secs: u64) -> u64 {
+        (sent_ms + ttl_secs * 1000).saturating_sub(self.margin_ms)
+    }
+
+    /// One keep-alive round trip; moves the fence deadline or drops the lease.
+    async fn keep_alive(&mut self, lease: i64) -> Result<(), ClusterError> {
+        if self.keeper.is_none() {
+            let opened = within(self.op_ms, self.client.lease_keep_alive(lease)).await?;
+            self.keeper = Some(opened);
+        }
+        let Some((keeper, stream)) = self.keeper.as_mut() else {
+            return Err(ClusterError::Stopped);
+        };
+        let sent = now_ms();
+        let answer = within(self.op_ms, async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        })
+        .await;
+        match answer {
+            Ok(Some(answer)) if answer.ttl() > 0 => {
+                if !self.shared.fence.is_live() {
+                    // The fence lapsed: ownership may have changed hands meanwhile (an
+                    // operator's delete); reconcile re-reads it before any admission.
+                    self.shared.queues.clear_all();
+                }
+                let deadline = self.deadline(sent, answer.ttl() as u64);
+                self.shared.fence.set(deadline);
+                Ok(())
+            }
+            Ok(Some(_)) => {
+                self.lose_lease(false);
+                Err(ClusterError::Etcd("lease expired in etcd".into()))
+            }
+            Ok(None) => {
+                self.keeper = None;
+                Err(ClusterError::Etcd("keep-alive stream closed".into()))
+            }
+            Err(e) => {
+                // A late answer must never be matched with a later request: new stream.
+                self.keeper = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops admitting for every queue and forgets the lease.
+    fn lose_lease(&mut self, maybe_alive: bool) {
+        self.shared.fence.clear();
+        self.shared.queues.clear_all();
+        let lease = self.lease.take();
+        if maybe_alive {
+            self.stale_lease = lease;
+        }
+        self.shared.lease_id.store(0, Ordering::Release);
+        self.keeper = None;
+        self.registered = false;
+        tracing::warn!(node = %self.me.node_id, "cluster: lease lost, every queue released");
+    }
+
+    /// Puts this node's record on its lease.
+    async fn register(&mut self) -> Result<(), ClusterError> {
+        let Some(lease) = self.lease else {
+            return Err(ClusterError::Stopped);
+        };
+        let key = node_key(&self.config.prefix, &self.me.node_id);
+        let options = PutOptions::new().with_lease(lease);
+        within(
+            self.op_ms,
+            self.client.put(key, self.me.to_json(), Some(options)),
+        )
+        .await?;
+        self.registered = true;
+        Ok(())
+    }
+
+    /// Lists members and owners, updates the view, adopts, drops and campaigns.
+    async fn reconcile(&mut self) -> Result<(), ClusterError> {
+        let lease = self.lease.unwrap_or(0);
+        let prefix = self.config.prefix.clone();
+        let nodes = within(
+            self.op_ms,
+            self.client
+                .get(nodes_prefix(&prefix), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let mut members: Vec<Member> = Vec::new();
+        for kv in nodes.kvs() {
+            let Some(member) = Member::from_json(kv.value()) else {
+                continue;
+            };
+            if member.node_id == self.me.node_id && kv.lease() != lease {
+                continue; // our record under a dead lease: not us
+            }
+            members.push(member);
+        }
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        if !members.iter().any(|m| m.node_id == self.me.node_id) {
+            self.registered = false; // deleted by hand, or a dead lease: put it again
+            self.register().await?;
+            members.push(self.me.clone());
+            members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        }
+        let listed = self.list_owners(&prefix).await?;
+        {
+            let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
+            view.members = members.clone();
+            view.owners = listed
+                .iter()
+                .map(|(q, l)| {
+                    let owner = Owner {
+                        node_id: l.node_id.clone(),
+                        epoch: l.epoch,
+                    };
+                    (q.clone(), owner)
+                })
+                .collect();
+        }
+        for index in 0..self.shared.queues.len() {
+            self.judge(index, listed.get(self.shared.queues.name(index)), &members)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every owner key under the prefix, by queue name.
+    async fn list_owners(&mut self, prefix: &str) -> Result<HashMap<String, Listed>, ClusterError> {
+        let owners_prefix = owners_prefix(prefix);
+        let owners = within(
+            self.op_ms,
+            self.client.get(
+                owners_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        let mut listed = HashMap::new();
+        for kv in owners.kvs() {
+            let (Ok(key), Ok(node)) = (kv.key_str(), kv.value_str()) else {
+                continue;
+            };
+            let queue = key.strip_prefix(owners_prefix.as_str()).unwrap_or(key);
+            let entry = Listed {
+                node_id: node.to_string(),
+                epoch: kv.create_revision() as u64,
+                lease: kv.lease(),
+                mod_revision: kv.mod_revision(),
+            };
+            listed.insert(queue.to_string(), entry);
+        }
+        Ok(listed)
+    }
+
+    /// Decides what to do about one tracked queue given its listed owner.
+    async fn judge(
+        &mut self,
+        index: usize,
+        listed: Option<&Listed>,
+        members: &[Member],
+    ) -> Result<(), ClusterError> {
+        let queues = &self.shared.queues;
+        let name = queues.name(index).to_string();
+        let lease = self.lease.unwrap_or(0);
+        match listed {
+            Some(l) if l.node_id == self.me.node_id && l.lease == lease => {
+                self.unowned_since_ms.remove(&name);
+                let held = queues.ownership(index).map(|o| o.epoch);
+                if held != Some(l.epoch) {
+                    // Ours, but the campaign's answer was lost (or the fence lapsed).
+                    queues.set_owned(index, l.epoch, now_ms());
+                }
+            }
+            Some(l) if l.node_id == self.me.node_id => {
+                // Ours under a lease we gave up: nobody admits for it; free it now.
+                queues.clear(index);
+                let key = owner_key(&self.config.prefix, &name);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        l.mod_revision,
+                    )])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                within(self.op_ms, self.client.txn(txn)).await?;
+            }
+            Some(_) => {
+                self.unowned_since_ms.remove(&name);
+                queues.clear(index);
+            }
+            None => {
+                queues.clear(index);
+                let now = now_ms();
+                let since = *self.unowned_since_ms.entry(name.clone()).or_insert(now);
+                let ids = members.iter().map(|m| m.node_id.as_str());
+                let preferred = preferred_owner(&name, ids) == Some(self.me.node_id.as_str());
+                // The preferred node takes it at once; anyone takes it after one TTL, so
+                // a queue whose preferred node does not track it still gets an owner.
+                let waited = now.saturating_sub(since) >= self.config.lease_ttl_ms();
+                if (preferred || waited) && self.shared.fence.is_live() {
+                    self.campaign(index, &name, lease).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Put-if-absent of the owner key on this node's lease.
+    async fn campaign(
+        &mut self,
+        index: usize,
+        queue: &str,
+        lease: i64,
+    ) -> Result<(), ClusterError> {
+        let key = owner_key(&self.config.prefix, queue);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                self.me.node_id.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let sent = now_ms();
+        let answer = within(self.op_ms, self.client.txn(txn)).await?;
+        if answer.succeeded() {
+            let epoch = answer.header().map_or(0, |h| h.revision()) as u64;
+            self.shared.queues.set_owned(index, epoch, sent);
+            self.unowned_since_ms.remove(queue);
+            tracing::info!(node = %self.me.node_id, queue, epoch, "cluster: queue owned");
+        }
+        Ok(())
+    }
+
+    /// Clean stop: no more admission, then revoke the lease so the node and its queues
+    /// are released at once instead of after the TTL.
+    pub async fn shutdown(&mut self) {
+        self.shared.fence.clear();
+        self.shared.queues.clear_all();
+        if let Some(lease) = self.lease.take() {
+            if !self.shared.frozen.load(Ordering::Acquire) {
+                let _ = within(self.op_ms, self.client.lease_revoke(lease)).await;
+            }
+        }
+        self.shared.lease_id.store(0, Ordering::Release);
+    }
+}
+
+/// The tick and per-call deadline: a third of the lease TTL.
+pub fn tick_ms(config: &ClusterConfig) -> u64 {
+    config.lease_ttl_ms() / 3
+}
