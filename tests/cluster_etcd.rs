@@ -178,16 +178,24 @@ fn etcd_paused_stops_admission_and_resumed_restores_it() {
     let solo = node(&etcd, "solo", &["world"]);
     wait_until("solo owns world", || solo.may_admit("world"));
     let epoch = solo.ownership("world").unwrap().epoch;
+    let old_lease = solo.lease_id().unwrap();
     etcd.pause();
     wait_until("solo stops admitting while etcd is paused", || {
         !solo.may_admit("world")
+    });
+    // Stay paused past the etcd-side TTL too, so etcd expires the lease when it runs
+    // again and the node must notice, re-register on a new lease and campaign again.
+    let expired_ms = solo.fence_deadline_ms() + TTL_SECS * 1000 + 500;
+    wait_until("the lease is past its etcd-side TTL", || {
+        now_ms() > expired_ms
     });
     etcd.resume();
     wait_until("solo admits again after etcd is back", || {
         solo.may_admit("world")
     });
-    assert!(solo.ownership("world").unwrap().epoch >= epoch);
+    assert!(solo.ownership("world").unwrap().epoch > epoch);
     let lease = solo.lease_id().expect("a lease");
+    assert_ne!(lease, old_lease, "etcd expired the old lease");
     let (record, record_lease) = etcd_get(&etcd, &format!("{PREFIX}/nodes/solo")).unwrap();
     assert!(record.contains("\"node_id\":\"solo\""), "{record}");
     assert_eq!(record_lease, lease, "registered on the current lease");
@@ -250,4 +258,35 @@ fn a_joining_node_takes_new_queues_but_never_steals() {
     assert_eq!(c.owner_of(&old), before);
     assert!(!c.may_admit(&old));
     assert!(a.may_admit(&old) || b.may_admit(&old));
+}
+
+#[test]
+fn after_an_etcd_outage_the_last_owner_gets_its_queue_back() {
+    let etcd = Etcd::start();
+    // `world` hashes to b, but a owns it (a was alone); b joins and does not steal it.
+    let world = queue_hashing_to("world", &["a", "b"], "b");
+    let a = node(&etcd, "a", &[&world]);
+    wait_until("a owns the queue", || a.may_admit(&world));
+    let b = node(&etcd, "b", &[&world]);
+    wait_until("b sees a own the queue", || {
+        member_ids(&b) == ["a", "b"]
+            && b.owner_of(&world).map(|o| o.node_id).as_deref() == Some("a")
+    });
+    let old_lease = a.lease_id().unwrap();
+    etcd.pause();
+    // Past both fences and past the etcd-side TTL of every lease, so etcd expires them
+    // all when it runs again.
+    let expired_ms = a.fence_deadline_ms().max(b.fence_deadline_ms()) + TTL_SECS * 1000 + 500;
+    wait_until("every lease expired (etcd paused)", || {
+        !a.may_admit(&world) && !b.may_admit(&world) && now_ms() > expired_ms
+    });
+    etcd.resume();
+    wait_until("a node owns the queue again", || {
+        a.may_admit(&world) || b.may_admit(&world)
+    });
+    assert!(
+        a.may_admit(&world),
+        "the last owner a should win it back, not b"
+    );
+    assert_ne!(a.lease_id(), Some(old_lease), "the old lease expired");
 }

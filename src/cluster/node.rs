@@ -9,10 +9,10 @@
 //!    becomes `sent + TTL - margin`; if etcd says the lease is gone, drop every
 //!    ownership and start over with a new lease;
 //! 2. register `{prefix}/nodes/{id}` on the lease if not done (or if it vanished);
-//! 3. list members and owners; for each tracked queue: adopt the key if it is ours,
-//!    forget it if it is someone else's, delete it if it is ours under a dead lease, and
-//!    campaign when it has no owner and this node is its preferred owner (or nobody
-//!    took it for one TTL).
+//! 3. list members, owners and last owners; for each tracked queue: adopt the key if it
+//!    is ours, forget it if it is someone else's, delete it if it is ours under a dead
+//!    lease, and campaign when it has no owner and this node should try first (see
+//!    `Node::should_campaign`), or nobody took it for one TTL.
 //!
 //! Invariants:
 //! - at most one keep-alive is in flight, on a stream opened for it after any failure,
@@ -32,7 +32,9 @@ use etcd_client::{
 use super::config::ClusterConfig;
 use super::fence::{now_ms, Fence, QueueTable};
 use super::membership::{node_key, nodes_prefix, Member};
-use super::ownership::{owner_key, owners_prefix, preferred_owner};
+use super::ownership::{
+    last_owner_key, last_owners_prefix, owner_key, owners_prefix, preferred_owner,
+};
 use super::{within, ClusterError};
 
 /// The owner of a queue as last listed from etcd.
@@ -94,6 +96,8 @@ pub struct Node {
     keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// True once the node key is on the current lease.
     registered: bool,
+    /// `now_ms` when the node key was put on the current lease.
+    registered_at_ms: u64,
     /// A lease given up locally but maybe alive in etcd: revoked before the next grant.
     stale_lease: Option<i64>,
     /// Queue -> `now_ms` when this node first saw it without an owner.
@@ -115,6 +119,7 @@ impl Node {
             lease: None,
             keeper: None,
             registered: false,
+            registered_at_ms: 0,
             stale_lease: None,
             unowned_since_ms: HashMap::new(),
             op_ms: tick_ms(&config),
@@ -183,8 +188,18 @@ impl Node {
     /// One keep-alive round trip; moves the fence deadline or drops the lease.
     async fn keep_alive(&mut self, lease: i64) -> Result<(), ClusterError> {
         if self.keeper.is_none() {
-            let opened = within(self.op_ms, self.client.lease_keep_alive(lease)).await?;
-            self.keeper = Some(opened);
+            // Opening the stream sends a first keep-alive itself (etcd-client waits for its
+            // answer and reports a dead lease as an error): that renewal only makes etcd's
+            // expiry later than the deadline assumes, never earlier.
+            let opened = within(self.op_ms, self.client.lease_keep_alive(lease)).await;
+            match opened {
+                Ok(opened) => self.keeper = Some(opened),
+                Err(e) if is_lease_gone(&e) => {
+                    self.lose_lease(false);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let Some((keeper, stream)) = self.keeper.as_mut() else {
             return Err(ClusterError::Stopped);
@@ -249,6 +264,7 @@ impl Node {
         )
         .await?;
         self.registered = true;
+        self.registered_at_ms = now_ms();
         Ok(())
     }
 
@@ -280,6 +296,7 @@ impl Node {
             members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }
         let listed = self.list_owners(&prefix).await?;
+        let last_owners = self.list_last_owners(&prefix).await?;
         {
             let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
             view.members = members.clone();
@@ -295,7 +312,9 @@ impl Node {
                 .collect();
         }
         for index in 0..self.shared.queues.len() {
-            self.judge(index, listed.get(self.shared.queues.name(index)), &members)
+            let name = self.shared.queues.name(index);
+            let last = last_owners.get(name).cloned();
+            self.judge(index, listed.get(name), last.as_deref(), &members)
                 .await?;
         }
         Ok(())
@@ -329,11 +348,34 @@ impl Node {
         Ok(listed)
     }
 
+    /// Queue -> the node that won its latest campaign.
+    async fn list_last_owners(
+        &mut self,
+        prefix: &str,
+    ) -> Result<HashMap<String, String>, ClusterError> {
+        let last_prefix = last_owners_prefix(prefix);
+        let answer = within(
+            self.op_ms,
+            self.client
+                .get(last_prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let mut last = HashMap::new();
+        for kv in answer.kvs() {
+            if let (Ok(key), Ok(node)) = (kv.key_str(), kv.value_str()) {
+                let queue = key.strip_prefix(last_prefix.as_str()).unwrap_or(key);
+                last.insert(queue.to_string(), node.to_string());
+            }
+        }
+        Ok(last)
+    }
+
     /// Decides what to do about one tracked queue given its listed owner.
     async fn judge(
         &mut self,
         index: usize,
         listed: Option<&Listed>,
+        last_owner: Option<&str>,
         members: &[Member],
     ) -> Result<(), ClusterError> {
         let queues = &self.shared.queues;
@@ -367,14 +409,7 @@ impl Node {
             }
             None => {
                 queues.clear(index);
-                let now = now_ms();
-                let since = *self.unowned_since_ms.entry(name.clone()).or_insert(now);
-                let ids = members.iter().map(|m| m.node_id.as_str());
-                let preferred = preferred_owner(&name, ids) == Some(self.me.node_id.as_str());
-                // The preferred node takes it at once; anyone takes it after one TTL, so
-                // a queue whose preferred node does not track it still gets an owner.
-                let waited = now.saturating_sub(since) >= self.config.lease_ttl_ms();
-                if (preferred || waited) && self.shared.fence.is_live() {
+                if self.should_campaign(&name, last_owner, members) {
                     self.campaign(index, &name, lease).await?;
                 }
             }
@@ -382,7 +417,48 @@ impl Node {
         Ok(())
     }
 
-    /// Put-if-absent of the owner key on this node's lease.
+    /// Whether to campaign now for `queue`, which has no owner:
+    /// - its last owner campaigns at once (it still holds the queue's places);
+    /// - otherwise the preferred node (the last owner if it is live, else the rendezvous
+    ///   choice) campaigns, but only once registered for a tick, so that after an etcd
+    ///   outage every node, the last owner included, is listed again before anyone but
+    ///   the last owner moves a queue;
+    /// - anyone campaigns after the queue stayed unowned for one TTL (a preferred node
+    ///   that does not track the queue, or views that disagree).
+    fn should_campaign(
+        &mut self,
+        queue: &str,
+        last_owner: Option<&str>,
+        members: &[Member],
+    ) -> bool {
+        if !self.shared.fence.is_live() {
+            return false;
+        }
+        let me = self.me.node_id.as_str();
+        if last_owner == Some(me) {
+            return true;
+        }
+        let now = now_ms();
+        let since = *self
+            .unowned_since_ms
+            .entry(queue.to_string())
+            .or_insert(now);
+        if now.saturating_sub(since) >= self.config.lease_ttl_ms() {
+            return true;
+        }
+        if now.saturating_sub(self.registered_at_ms) < self.op_ms {
+            return false;
+        }
+        let live_last = last_owner.filter(|l| members.iter().any(|m| m.node_id == *l));
+        let preferred = match live_last {
+            Some(last) => Some(last),
+            None => preferred_owner(queue, members.iter().map(|m| m.node_id.as_str())),
+        };
+        preferred == Some(me)
+    }
+
+    /// Put-if-absent of the owner key on this node's lease (and, in the same txn, this
+    /// node as the queue's last owner).
     async fn campaign(
         &mut self,
         index: usize,
@@ -392,11 +468,18 @@ impl Node {
         let key = owner_key(&self.config.prefix, queue);
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                self.me.node_id.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
+            .and_then([
+                TxnOp::put(
+                    key.as_str(),
+                    self.me.node_id.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::put(
+                    last_owner_key(&self.config.prefix, queue),
+                    self.me.node_id.as_str(),
+                    None,
+                ),
+            ]);
         let sent = now_ms();
         let answer = within(self.op_ms, self.client.txn(txn)).await?;
         if answer.succeeded() {
@@ -420,6 +503,11 @@ impl Node {
         }
         self.shared.lease_id.store(0, Ordering::Release);
     }
+}
+
+/// True when etcd says the lease no longer exists (expired or revoked).
+fn is_lease_gone(e: &ClusterError) -> bool {
+    matches!(e, ClusterError::Etcd(message) if message.contains("lease not found"))
 }
 
 /// The tick and per-call deadline: a third of the lease TTL.

@@ -1,7 +1,9 @@
 //! Who should own a queue: rendezvous (highest-random-weight) hashing of the queue name
 //! over the live members, and the etcd key that records the actual owner.
 //!
-//! The hash only decides which node *tries first*; etcd decides who owns (a put-if-absent
+//! Who tries first: the queue's last owner when it is a live member (it still holds the
+//! queue's places), else the rendezvous choice. The hash only decides which node *tries
+//! first*; etcd decides who owns (a put-if-absent
 //! on `{prefix}/owners/{queue}` attached to the owner's lease). So nodes that briefly
 //! disagree on the member set cost a short delay, never two owners.
 //!
@@ -12,6 +14,18 @@
 /// `{prefix}/owners/{queue}`: value = owner node id, attached to the owner's lease.
 pub fn owner_key(prefix: &str, queue: &str) -> String {
     format!("{prefix}/owners/{queue}")
+}
+
+/// `{prefix}/last_owner/{queue}`: value = the node that won the latest campaign, with
+/// no lease (it outlives its owner). After an etcd outage cost every lease, the last
+/// owner, which still holds the queue's players in memory, gets the queue back first.
+pub fn last_owner_key(prefix: &str, queue: &str) -> String {
+    format!("{prefix}/last_owner/{queue}")
+}
+
+/// The prefix of every last-owner key.
+pub fn last_owners_prefix(prefix: &str) -> String {
+    format!("{prefix}/last_owner/")
 }
 
 /// The prefix of every owner key.
