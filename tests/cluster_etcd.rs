@@ -290,3 +290,29 @@ fn after_an_etcd_outage_the_last_owner_gets_its_queue_back() {
     );
     assert_ne!(a.lease_id(), Some(old_lease), "the old lease expired");
 }
+
+#[test]
+fn a_second_process_with_the_same_node_id_takes_nothing_while_the_first_lives() {
+    let etcd = Etcd::start();
+    let first = node(&etcd, "a", &["world"]);
+    wait_until("the first a owns the queue", || first.may_admit("world"));
+    let epoch = first.ownership("world").unwrap().epoch;
+    let second = node(&etcd, "a", &["world"]);
+    wait_until("the second a is refused its registration", || {
+        second.node_id_in_use()
+    });
+    assert!(!second.may_admit("world"));
+    assert!(first.may_admit("world"));
+    assert_eq!(first.ownership("world").unwrap().epoch, epoch);
+    let (_, lease) = etcd_get(&etcd, &format!("{PREFIX}/nodes/a")).unwrap();
+    assert_eq!(
+        Some(lease),
+        first.lease_id(),
+        "the record stays the first's"
+    );
+    // Once the first is gone (clean stop: lease revoked), the second takes over.
+    first.stop();
+    wait_until("the second a registers and owns the queue", || {
+        !second.node_id_in_use() && second.may_admit("world")
+    });
+}

@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod fence;
+pub mod listing;
 pub mod membership;
 pub mod node;
 pub mod ownership;
@@ -74,6 +75,9 @@ pub enum ClusterError {
     QueueTableFull,
     /// The cluster thread could not start.
     Start(String),
+    /// Another live lease holds this node id (two processes with one `node_id`, or a
+    /// restart within the TTL of a kill -9): the node waits for that lease to go.
+    NodeIdInUse,
 }
 
 impl fmt::Display for ClusterError {
@@ -86,6 +90,7 @@ impl fmt::Display for ClusterError {
             ClusterError::InvalidJti => write!(f, "jti must be 1 to 256 bytes"),
             ClusterError::QueueTableFull => write!(f, "too many queues for the cluster table"),
             ClusterError::Start(e) => write!(f, "cluster thread did not start: {e}"),
+            ClusterError::NodeIdInUse => write!(f, "node_id is held by another live lease"),
         }
     }
 }
@@ -148,6 +153,7 @@ impl Cluster {
             view: Mutex::new(View::default()),
             frozen: AtomicBool::new(false),
             lease_id: AtomicI64::new(0),
+            node_id_in_use: AtomicBool::new(false),
         });
         for q in queues {
             if !shared.queues.add(q) {
@@ -340,6 +346,12 @@ impl ClusterHandle {
     pub fn lease_id(&self) -> Option<i64> {
         let id = self.shared.lease_id.load(Ordering::Acquire);
         (id != 0).then_some(id)
+    }
+
+    /// True while this node cannot register because another live lease holds its
+    /// `node_id` (it admits nothing meanwhile).
+    pub fn node_id_in_use(&self) -> bool {
+        self.shared.node_id_in_use.load(Ordering::Acquire)
     }
 
     /// Live members as last listed (sorted by node id).

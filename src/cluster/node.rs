@@ -4,14 +4,13 @@
 //! through [`Shared`] (atomics for the admission check, a mutex for the listings).
 //!
 //! One step per tick (every TTL/3):
-//! 1. no lease: revoke the stale one if any (drops its keys at once), grant a new one;
-//!    else send one keep-alive and wait for its answer; on success the fence deadline
+//! 1. no lease: grant one; else send one keep-alive and wait for its answer; on success the fence deadline
 //!    becomes `sent + TTL - margin`; if etcd says the lease is gone, drop every
 //!    ownership and start over with a new lease;
-//! 2. register `{prefix}/nodes/{id}` on the lease if not done (or if it vanished);
+//! 2. register `{prefix}/nodes/{id}` on the lease if not done (or if it vanished),
+//!    unless another live lease holds that node id;
 //! 3. list members, owners and last owners; for each tracked queue: adopt the key if it
-//!    is ours, forget it if it is someone else's, delete it if it is ours under a dead
-//!    lease, and campaign when it has no owner and this node should try first (see
+//!    is ours (on the current lease), forget it if it is anyone else's, and campaign when it has no owner and this node should try first (see
 //!    `Node::should_campaign`), or nobody took it for one TTL.
 //!
 //! Invariants:
@@ -25,16 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp,
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 
 use super::config::ClusterConfig;
 use super::fence::{now_ms, Fence, QueueTable};
-use super::membership::{node_key, nodes_prefix, Member};
-use super::ownership::{
-    last_owner_key, last_owners_prefix, owner_key, owners_prefix, preferred_owner,
-};
+use super::listing::{self, Listed};
+use super::membership::{node_key, Member};
+use super::ownership::{last_owner_key, owner_key, preferred_owner};
 use super::{within, ClusterError};
 
 /// The owner of a queue as last listed from etcd.
@@ -70,14 +68,8 @@ pub struct Shared {
     pub frozen: AtomicBool,
     /// The current lease id (0 = none), for diagnostics and tests.
     pub lease_id: AtomicI64,
-}
-
-/// An owner key as listed, with what is needed to judge it.
-struct Listed {
-    node_id: String,
-    epoch: u64,
-    lease: i64,
-    mod_revision: i64,
+    /// True while registration is refused because another live lease holds the id.
+    pub node_id_in_use: AtomicBool,
 }
 
 /// The cluster thread's view of its lease and campaigns.
@@ -98,8 +90,6 @@ pub struct Node {
     registered: bool,
     /// `now_ms` when the node key was put on the current lease.
     registered_at_ms: u64,
-    /// A lease given up locally but maybe alive in etcd: revoked before the next grant.
-    stale_lease: Option<i64>,
     /// Queue -> `now_ms` when this node first saw it without an owner.
     unowned_since_ms: HashMap<String, u64>,
     /// Deadline of each etcd call, ms.
@@ -120,7 +110,6 @@ impl Node {
             keeper: None,
             registered: false,
             registered_at_ms: 0,
-            stale_lease: None,
             unowned_since_ms: HashMap::new(),
             op_ms: tick_ms(&config),
             // TTL/5: covers a 20% rate difference between this clock and etcd's, plus the
@@ -159,13 +148,9 @@ impl Node {
         }
     }
 
-    /// Revokes a stale lease (best effort) and grants a new one.
+    /// Grants a new lease. (A lease is never given up while etcd may still hold it:
+    /// the node keeps renewing it until etcd says it is gone.)
     async fn start_lease(&mut self) -> Result<(), ClusterError> {
-        if let Some(old) = self.stale_lease.take() {
-            // Drops the old node and owner keys at once instead of after their TTL. A
-            // failure is harmless: reconcile deletes our keys under a dead lease.
-            let _ = within(self.op_ms, self.client.lease_revoke(old)).await;
-        }
         let sent = now_ms();
         let ttl = self.config.lease_ttl_secs as i64;
         let granted = within(self.op_ms, self.client.lease_grant(ttl, None)).await?;
@@ -195,7 +180,7 @@ impl Node {
             match opened {
                 Ok(opened) => self.keeper = Some(opened),
                 Err(e) if is_lease_gone(&e) => {
-                    self.lose_lease(false);
+                    self.lose_lease();
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -222,7 +207,7 @@ impl Node {
                 Ok(())
             }
             Ok(Some(_)) => {
-                self.lose_lease(false);
+                self.lose_lease();
                 Err(ClusterError::Etcd("lease expired in etcd".into()))
             }
             Ok(None) => {
@@ -238,31 +223,45 @@ impl Node {
     }
 
     /// Stops admitting for every queue and forgets the lease.
-    fn lose_lease(&mut self, maybe_alive: bool) {
+    fn lose_lease(&mut self) {
         self.shared.fence.clear();
         self.shared.queues.clear_all();
-        let lease = self.lease.take();
-        if maybe_alive {
-            self.stale_lease = lease;
-        }
+        self.lease = None;
         self.shared.lease_id.store(0, Ordering::Release);
         self.keeper = None;
         self.registered = false;
         tracing::warn!(node = %self.me.node_id, "cluster: lease lost, every queue released");
     }
 
-    /// Puts this node's record on its lease.
+    /// Puts this node's record on its lease, unless another live lease holds this node
+    /// id: a second process with the same `node_id` (a misconfiguration, or a restart
+    /// after kill -9 within the TTL) waits until the first one's lease is gone, so it
+    /// can never adopt or free the queues the first one may still admit for.
     async fn register(&mut self) -> Result<(), ClusterError> {
         let Some(lease) = self.lease else {
             return Err(ClusterError::Stopped);
         };
         let key = node_key(&self.config.prefix, &self.me.node_id);
-        let options = PutOptions::new().with_lease(lease);
-        within(
-            self.op_ms,
-            self.client.put(key, self.me.to_json(), Some(options)),
-        )
-        .await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                self.me.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let answer = within(self.op_ms, self.client.txn(txn)).await?;
+        if !answer.succeeded() {
+            let holder = answer.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.lease()),
+                _ => None,
+            });
+            if holder != Some(lease) {
+                self.shared.node_id_in_use.store(true, Ordering::Release);
+                return Err(ClusterError::NodeIdInUse);
+            }
+        }
+        self.shared.node_id_in_use.store(false, Ordering::Release);
         self.registered = true;
         self.registered_at_ms = now_ms();
         Ok(())
@@ -272,31 +271,22 @@ impl Node {
     async fn reconcile(&mut self) -> Result<(), ClusterError> {
         let lease = self.lease.unwrap_or(0);
         let prefix = self.config.prefix.clone();
-        let nodes = within(
+        let mut members = listing::members(
+            &mut self.client,
             self.op_ms,
-            self.client
-                .get(nodes_prefix(&prefix), Some(GetOptions::new().with_prefix())),
+            &prefix,
+            &self.me.node_id,
+            lease,
         )
         .await?;
-        let mut members: Vec<Member> = Vec::new();
-        for kv in nodes.kvs() {
-            let Some(member) = Member::from_json(kv.value()) else {
-                continue;
-            };
-            if member.node_id == self.me.node_id && kv.lease() != lease {
-                continue; // our record under a dead lease: not us
-            }
-            members.push(member);
-        }
-        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         if !members.iter().any(|m| m.node_id == self.me.node_id) {
             self.registered = false; // deleted by hand, or a dead lease: put it again
             self.register().await?;
             members.push(self.me.clone());
             members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }
-        let listed = self.list_owners(&prefix).await?;
-        let last_owners = self.list_last_owners(&prefix).await?;
+        let listed = listing::owners(&mut self.client, self.op_ms, &prefix).await?;
+        let last_owners = listing::last_owners(&mut self.client, self.op_ms, &prefix).await?;
         {
             let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
             view.members = members.clone();
@@ -320,56 +310,6 @@ impl Node {
         Ok(())
     }
 
-    /// Every owner key under the prefix, by queue name.
-    async fn list_owners(&mut self, prefix: &str) -> Result<HashMap<String, Listed>, ClusterError> {
-        let owners_prefix = owners_prefix(prefix);
-        let owners = within(
-            self.op_ms,
-            self.client.get(
-                owners_prefix.as_str(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
-        let mut listed = HashMap::new();
-        for kv in owners.kvs() {
-            let (Ok(key), Ok(node)) = (kv.key_str(), kv.value_str()) else {
-                continue;
-            };
-            let queue = key.strip_prefix(owners_prefix.as_str()).unwrap_or(key);
-            let entry = Listed {
-                node_id: node.to_string(),
-                epoch: kv.create_revision() as u64,
-                lease: kv.lease(),
-                mod_revision: kv.mod_revision(),
-            };
-            listed.insert(queue.to_string(), entry);
-        }
-        Ok(listed)
-    }
-
-    /// Queue -> the node that won its latest campaign.
-    async fn list_last_owners(
-        &mut self,
-        prefix: &str,
-    ) -> Result<HashMap<String, String>, ClusterError> {
-        let last_prefix = last_owners_prefix(prefix);
-        let answer = within(
-            self.op_ms,
-            self.client
-                .get(last_prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let mut last = HashMap::new();
-        for kv in answer.kvs() {
-            if let (Ok(key), Ok(node)) = (kv.key_str(), kv.value_str()) {
-                let queue = key.strip_prefix(last_prefix.as_str()).unwrap_or(key);
-                last.insert(queue.to_string(), node.to_string());
-            }
-        }
-        Ok(last)
-    }
-
     /// Decides what to do about one tracked queue given its listed owner.
     async fn judge(
         &mut self,
@@ -390,20 +330,9 @@ impl Node {
                     queues.set_owned(index, l.epoch, now_ms());
                 }
             }
-            Some(l) if l.node_id == self.me.node_id => {
-                // Ours under a lease we gave up: nobody admits for it; free it now.
-                queues.clear(index);
-                let key = owner_key(&self.config.prefix, &name);
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        l.mod_revision,
-                    )])
-                    .and_then([TxnOp::delete(key.as_str(), None)]);
-                within(self.op_ms, self.client.txn(txn)).await?;
-            }
             Some(_) => {
+                // Someone else's, or ours under another lease (an earlier incarnation of
+                // this node id): never adopted, never deleted; it goes with its lease.
                 self.unowned_since_ms.remove(&name);
                 queues.clear(index);
             }
