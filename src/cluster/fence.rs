@@ -10,9 +10,11 @@
 //! `/work/notes/cluster-design.md` and the module doc of `cluster` for the argument).
 //!
 //! Invariants:
-//! - [`now_ms`] is CLOCK_MONOTONIC in milliseconds: it never goes back, does not jump
-//!   with wall-clock changes, and is the same clock for every process on one machine
-//!   (tests compare instants across nodes with it);
+//! - [`now_ms`] is CLOCK_BOOTTIME in milliseconds: it never goes back, does not jump
+//!   with wall-clock changes, keeps counting while the machine is suspended (unlike
+//!   CLOCK_MONOTONIC, which would let a node wake from a suspend believing its lease
+//!   still runs), and is the same clock for every process on one machine (tests compare
+//!   instants across nodes with it);
 //! - the deadline only moves forward within one lease; losing the lease stores 0 first,
 //!   then clears the epochs, so no reader sees "owned" with a stale live deadline;
 //! - the queue table only grows (names are written once, before `len` publishes them).
@@ -24,14 +26,20 @@ use std::sync::{Mutex, OnceLock};
 /// needs no lock); far above any sane number of worlds.
 pub const QUEUES_MAX: usize = 1024;
 
-/// Milliseconds of CLOCK_MONOTONIC (shared by all processes of one machine).
+/// Milliseconds of CLOCK_BOOTTIME (shared by all processes of one machine, counts
+/// suspend).
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // Elsewhere (no CLOCK_BOOTTIME) the monotonic clock, without the suspend guarantee.
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    // SAFETY: `ts` is a valid, writable timespec; the clock exists (Linux >= 2.6.39).
+    let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
