@@ -312,7 +312,8 @@ impl Config {
         let mut user: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| err("<file>", e.to_string()))?;
-        let cluster = crate::cluster::ClusterConfig::from_toml(user.remove("cluster"))?;
+        let cluster = crate::cluster::ClusterConfig::from_toml(user.remove("cluster"))
+            .map_err(|e| err(&e.key, e.reason))?;
         check_known(&base, &user, "")?;
         merge(&mut base, user);
         // Re-parse the merged text so a value error points at its line and key.

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use etcd_client::{Client, GetOptions, GetResponse};
 
+use super::error::{within, ClusterError};
 use super::membership::{nodes_prefix, Member};
 use super::ownership::{last_owners_prefix, owners_prefix};
-use super::{within, ClusterError};
 
 /// An owner key as listed, with what is needed to judge it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,11 +29,11 @@ use etcd_client::{
 };
 
 use super::config::ClusterConfig;
+use super::error::{within, ClusterError};
 use super::fence::{now_ms, Fence, QueueTable};
 use super::listing::{self, Listed};
 use super::membership::{node_key, Member};
 use super::ownership::{last_owner_key, owner_key, preferred_owner};
-use super::{within, ClusterError};
 
 /// The owner of a queue as last listed from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
-use super::{with_timeout, ClusterError};
+use super::error::{with_timeout, ClusterError};
 
 /// Width of an expiry bucket, seconds: tokens expiring in the same minute share a lease.
 pub const BUCKET_SECS: u64 = 60;
