@@ -133,6 +133,9 @@ fn one_queue_has_exactly_one_owner() {
     }
 }
 
+/// The owner is frozen rather than killed: to etcd both look the same (no keep-alive, no
+/// revoke; a killed process's connection closing does not end its lease), and a frozen
+/// node keeps answering `may_admit`, the case fencing exists for (a live node cut off).
 #[test]
 fn a_frozen_owner_is_fenced_before_the_next_owner_takes_over() {
     let etcd = Etcd::start();
