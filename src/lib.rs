@@ -5,6 +5,8 @@
 //! admitted players get a signed token. The map:
 //!
 //! - [`config`]: the embedded default config, file overlay, validation;
+//! - [`cluster`]: etcd coordination (membership, queue ownership, fencing, used tokens);
+//!   a library layer, not yet on the data path;
 //! - [`server`]: binds listeners, wires channels, starts and stops every thread;
 //! - [`io_loop`]: one pinned monoio runtime per core; owns its sessions, applies the
 //!   core's events and rank batches;
@@ -28,6 +30,7 @@
 //!   figures; [`alloc_count`]: the counting allocator.
 
 pub mod alloc_count;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod doorbell;

@@ -54,6 +54,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The per-player journal behind `GET /v1/users/{user_id}`.
     pub journal: JournalConfig,
+    /// `[cluster]` (optional, parsed by `cluster::config`): absent = one node, no etcd.
+    #[serde(skip)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[server]`: the player port.
@@ -318,9 +321,11 @@ impl Config {
         let mut base: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e| err("<default>", format!("{e}")))?;
-        let user: toml::Table = text
+        let mut user: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| err("<file>", e.to_string()))?;
+        let cluster = crate::cluster::ClusterConfig::from_toml(user.remove("cluster"))
+            .map_err(|e| err(&e.key, e.reason))?;
         check_known(&base, &user, "")?;
         merge(&mut base, user);
         // Re-parse the merged text so a value error points at its line and key.
@@ -332,7 +337,7 @@ impl Config {
             err(&key, e.message().trim())
         })?;
         config.validate()?;
-        Ok(config)
+        Ok(Config { cluster, ..config })
     }
 
     /// Reads and parses a config file.
