@@ -1,0 +1,195 @@
+//! The tracker's rules without a runtime: the push throttle and rank batches.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{BatchStep, Follow, Follows, Push, Tracker};
+use crate::msg::{QueueDelta, RankBatch};
+
+const INTERVAL: Duration = Duration::from_millis(100);
+
+/// A session as the tracker sees it.
+struct Fake {
+    /// Its rank state.
+    follow: Follow,
+    /// Still waiting in its queue.
+    waits: Cell<bool>,
+}
+
+impl Follows for Fake {
+    fn follow(&self) -> &Follow {
+        &self.follow
+    }
+    fn waits(&self) -> bool {
+        self.waits.get()
+    }
+}
+
+fn waiting(tracker: &Tracker, key: u64, position: u64, t0: Instant) -> Fake {
+    let s = Fake {
+        follow: Follow::new(t0),
+        waits: Cell::new(true),
+    };
+    tracker.start(&s.follow, 0, key, position, t0);
+    s
+}
+
+fn at(t0: Instant, ms: u64) -> Instant {
+    t0 + Duration::from_millis(ms)
+}
+
+/// Moves `s` to `position` as a rank pass would.
+fn moved(tracker: &Tracker, s: &Fake, position: u64, now: Instant) -> Push {
+    s.follow.position.set(position);
+    tracker.position_changed(7, &s.follow, now)
+}
+
+/// Flushes at `now`; returns the positions pushed (and marks them sent, as the
+/// session's `send_position` does) and the next due time.
+fn flush(tracker: &Tracker, s: &Fake, now: Instant) -> (Vec<u64>, Option<Instant>) {
+    let pushed = RefCell::new(Vec::new());
+    let next = tracker.flush_due(
+        now,
+        |id| (id == 7).then_some(s),
+        |s| {
+            let p = s.follow.position();
+            s.follow.sent(p);
+            pushed.borrow_mut().push(p);
+        },
+    );
+    (pushed.into_inner(), next)
+}
+
+#[test]
+fn one_push_per_interval_carrying_the_latest_value() {
+    let tracker = Tracker::new(INTERVAL, 0);
+    let t0 = Instant::now();
+    let s = waiting(&tracker, 50, 10, t0);
+    // Within the interval of the login answer: deferred, once.
+    assert_eq!(moved(&tracker, &s, 9, at(t0, 10)), Push::Deferred);
+    assert_eq!(moved(&tracker, &s, 8, at(t0, 20)), Push::None);
+    assert_eq!(moved(&tracker, &s, 7, at(t0, 30)), Push::None);
+    assert_eq!(tracker.pending_push.borrow().len(), 1, "deferred once");
+    // Not due yet: nothing sent, due at the end of the interval.
+    assert_eq!(flush(&tracker, &s, at(t0, 50)), (vec![], Some(at(t0, 100))));
+    // Due: one push with the latest value.
+    assert_eq!(flush(&tracker, &s, at(t0, 100)), (vec![7], None));
+    assert!(!s.follow.push_pending());
+    assert!(tracker.pending_push.borrow().is_empty());
+    // The throttle's clock restarted at that push.
+    assert_eq!(moved(&tracker, &s, 6, at(t0, 150)), Push::Deferred);
+    assert_eq!(
+        flush(&tracker, &s, at(t0, 199)),
+        (vec![], Some(at(t0, 200)))
+    );
+    assert_eq!(flush(&tracker, &s, at(t0, 200)), (vec![6], None));
+    // A whole interval after the last push: at once.
+    assert_eq!(moved(&tracker, &s, 5, at(t0, 300)), Push::Now);
+    s.follow.sent(5);
+    assert_eq!(moved(&tracker, &s, 4, at(t0, 310)), Push::Deferred);
+}
+
+#[test]
+fn a_deferred_push_back_to_the_sent_value_or_of_a_gone_session_sends_nothing() {
+    let tracker = Tracker::new(INTERVAL, 0);
+    let t0 = Instant::now();
+    let s = waiting(&tracker, 50, 10, t0);
+    assert_eq!(moved(&tracker, &s, 9, at(t0, 10)), Push::Deferred);
+    s.follow.position.set(10);
+    assert_eq!(flush(&tracker, &s, at(t0, 100)), (vec![], None));
+    assert_eq!(moved(&tracker, &s, 9, at(t0, 110)), Push::Now);
+    s.follow.sent(9);
+    assert_eq!(moved(&tracker, &s, 8, at(t0, 120)), Push::Deferred);
+    s.waits.set(false);
+    assert_eq!(flush(&tracker, &s, at(t0, 300)), (vec![], None));
+    assert!(!s.follow.push_pending());
+    // A session gone from the table leaves the list too.
+    s.waits.set(true);
+    assert_eq!(moved(&tracker, &s, 7, at(t0, 310)), Push::Now);
+    s.follow.sent(7);
+    assert_eq!(moved(&tracker, &s, 6, at(t0, 320)), Push::Deferred);
+    let next = tracker.flush_due(at(t0, 400), |_| None::<&Fake>, |_| panic!("gone"));
+    assert_eq!(next, None);
+    assert!(tracker.pending_push.borrow().is_empty());
+}
+
+fn batch(departed: Vec<u64>, inserted: Vec<u64>) -> Arc<RankBatch> {
+    Arc::new(RankBatch {
+        queues: vec![QueueDelta {
+            queue: 0,
+            departed,
+            inserted,
+            queue_len: 100,
+            rate_per_s: 0.0,
+        }],
+    })
+}
+
+#[test]
+fn batches_move_only_sessions_whose_position_predates_them() {
+    // Coalescing from 10 sessions on: these batches wait for a pass.
+    let tracker = Tracker::new(Duration::ZERO, 2);
+    let t0 = Instant::now();
+    let old = waiting(&tracker, 50, 10, t0);
+    assert_eq!(tracker.on_batch(batch(vec![5], vec![]), 2), BatchStep::Wait);
+    // Joined after that batch: its position already counts it.
+    let new = waiting(&tracker, 60, 11, t0);
+    assert_eq!(
+        tracker.on_batch(batch(vec![6], vec![7]), 2),
+        BatchStep::Queued
+    );
+    assert_eq!(
+        tracker.on_batch(batch(vec![8], vec![]), 2),
+        BatchStep::Queued
+    );
+    // Behind everyone here: moves nobody.
+    assert_eq!(
+        tracker.on_batch(batch(vec![70], vec![71]), 2),
+        BatchStep::Nothing
+    );
+    let pass = tracker.begin_pass().expect("pending batches");
+    assert_eq!(tracker.apply(&pass, 1, &old, t0), Push::Now);
+    assert_eq!(tracker.apply(&pass, 2, &new, t0), Push::Now);
+    tracker.end_pass(pass);
+    assert!(tracker.begin_pass().is_none());
+    assert_eq!(old.follow.position(), 10 - 1 - 1 + 1 - 1);
+    assert_eq!(new.follow.position(), 11 - 1 + 1 - 1);
+    // A place that left in a batch is not moved: its admission or kick follows.
+    assert_eq!(
+        tracker.on_batch(batch(vec![1, 50], vec![]), 2),
+        BatchStep::Wait
+    );
+    let pass = tracker.begin_pass().expect("pending");
+    assert_eq!(tracker.apply(&pass, 1, &old, t0), Push::None);
+    assert_eq!(old.follow.position(), 8);
+    tracker.end_pass(pass);
+}
+
+#[test]
+fn small_loops_apply_at_once_and_large_ones_after_a_bounded_run() {
+    let tracker = Tracker::new(Duration::ZERO, 10);
+    let t0 = Instant::now();
+    let s = waiting(&tracker, 1000, 10, t0);
+    assert_eq!(
+        tracker.on_batch(batch(vec![1], vec![]), 9),
+        BatchStep::ApplyNow
+    );
+    let pass = tracker.begin_pass().expect("pending");
+    assert_eq!(tracker.apply(&pass, 1, &s, t0), Push::Now);
+    tracker.end_pass(pass);
+    assert_eq!(
+        tracker.on_batch(batch(vec![2], vec![]), 10),
+        BatchStep::Wait
+    );
+    for _ in 2..super::RANKS_PENDING_MAX {
+        assert_eq!(
+            tracker.on_batch(batch(vec![3], vec![]), 10),
+            BatchStep::Queued
+        );
+    }
+    assert_eq!(
+        tracker.on_batch(batch(vec![4], vec![]), 10),
+        BatchStep::ApplyNow
+    );
+}
