@@ -54,9 +54,8 @@ impl Loop {
     }
 
     /// Overwrites positions with a resync slice's exact ones (as of after every batch
-    /// sent before it).
+    /// received before it, pending ones included: see `Tracker::resync`).
     fn resync(&self, list: Vec<(SessionId, u64)>) {
-        self.apply_ranks();
         let now = Instant::now();
         for (id, position) in list {
             let Some(s) = self.table.get(id) else {

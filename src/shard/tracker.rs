@@ -343,9 +343,19 @@ impl Tracker {
         *self.ranks_spare.borrow_mut() = batches;
     }
 
-    /// Overwrites a waiting session's position with an exact one from a resync that
-    /// counts every batch received so far; returns what to do about its push.
+    /// Overwrites a waiting session's position with an exact one from a resync slice;
+    /// returns what to do about its push.
+    ///
+    /// The slice's positions are as of its core round, after every op of it, and the
+    /// loop receives it behind that round's rank batch and before any later one (see
+    /// `queue::core`): it counts every batch received so far, pending ones included.
+    /// So the session is marked as following from the next batch on (`since_batch`)
+    /// instead of the pending batches being applied first: a slice costs O(slice), not
+    /// a pass over every session of the loop (which a million players made 100 passes
+    /// per resync cycle). The pending batches still move the other sessions at the next
+    /// pass, and still raise `max_key` for this one.
     pub fn resync(&self, id: SessionId, f: &Follow, position: u64, now: Instant) -> Push {
+        f.since_batch.set(self.batches_seen.get());
         if f.position.get() == position {
             return Push::None;
         }
