@@ -209,9 +209,7 @@ async fn accept(lp: Rc<Loop>, listener: monoio::net::TcpListener) {
             _ = lp.stop_accept.wait() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match lp.shard.limits.acquire(peer.ip()) {
-                    Ok(()) => {
-                        monoio::spawn(serve(lp.clone(), stream, peer));
-                    }
+                    Ok(()) => start_session(&lp, stream, peer),
                     Err(refused) => {
                         LoopStats::add(&lp.shard.stats().refused, 1);
                         monoio::spawn(session::refuse(stream, refused));
@@ -227,21 +225,26 @@ async fn accept(lp: Rc<Loop>, listener: monoio::net::TcpListener) {
     }
 }
 
-/// Serves one accepted connection from `peer` (its IP already counted in the
-/// connection limits) until it closes, then releases it.
-async fn serve(lp: Rc<Loop>, stream: TcpStream, peer: SocketAddr) {
-    serve_counted(&lp, stream, peer).await;
-    lp.shard.limits.release(peer.ip());
-}
-
-async fn serve_counted(lp: &Loop, stream: TcpStream, peer: SocketAddr) {
+/// Registers an accepted connection from `peer` (its IP already counted in the
+/// connection limits) and spawns its task. Done here, not in the task, so the task's
+/// future holds only two `Rc`s for the connection's whole life, not the stream and
+/// address it started from (about 400 bytes less per connection).
+fn start_session(lp: &Rc<Loop>, stream: TcpStream, peer: SocketAddr) {
     let shard = &lp.shard;
     session::io::tune_socket(&stream, shard.cfg.max_outbound_bytes);
     let Some(session) = lp.table.insert(|id| Session::new(id, stream, peer)) else {
+        shard.limits.release(peer.ip());
         return;
     };
     LoopStats::add(&shard.stats().connections, 1);
     LoopStats::add(&shard.stats().accepted, 1);
+    monoio::spawn(serve(lp.clone(), session));
+}
+
+/// Serves one registered connection until it closes, then releases it (its place to
+/// the core, its slot, its count in the connection limits).
+async fn serve(lp: Rc<Loop>, session: Rc<Session>) {
+    let shard = &lp.shard;
     // Both tasks use the session's stream: the writer writes, the reader waits for
     // readability and reads (see `Session::stream`).
     let writer = monoio::spawn(session::write_loop(shard.clone(), session.clone()));
@@ -258,6 +261,7 @@ async fn serve_counted(lp: &Loop, stream: TcpStream, peer: SocketAddr) {
         // The core's answer is still coming; the event task releases the place then.
         lp.forget(&session);
     }
+    shard.limits.release(session.peer().ip());
 }
 
 async fn events(lp: &Loop, rx: Receiver<LoopEvent>, bell: BellRx) {

@@ -158,6 +158,11 @@ impl Session {
         self.id
     }
 
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// Where it is in its life.
     #[inline]
     pub fn phase(&self) -> Phase {
