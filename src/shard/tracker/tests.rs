@@ -199,95 +199,110 @@ fn exact(keys: &std::collections::BTreeSet<u64>, key: u64) -> u64 {
     keys.range(..key).count() as u64 + 1
 }
 
-/// One seeded run of the model: a queue of keys churned by batches (departures,
-/// insertions ahead of others, appends behind everyone), sessions that join between
-/// batches, coalesced passes, and resync slices carrying exact positions as of the
-/// latest batch (as the core sends them: behind that round's batch). After a last
-/// pass every waiting session must be at its exact position.
-fn resync_model(seed: u64) {
-    use std::collections::BTreeSet;
-    let mut rng = crate::test_rng::Rng::new(seed);
-    // Coalescing from one session on: batches pend until a pass (or 64 of them).
-    let tracker = Tracker::new(Duration::ZERO, 1);
-    let t0 = Instant::now();
-    let mut keys: BTreeSet<u64> = (0..300).map(|i| 1_000_000 + i * 1000).collect();
-    let mut sessions: Vec<(u64, Fake)> = Vec::new();
-    for &key in keys.iter().step_by(3) {
-        sessions.push((key, waiting(&tracker, key, exact(&keys, key), t0)));
+/// A pass over every session, as the loop's rank applier makes it.
+fn pass_all(tracker: &Tracker, sessions: &[(u64, Fake)], now: Instant) {
+    if let Some(pass) = tracker.begin_pass() {
+        for (id, (_, s)) in sessions.iter().enumerate() {
+            tracker.apply(&pass, id as u64, s, now);
+        }
+        tracker.end_pass(pass);
     }
-    let mut tail = 2_000_000;
-    for _ in 0..400 {
+}
+
+/// The model's queue: its keys, and where appends go next.
+struct ModelQueue {
+    /// Keys of the places waiting.
+    keys: std::collections::BTreeSet<u64>,
+    /// Last key appended behind everyone.
+    tail: u64,
+}
+
+impl ModelQueue {
+    /// One core round of churn: up to 3 departures, up to 2 insertions anywhere
+    /// (as the priority lane does), up to 2 appends behind everyone (in no delta).
+    fn churn(&mut self, rng: &mut crate::test_rng::Rng) -> QueueDelta {
         let mut departed = Vec::new();
         for _ in 0..rng.below(4) {
-            let nth = rng.below(keys.len() as u64) as usize;
-            if let Some(&k) = keys.iter().nth(nth) {
-                keys.remove(&k);
+            let nth = rng.below(self.keys.len() as u64) as usize;
+            if let Some(&k) = self.keys.iter().nth(nth) {
+                self.keys.remove(&k);
                 departed.push(k);
             }
         }
         let mut inserted = Vec::new();
         for _ in 0..rng.below(3) {
             let k = 1 + rng.below(1_400_000);
-            if keys.insert(k) {
+            if self.keys.insert(k) {
                 inserted.push(k);
             }
         }
         for _ in 0..rng.below(3) {
-            tail += 7;
-            keys.insert(tail);
+            self.tail += 7;
+            self.keys.insert(self.tail);
         }
         departed.sort_unstable();
         inserted.sort_unstable();
+        QueueDelta {
+            queue: 0,
+            departed,
+            inserted,
+            queue_len: self.keys.len() as u64,
+            rate_per_s: 0.0,
+        }
+    }
+}
+
+/// One seeded run of the model: a queue of keys churned by batches (departures,
+/// insertions ahead of others, appends behind everyone), sessions that join between
+/// batches, coalesced passes, and resync slices carrying exact positions as of the
+/// latest batch (as the core sends them: behind that round's batch). After a last
+/// pass every waiting session must be at its exact position.
+fn resync_model(seed: u64) {
+    let mut rng = crate::test_rng::Rng::new(seed);
+    // Coalescing from one session on: batches pend until a pass (or 64 of them).
+    let tracker = Tracker::new(Duration::ZERO, 1);
+    let t0 = Instant::now();
+    let mut q = ModelQueue {
+        keys: (0..300).map(|i| 1_000_000 + i * 1000).collect(),
+        tail: 2_000_000,
+    };
+    let mut sessions: Vec<(u64, Fake)> = Vec::new();
+    for &key in q.keys.iter().step_by(3) {
+        sessions.push((key, waiting(&tracker, key, exact(&q.keys, key), t0)));
+    }
+    for _ in 0..400 {
+        let delta = q.churn(&mut rng);
         for (key, s) in &sessions {
-            if departed.contains(key) {
+            if delta.departed.contains(key) {
                 // Its admission or kick follows the batch on the same channel.
                 s.waits.set(false);
             }
         }
-        let delta = QueueDelta {
-            queue: 0,
-            departed,
-            inserted: inserted.clone(),
-            queue_len: keys.len() as u64,
-            rate_per_s: 0.0,
-        };
-        let step = tracker.on_batch(
-            Arc::new(RankBatch {
-                queues: vec![delta],
-            }),
-            sessions.len(),
-        );
-        if step == BatchStep::ApplyNow || rng.below(5) == 0 {
-            if let Some(pass) = tracker.begin_pass() {
-                for (id, (_, s)) in sessions.iter().enumerate() {
-                    tracker.apply(&pass, id as u64, s, t0);
-                }
-                tracker.end_pass(pass);
-            }
+        let newcomer = delta.inserted.first().copied();
+        let batch = Arc::new(RankBatch {
+            queues: vec![delta],
+        });
+        if tracker.on_batch(batch, sessions.len()) == BatchStep::ApplyNow || rng.below(5) == 0 {
+            pass_all(&tracker, &sessions, t0);
         }
         if rng.below(3) == 0 {
             // A resync slice: exact positions of some waiting sessions, as of now.
             let from = rng.below(sessions.len() as u64) as usize;
             for (id, (key, s)) in sessions.iter().enumerate().skip(from).take(20) {
                 if s.waits() {
-                    tracker.resync(id as u64, &s.follow, exact(&keys, *key), t0);
+                    tracker.resync(id as u64, &s.follow, exact(&q.keys, *key), t0);
                 }
             }
         }
-        // Join answers of this round's newcomers: exact as of every batch so far.
-        for &key in inserted.iter().take(1) {
-            sessions.push((key, waiting(&tracker, key, exact(&keys, key), t0)));
+        // A join answer of this round's newcomer: exact as of every batch so far.
+        if let Some(key) = newcomer {
+            sessions.push((key, waiting(&tracker, key, exact(&q.keys, key), t0)));
         }
     }
-    if let Some(pass) = tracker.begin_pass() {
-        for (id, (_, s)) in sessions.iter().enumerate() {
-            tracker.apply(&pass, id as u64, s, t0);
-        }
-        tracker.end_pass(pass);
-    }
+    pass_all(&tracker, &sessions, t0);
     let mut checked = 0;
     for (key, s) in sessions.iter().filter(|(_, s)| s.waits()) {
-        let want = exact(&keys, *key);
+        let want = exact(&q.keys, *key);
         assert_eq!(s.follow.position(), want, "seed {seed}: key {key}");
         checked += 1;
     }
