@@ -8,9 +8,12 @@
 //! - [`cluster`]: etcd coordination (membership, queue ownership, fencing, used tokens);
 //!   a library layer, not yet on the data path;
 //! - [`server`]: binds listeners, wires channels, starts and stops every thread;
-//! - [`io_loop`]: one pinned monoio runtime per core; owns its sessions, applies the
-//!   core's events and rank batches;
-//! - [`session`]: one connection: reader, writer, request handling;
+//! - [`io_loop`]: one pinned monoio runtime per core; owns its session table and tasks,
+//!   applies the core's events, rank batches and resync slices;
+//! - [`session`]: one connection: its life-cycle state machine, reader, writer,
+//!   request handling; sees its loop only through a [`shard::Shard`];
+//! - [`shard`]: what a loop's sessions share: settings, the core link and its bounded
+//!   backlog, buffer pools, the login budget, the rank/push tracker (runtime-free);
 //! - [`frame`]: the 4-byte length framing, decided from the header alone;
 //! - [`protocol`]: envelope parsing, error codes, JSON encoders writing into buffers;
 //! - [`queue`]: the queue state machine ([`queue::state`]), its thread ([`queue::core`]),
@@ -43,6 +46,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod stats;
 #[cfg(test)]
 mod test_rng;

@@ -93,8 +93,8 @@ pub struct ServerHandle {
     control: Option<JoinHandle<()>>,
 }
 
-/// One SO_REUSEPORT listener on `addr`.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// One SO_REUSEPORT listener on `addr` (non-blocking, backlog 4096).
+pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -145,16 +145,24 @@ fn connection_budget(max_connections: u64, loops: usize) -> u64 {
     max_connections
 }
 
-/// Binds `n` listeners sharing one port (the first picks it when `addr` has port 0).
-fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
-    let bind_err = |source| StartError::Bind { addr, source };
-    let first = reuseport_listener(addr).map_err(bind_err)?;
+/// Binds `n` (at least one) SO_REUSEPORT listeners sharing one port (the first picks
+/// it when `addr` has port 0). The bench's echo server binds its listeners with it too.
+pub fn reuseport_listeners(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = reuseport_listener(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..n {
-        listeners.push(reuseport_listener(bound).map_err(bind_err)?);
+        listeners.push(reuseport_listener(bound)?);
     }
     Ok(listeners)
+}
+
+/// [`reuseport_listeners`], failing `start` with the address that could not be bound.
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    reuseport_listeners(addr, n).map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Loads the token signer and the ticket verifier, warning about development settings

@@ -1,5 +1,6 @@
 //! `echo-server`: a bare frame echo server with the server's framing and threading
-//! (one pinned monoio thread per core, each with its own SO_REUSEPORT listener) and
+//! (one pinned monoio thread per core, each with its own SO_REUSEPORT listener, bound
+//! by the server's own `reuseport_listeners`) and
 //! nothing else: no JSON, no channel, no queue. `pingpong` against it measures the
 //! ceiling of this machine; against queue-server, how close the server gets to it.
 //!
@@ -19,7 +20,6 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use queue_server::frame::{check_frame, HEADER_BYTES};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::block_on;
 
@@ -36,26 +36,12 @@ pub struct EchoServer {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
-}
-
 impl EchoServer {
     /// Binds `cores` listeners on `addr` (port 0 picks one) and starts a thread each,
     /// pinned round-robin to `cpus` when given.
     pub fn start(addr: SocketAddr, cores: usize, cpus: &[usize]) -> std::io::Result<EchoServer> {
-        let first = listener(addr)?;
-        let addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..cores.max(1) {
-            listeners.push(listener(addr)?);
-        }
+        let listeners = queue_server::server::reuseport_listeners(addr, cores.max(1))?;
+        let addr = listeners[0].local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let threads = listeners
             .into_iter()

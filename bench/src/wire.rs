@@ -9,23 +9,9 @@
 
 use bytes::BytesMut;
 use queue_server::frame::{begin_frame, end_frame};
+use queue_server::protocol::encode::put_u64;
 use queue_server::protocol::Code;
 use serde::Deserialize;
-
-/// Appends the decimal digits of `n`.
-fn put_u64(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
 
 /// `{"cmd":"login","seq":seq,"data":{"user_id":user,"queue":queue}}`; `queue` is
 /// omitted when it is the default one. Queue names are plain (the server's config

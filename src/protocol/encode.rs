@@ -43,8 +43,8 @@ fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u8(b'"');
 }
 
-/// Writes `n` in decimal.
-pub(super) fn put_u64(out: &mut BytesMut, mut n: u64) {
+/// Writes `n` in decimal (also the bench's request encoders).
+pub fn put_u64(out: &mut BytesMut, mut n: u64) {
     // u64::MAX has 20 digits.
     let mut digits = [0u8; 20];
     let mut at = digits.len();

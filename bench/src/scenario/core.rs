@@ -3,9 +3,10 @@
 //! descriptor limit stops sockets at ~20,000 per process). It drives the server's own
 //! [`QueueState`] (joins, then automatic admission at R/s, tick by tick in virtual
 //! time, tokens signed as the core thread signs them) and applies each tick's
-//! [`QueueDelta`] to virtual sessions split over virtual io loops exactly as a loop
-//! does: two binary searches per session, a throttled `position` push encoded with the
-//! server's encoder where the position changed.
+//! [`QueueDelta`] to virtual sessions split over virtual io loops with the server's
+//! own rank/push tracker ([`Tracker`], one per virtual loop, as `io_loop` uses it):
+//! two binary searches per session, a throttled `position` push (at once or deferred,
+//! then flushed when due) encoded with the server's encoder where the position changed.
 //!
 //! Reports joins per second, the cost of one core tick and of one broadcast pass per
 //! loop, memory per queued player, an exact resync (its longest slice: the core's
@@ -17,15 +18,18 @@
 //! - the virtual sessions' positions are checked against the state's exact positions
 //!   at the end: a broadcast that drifted is a failed check, not a number.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use queue_server::alloc_count;
 use queue_server::config::Config;
-use queue_server::msg::{ConnRef, QueueDelta};
+use queue_server::msg::{ConnRef, QueueDelta, RankBatch};
 use queue_server::queue::core::RESYNC_SLICE;
 use queue_server::queue::state::{Event, Limits, Op, QueueState};
+use queue_server::shard::tracker::{Follow, Follows, Push, Tracker};
 use queue_server::token::TokenSigner;
 
 use super::{BenchError, Outcome};
@@ -51,18 +55,20 @@ pub struct CoreOpts {
 }
 
 /// One virtual session: what an io loop keeps per waiting player to follow its rank.
-#[derive(Clone, Copy, Debug, Default)]
 struct VSession {
-    /// Order key of the place.
-    key: u64,
-    /// Current position.
-    position: u64,
-    /// Position last pushed.
-    pushed: u64,
-    /// Virtual ms of the last push.
-    last_push_ms: u64,
+    /// Its place, position and push throttle, as a server session holds them.
+    follow: Follow,
     /// Admitted: no longer follows ranks.
-    admitted: bool,
+    admitted: Cell<bool>,
+}
+
+impl Follows for VSession {
+    fn follow(&self) -> &Follow {
+        &self.follow
+    }
+    fn waits(&self) -> bool {
+        !self.admitted.get()
+    }
 }
 
 /// Resident set size of this process, bytes.
@@ -81,8 +87,12 @@ fn rss_bytes() -> u64 {
 struct Sim {
     /// The server's queue state machine.
     state: QueueState,
-    /// Virtual sessions per virtual io loop.
+    /// Virtual sessions per virtual io loop (a session's id is its index).
     sessions: Vec<Vec<VSession>>,
+    /// Each virtual loop's rank/push tracker.
+    trackers: Vec<Tracker>,
+    /// Virtual time 0 as an `Instant` (the tracker's clock).
+    epoch: Instant,
     /// Signs a token per admission, when asked.
     signer: Option<TokenSigner>,
     /// Events of one `apply`.
@@ -91,8 +101,8 @@ struct Sim {
     now_ms: u64,
     /// Per loop: sessions admitted by the current tick.
     per_loop_admits: Vec<Vec<u64>>,
-    /// The current tick's broadcast.
-    delta: QueueDelta,
+    /// The current tick's broadcast (its one queue's delta).
+    batch: Arc<RankBatch>,
     /// Where position pushes are encoded (cleared before it grows large).
     push_buf: BytesMut,
     /// Pushes sent (position and admitted).
@@ -115,6 +125,7 @@ struct TickCosts {
 impl Sim {
     /// An empty queue for `users` players, sessions split over `loops` loops.
     fn new(o: &CoreOpts, users: u64, loops: usize) -> Result<Sim, BenchError> {
+        let push_interval = Duration::from_millis(o.push_interval_ms);
         let signer = if o.sign {
             let (s, _) = TokenSigner::from_config(&Config::default().tokens)
                 .map_err(|e| BenchError::Setup(format!("token signer: {e}")))?;
@@ -135,11 +146,18 @@ impl Sim {
             sessions: (0..loops)
                 .map(|_| Vec::with_capacity(users as usize / loops + 1))
                 .collect(),
+            // Every batch applied at once (no coalescing: the bench times each pass).
+            trackers: (0..loops)
+                .map(|_| Tracker::new(push_interval, usize::MAX))
+                .collect(),
+            epoch: Instant::now(),
             signer,
             events: Vec::new(),
             now_ms: 1_700_000_000_000,
             per_loop_admits: vec![Vec::new(); loops],
-            delta: QueueDelta::default(),
+            batch: Arc::new(RankBatch {
+                queues: vec![QueueDelta::default()],
+            }),
             push_buf: BytesMut::with_capacity(1 << 16),
             pushes: 0,
             admitted: 0,
@@ -173,16 +191,21 @@ impl Sim {
                 .place(0, u)
                 .ok_or_else(|| BenchError::Setup(format!("join of {u} failed")))?;
             let position = self.state.queues()[0].position(place.key);
-            self.sessions[l].push(VSession {
-                key: place.key,
-                position,
-                pushed: position,
-                last_push_ms: self.now_ms,
-                admitted: false,
-            });
+            let session = VSession {
+                follow: Follow::new(self.instant()),
+                admitted: Cell::new(false),
+            };
+            let now = self.instant();
+            self.trackers[l].start(&session.follow, 0, place.key, position, now);
+            self.sessions[l].push(session);
         }
         self.events.clear();
         Ok(())
+    }
+
+    /// The virtual clock as an `Instant`.
+    fn instant(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.now_ms)
     }
 
     /// Starts automatic admission (a first tick sets the state's clock).
@@ -200,10 +223,12 @@ impl Sim {
     fn tick(&mut self) {
         self.events.clear();
         self.state.apply(&Op::Tick, self.now_ms, &mut self.events);
-        self.delta.departed.clear();
+        // The loops dropped their references after the previous pass: reuse the batch.
+        let delta = &mut Arc::get_mut(&mut self.batch).expect("batch shared").queues[0];
+        delta.departed.clear();
         for e in self.events.drain(..) {
             match e {
-                Event::Departed { key, .. } => self.delta.departed.push(key),
+                Event::Departed { key, .. } => delta.departed.push(key),
                 Event::Admitted {
                     user,
                     conn,
@@ -224,42 +249,50 @@ impl Sim {
                 _ => {}
             }
         }
-        self.delta.departed.sort_unstable();
-        self.delta.queue_len = self.state.queues()[0].waiting();
+        delta.departed.sort_unstable();
+        delta.queue_len = self.state.queues()[0].waiting();
     }
 
-    /// Loop `l` applies the tick's delta to its sessions, as an io loop does.
-    fn broadcast(&mut self, l: usize, push_interval_ms: u64) {
-        let (now_ms, delta) = (self.now_ms, &self.delta);
-        let own = &mut self.sessions[l];
-        for s in self.per_loop_admits[l].drain(..) {
-            own[s as usize].admitted = true;
-            self.pushes += 1;
+    /// Loop `l` applies the tick's batch to its sessions and sends the deferred pushes
+    /// now due, as an io loop does.
+    fn broadcast(&mut self, l: usize) {
+        let now = self.instant();
+        let Sim {
+            sessions,
+            trackers,
+            batch,
+            per_loop_admits,
+            push_buf,
+            pushes,
+            ..
+        } = self;
+        let (own, tracker) = (&sessions[l], &trackers[l]);
+        for s in per_loop_admits[l].drain(..) {
+            own[s as usize].admitted.set(true);
+            *pushes += 1;
         }
-        for s in own.iter_mut() {
-            if s.admitted {
-                continue;
+        let queue_len = batch.queues[0].queue_len;
+        let mut push = |s: &VSession| {
+            if push_buf.len() > 60_000 {
+                push_buf.clear();
             }
-            let shift = delta.shift(s.key);
-            if shift != 0 {
-                s.position = s.position.saturating_add_signed(shift);
-            }
-            if s.position != s.pushed && now_ms - s.last_push_ms >= push_interval_ms {
-                if self.push_buf.len() > 60_000 {
-                    self.push_buf.clear();
+            let position = s.follow.position();
+            queue_server::protocol::encode_position(push_buf, 0, position, queue_len, None);
+            s.follow.sent(position);
+            *pushes += 1;
+        };
+        // Ignoring the step: trackers here never coalesce, so a batch that can move
+        // someone is pending now and the pass applies it.
+        let _ = tracker.on_batch(batch.clone(), own.len());
+        if let Some(pass) = tracker.begin_pass() {
+            for (id, s) in own.iter().enumerate() {
+                if tracker.apply(&pass, id as u64, s, now) == Push::Now {
+                    push(s);
                 }
-                queue_server::protocol::encode_position(
-                    &mut self.push_buf,
-                    0,
-                    s.position,
-                    delta.queue_len,
-                    None,
-                );
-                s.pushed = s.position;
-                s.last_push_ms = now_ms;
-                self.pushes += 1;
             }
+            tracker.end_pass(pass);
         }
+        tracker.flush_due(now, |id| own.get(id as usize), |s| push(s));
     }
 
     /// `ticks` ticks of `tick_ms`, each followed by every loop's broadcast pass.
@@ -272,12 +305,12 @@ impl Sim {
             self.tick();
             costs.tick.record(t.elapsed());
             costs.allocs += alloc_count::allocations() - a0;
-            if self.delta.departed.is_empty() {
+            if self.batch.queues[0].departed.is_empty() {
                 continue;
             }
             for l in 0..self.sessions.len() {
                 let t = Instant::now();
-                self.broadcast(l, o.push_interval_ms);
+                self.broadcast(l);
                 costs.pass.record(t.elapsed());
             }
         }
@@ -313,7 +346,7 @@ impl Sim {
             .iter()
             .enumerate()
             .flat_map(|(l, list)| list.iter().map(move |&(s, p)| (l, s, p)))
-            .filter(|&(l, s, p)| self.sessions[l][s as usize].position != p)
+            .filter(|&(l, s, p)| self.sessions[l][s as usize].follow.position() != p)
             .count();
         slice_ms.sort_unstable_by(f64::total_cmp);
         (slice_ms, drift)
