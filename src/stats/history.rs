@@ -23,7 +23,22 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{LoopStats, KICK_REASONS};
-use crate::queue::state::Queue;
+
+/// What the sampler reads of one queue. The queue core's `Queue` implements it (in
+/// `queue::state::queue`), so this module needs nothing from the queue module and the
+/// two form no import cycle.
+pub trait QueueTotals {
+    /// The queue's name (the ring's key).
+    fn name(&self) -> &str;
+    /// Admissions since the start, cumulative.
+    fn admitted_total(&self) -> u64;
+    /// Leaves since the start, cumulative.
+    fn left_total(&self) -> u64;
+    /// Players waiting now.
+    fn waiting(&self) -> u64;
+    /// An expired auto-created queue (a tombstone): it has no ring.
+    fn is_expired(&self) -> bool;
+}
 
 /// Samples kept per ring: one hour.
 pub const MINUTES: usize = 60;
@@ -196,7 +211,7 @@ impl Sampler {
 
     /// Closes the minute if `now_ms` is past it (cheap otherwise: one division).
     #[inline]
-    pub fn tick(&mut self, now_ms: u64, queues: &[Queue]) {
+    pub fn tick<Q: QueueTotals>(&mut self, now_ms: u64, queues: &[Q]) {
         if now_ms / MINUTE_MS != self.minute {
             self.close(now_ms, queues);
         }
@@ -204,7 +219,7 @@ impl Sampler {
 
     /// Turns the minute's counts into samples; retried at the next tick when the
     /// control thread holds the lock.
-    fn close(&mut self, now_ms: u64, queues: &[Queue]) {
+    fn close<Q: QueueTotals>(&mut self, now_ms: u64, queues: &[Q]) {
         let Ok(mut rings) = self.stats.history.rings.try_lock() else {
             return;
         };
@@ -216,28 +231,28 @@ impl Sampler {
         let mut waiting = 0;
         for (id, q) in queues.iter().enumerate() {
             let mut now = self.loop_totals(Some(id));
-            now.admissions = q.admitted_total;
-            now.leaves = q.left_total;
-            server.admissions += q.admitted_total;
-            server.leaves += q.left_total;
+            now.admissions = q.admitted_total();
+            now.leaves = q.left_total();
+            server.admissions += q.admitted_total();
+            server.leaves += q.left_total();
             let sample = now.minus(&self.queue_before[id], start, q.waiting());
             self.queue_before[id] = now;
             if q.is_expired() {
                 continue;
             }
             waiting += q.waiting();
-            match rings.queues.get_mut(q.name.as_str()) {
+            match rings.queues.get_mut(q.name()) {
                 Some(ring) => ring.push(sample),
                 None => {
                     let mut ring = Ring::default();
                     ring.push(sample);
-                    rings.queues.insert(q.name.clone(), ring);
+                    rings.queues.insert(q.name().to_owned(), ring);
                 }
             }
         }
         rings
             .queues
-            .retain(|name, _| queues.iter().any(|q| !q.is_expired() && q.name == *name));
+            .retain(|name, _| queues.iter().any(|q| !q.is_expired() && q.name() == name));
         let sample = server.minus(&self.server_before, start, waiting);
         self.server_before = server;
         rings.server.push(sample);

@@ -191,3 +191,22 @@ impl Queue {
         self.prio.heap_bytes() + self.normal.heap_bytes()
     }
 }
+
+/// The per-minute history reads a queue through this (see `stats::history`).
+impl crate::stats::history::QueueTotals for Queue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn admitted_total(&self) -> u64 {
+        self.admitted_total
+    }
+    fn left_total(&self) -> u64 {
+        self.left_total
+    }
+    fn waiting(&self) -> u64 {
+        Queue::waiting(self)
+    }
+    fn is_expired(&self) -> bool {
+        Queue::is_expired(self)
+    }
+}
