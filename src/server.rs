@@ -18,6 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cluster::{Cluster, ClusterHandle};
 use crate::config::{AuthMode, Config, Driver};
 use crate::control::{self, ControlContext};
 use crate::doorbell::{self, Bell};
@@ -46,6 +47,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// The durable queue state cannot be loaded (names the file and offset at fault).
     Recovery(RecoveryError),
+    /// `[cluster]` is set and the cluster layer could not start.
+    Cluster(crate::cluster::ClusterError),
 }
 
 impl std::fmt::Display for StartError {
@@ -55,6 +58,7 @@ impl std::fmt::Display for StartError {
             StartError::Keys(e) => write!(f, "keys: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
             StartError::Recovery(e) => write!(f, "durability: {e}"),
+            StartError::Cluster(e) => write!(f, "cluster: {e}"),
         }
     }
 }
@@ -344,6 +348,16 @@ fn start_control(
     })
 }
 
+/// With `[cluster]`: the cluster layer (etcd), tracking the configured queues.
+fn start_cluster(config: &Config) -> Result<Option<Arc<ClusterHandle>>, StartError> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    let queues: Vec<&str> = config.queues.list.iter().map(|q| q.name.as_str()).collect();
+    let handle = Cluster::start(cluster, &queues).map_err(StartError::Cluster)?;
+    Ok(Some(Arc::new(handle)))
+}
+
 /// The core's tick and resync periods from `[core]`.
 fn core_timing(config: &Config) -> CoreTiming {
     CoreTiming {
@@ -404,6 +418,7 @@ impl ServerHandle {
 
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
+        let cluster = start_cluster(config)?;
         let ctx = ControlContext {
             core: core_tx.clone(),
             signer: signer.clone(),
@@ -413,6 +428,7 @@ impl ServerHandle {
             api_key: config.control.api_key.clone(),
             core_round_ms: core_round_ms.clone(),
             server_stats: server_stats.clone(),
+            cluster: cluster.map(control::ClusterControl::new),
         };
         let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 

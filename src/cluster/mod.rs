@@ -35,7 +35,7 @@ pub mod node;
 pub mod ownership;
 pub mod used_tokens;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,6 +89,7 @@ impl Cluster {
             frozen: AtomicBool::new(false),
             lease_id: AtomicI64::new(0),
             node_id_in_use: AtomicBool::new(false),
+            etcd_errors: AtomicU64::new(0),
         });
         for q in queues {
             if !shared.queues.add(q) {
@@ -299,6 +300,22 @@ impl ClusterHandle {
         self.view().owners.get(queue).cloned()
     }
 
+    /// Every owned queue under the prefix as last listed, by name (for `/v1/stats`).
+    pub fn owners(&self) -> std::collections::HashMap<String, Owner> {
+        self.view().owners.clone()
+    }
+
+    /// etcd calls that failed or timed out since start (for `/metrics`).
+    pub fn etcd_errors_total(&self) -> u64 {
+        self.shared.etcd_errors.load(Ordering::Relaxed)
+    }
+
+    /// True while this node's lease deadline has passed (or it holds no lease): it may
+    /// admit for no queue, whatever it owns.
+    pub fn fenced(&self) -> bool {
+        !self.shared.fence.is_live()
+    }
+
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.shared.view.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -318,11 +335,15 @@ impl ClusterHandle {
             mpsc::error::TrySendError::Closed(_) => ClusterError::Stopped,
         })?;
         // Two etcd calls at most (grant, txn), plus a retry after a lost lease.
-        match answer.recv_timeout(Duration::from_millis(4 * TOKEN_OP_MS)) {
+        let answer = match answer.recv_timeout(Duration::from_millis(4 * TOKEN_OP_MS)) {
             Ok(answer) => answer,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(ClusterError::Timeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ClusterError::Stopped),
+        };
+        if matches!(answer, Err(ClusterError::Etcd(_) | ClusterError::Timeout)) {
+            self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
         }
+        answer
     }
 
     /// Test hook: the node stops talking to etcd (no keep-alive, no listing, no revoke

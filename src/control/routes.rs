@@ -21,6 +21,8 @@
 //!   open streams and a lifetime of its own);
 //! - the player routes (`GET /v1/users/{user_id}`, `DELETE
 //!   /v1/queues/{q}/players/{user_id}`) live in `super::players`;
+//! - in cluster mode, requests about a queue owned by another node are forwarded to it
+//!   by `super::forward`, a middleware inside the gate;
 //! - the dashboard's routes (`/`, `/dashboard`, `/v1/stats`, `/v1/events`) live in
 //!   `super::dashboard` and are merged here, behind the same gate.
 
@@ -93,7 +95,7 @@ impl Reply {
         Reply::json(status, &ErrorBody { error: text })
     }
 
-    fn with(mut self, name: header::HeaderName, value: &'static str) -> Reply {
+    pub(super) fn with(mut self, name: header::HeaderName, value: &'static str) -> Reply {
         self.headers.push((name, value));
         self
     }
@@ -150,6 +152,10 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route("/debug/pprof/profile", get(super::pprof::profile))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            super::forward::forward,
+        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
         .layer(middleware::from_fn(super::audit::record))
         .with_state(ctx)
@@ -316,6 +322,7 @@ async fn metrics(State(ctx): Ctx) -> Reply {
             server: &ctx.server_stats,
             inbox_depth: ctx.core.len(),
             process: crate::stats::process::ProcessStats::read(),
+            cluster: ctx.cluster.as_ref().map(|c| c.gauges()),
         }),
     );
     Reply::text(200, crate::metrics::CONTENT_TYPE, text)
@@ -357,8 +364,8 @@ async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
     Ok(parsed)
 }
 
-/// `POST /v1/tokens/verify`: signature, `kid`, `exp`, `iss` here; then the core
-/// consumes the `jti`, so a token verifies once.
+/// `POST /v1/tokens/verify`: signature, `kid`, `exp`, `iss` here; then (cluster mode)
+/// etcd and the core consume the `jti`, so a token verifies once (cluster-wide).
 async fn verify(State(ctx): Ctx, body: Body) -> Reply {
     let token = match read_body(body, BodyKind::Verify).await {
         Ok(ControlBody::Verify { token }) => token,
@@ -369,6 +376,14 @@ async fn verify(State(ctx): Ctx, body: Body) -> Reply {
         Ok(t) => t,
         Err(e) => return Reply::json(200, &shapes::VerifyOut::invalid(e.reason)),
     };
+    // In a cluster the jti is consumed in etcd first: used on any node is used here.
+    if let Some(cluster) = &ctx.cluster {
+        match super::cluster::consume(cluster, &token.jti, token.exp).await {
+            Ok(true) => {}
+            Ok(false) => return Reply::json(200, &shapes::VerifyOut::invalid("already_used")),
+            Err(reply) => return reply,
+        }
+    }
     let consume = ControlReq::ConsumeJti {
         jti: token.jti,
         exp: token.exp,

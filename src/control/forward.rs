@@ -1,0 +1,290 @@
+//! Cluster mode: a control request about a queue this node does not own is forwarded to
+//! the owner's control port (`advertise_control` of its etcd record) and the owner's
+//! answer is passed back as it is. Runs as a middleware inside the gate (auth, size and
+//! the whole-request deadline already applied); without `[cluster]` it passes every
+//! request straight on, so single-node answers are unchanged.
+//!
+//! Which requests: `POST /v1/queues/{q}/admit|pause|resume`, `PUT
+//! /v1/queues/{q}/rate|capacity`, `DELETE /v1/queues/{q}/players/{u}` (queue from the
+//! path, percent-decoded), `GET /v1/users/{u}?queue=Q` (queue from the query, default
+//! `default`). Everything else is answered here (`/v1/stats` is this node's, verify is
+//! cluster-wide through etcd on any node).
+//!
+//! Decisions (by this node's last listing of owners, at most a tick old):
+//! - owner is this node, or nobody owns the queue and this node does not track it (it
+//!   exists nowhere, or only as a local auto-created queue): answered here, as on one
+//!   node (404 `unknown queue` when the local core does not have it either);
+//! - owner is another live member: forwarded with the `Authorization` and
+//!   `Content-Type` headers, the body, and [`FORWARDED_BY`] = this node's id; the answer
+//!   carries [`SERVED_BY`] = the owner's id. Within [`FORWARD_TIMEOUT`] (504 past it:
+//!   the owner may have applied the request); connection failure: 503 + `Retry-After`;
+//! - a request that already carries [`FORWARDED_BY`] is never forwarded again: 503
+//!   naming the owner this node sees (two stale views cannot bounce a request);
+//! - a tracked queue with no owner yet (failover in progress, etcd away), or an owner
+//!   that is not a live member: 503 + `Retry-After: 1`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::cluster::{ClusterControl, RETRY_AFTER_SECS};
+use super::routes::Reply;
+use super::{BODY_BYTES_MAX, BODY_READ_TIMEOUT};
+use crate::control::ControlContext;
+
+/// Set on a forwarded request: the id of the node that forwarded it.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-queue-forwarded-by");
+/// Set on a forwarded answer: the id of the node that answered it.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-queue-served-by");
+/// Longest time from connecting to the owner to the end of its answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer passed back, bytes: an `admit` of 100000 players is some 30 MB.
+const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The queue operations of `/v1/queues/{q}/{op}` and their methods.
+const QUEUE_OPS: [(&str, Method); 5] = [
+    ("admit", Method::POST),
+    ("rate", Method::PUT),
+    ("capacity", Method::PUT),
+    ("pause", Method::POST),
+    ("resume", Method::POST),
+];
+
+/// Where a request goes.
+enum Route {
+    /// Answered here.
+    Local,
+    /// Answered here with this refusal.
+    Refuse(Reply),
+    /// Forwarded to this owner.
+    To {
+        /// The owner's node id.
+        owner: String,
+        /// Its control address.
+        addr: String,
+    },
+}
+
+/// The middleware: forwards, refuses, or runs the route here.
+pub(super) async fn forward(
+    State(ctx): State<std::sync::Arc<ControlContext>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(cluster) = &ctx.cluster else {
+        return next.run(request).await;
+    };
+    let Some(queue) = queue_of(request.method(), request.uri()) else {
+        return next.run(request).await;
+    };
+    let forwarded_by = request.headers().get(&FORWARDED_BY).cloned();
+    match route(cluster, &queue, forwarded_by.as_ref()) {
+        Route::Local => next.run(request).await,
+        Route::Refuse(reply) => reply.into_response(),
+        Route::To { owner, addr } => send(cluster, request, &owner, &addr).await,
+    }
+}
+
+/// The queue a request is about, if it is one this module may forward.
+fn queue_of(method: &Method, uri: &Uri) -> Option<String> {
+    let path = uri.path();
+    if let Some(user) = path.strip_prefix("/v1/users/") {
+        let is_get = matches!(*method, Method::GET | Method::HEAD);
+        let queue = uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("queue="))
+            .unwrap_or("default");
+        return (is_get && !user.contains('/')).then(|| percent_decoded(queue))?;
+    }
+    let rest = path.strip_prefix("/v1/queues/")?;
+    let (queue, op) = rest.split_once('/')?;
+    let known = match op.split_once('/') {
+        Some(("players", user)) => *method == Method::DELETE && !user.contains('/'),
+        Some(_) => false,
+        None => QUEUE_OPS.iter().any(|(o, m)| *o == op && m == method),
+    };
+    known.then(|| percent_decoded(queue))?
+}
+
+/// `text` percent-decoded, if it then is a valid queue name (others are answered here).
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    crate::config::valid_queue_name(&name).then_some(name)
+}
+
+/// A 503 that a retry soon may cure.
+fn unavailable(text: &str) -> Reply {
+    Reply::error(503, text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
+}
+
+/// Decides where a request about `queue` goes (see the module doc).
+fn route(cluster: &ClusterControl, queue: &str, forwarded_by: Option<&HeaderValue>) -> Route {
+    let handle = &cluster.handle;
+    let me = handle.node_id();
+    let Some(owner) = handle.owner_of(queue) else {
+        if handle.queue_index(queue).is_none() {
+            return Route::Local;
+        }
+        return Route::Refuse(unavailable(&format!(
+            "queue `{queue}` has no owner yet (a node takes it within the lease TTL); retry"
+        )));
+    };
+    if owner.node_id == me {
+        return Route::Local;
+    }
+    if let Some(by) = forwarded_by {
+        let by = String::from_utf8_lossy(by.as_bytes());
+        return Route::Refuse(unavailable(&format!(
+            "queue `{queue}` is owned by node `{}` as node `{me}` sees it; not forwarding \
+             a request node `{by}` already forwarded",
+            owner.node_id
+        )));
+    }
+    match handle
+        .members()
+        .into_iter()
+        .find(|m| m.node_id == owner.node_id)
+    {
+        Some(member) => Route::To {
+            owner: owner.node_id,
+            addr: member.advertise_control,
+        },
+        None => Route::Refuse(unavailable(&format!(
+            "queue `{queue}` is owned by node `{}`, which is not a live member; retry",
+            owner.node_id
+        ))),
+    }
+}
+
+/// Reads the body, forwards the request to `owner` at `addr`, and passes its answer back.
+async fn send(cluster: &ClusterControl, request: Request, owner: &str, addr: &str) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match read(body).await {
+        Ok(body) => body,
+        Err(reply) => return reply.into_response(),
+    };
+    cluster.note_forwarded();
+    let me = cluster.handle.node_id();
+    let exchange = exchange(&parts, body, me, addr);
+    match tokio::time::timeout(FORWARD_TIMEOUT, exchange).await {
+        Ok(Ok(mut response)) => {
+            if let Ok(value) = HeaderValue::from_str(owner) {
+                response.headers_mut().insert(SERVED_BY, value);
+            }
+            response
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(owner, addr, error = %e, "control: forwarding failed");
+            unavailable(&format!(
+                "cannot reach node `{owner}` at {addr}, the owner of this queue: {e}; retry"
+            ))
+            .into_response()
+        }
+        Err(_) => {
+            tracing::warn!(
+                owner,
+                addr,
+                "control: forwarded request not answered in time"
+            );
+            let text = format!(
+                "node `{owner}` at {addr}, the owner of this queue, did not answer within {} s \
+                 (it may have applied the request)",
+                FORWARD_TIMEOUT.as_secs()
+            );
+            Reply::error(504, &text).into_response()
+        }
+    }
+}
+
+/// The request body, bounded as the routes bound it (413, 408, 400).
+async fn read(body: Body) -> Result<Bytes, Reply> {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, BODY_BYTES_MAX).collect(),
+    );
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            Err(Reply::from(super::body::BodyError::TooLarge))
+        }
+        Ok(Err(_)) => Err(Reply::error(400, "cannot read request body")),
+        Err(_) => {
+            Err(Reply::error(408, "request not complete in time").with(header::CONNECTION, "close"))
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange with the owner on a fresh connection.
+async fn exchange(
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    me: &str,
+    addr: &str,
+) -> Result<Response, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Ends once the answer is read and `sender` dropped (or with this task's runtime).
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .header(header::HOST, addr)
+        .header(FORWARDED_BY, me);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(value) = parts.headers.get(&name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let outgoing = outgoing.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let answer = sender
+        .send_request(outgoing)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (answer, answer_body) = answer.into_parts();
+    let bytes = Limited::new(answer_body, ANSWER_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = answer.status;
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::ALLOW,
+        header::WWW_AUTHENTICATE,
+    ] {
+        if let Some(value) = answer.headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    Ok(response)
+}
