@@ -18,7 +18,6 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::cluster::{Cluster, ClusterHandle};
 use crate::config::{AuthMode, Config, Driver};
 use crate::control::{self, ControlContext};
 use crate::doorbell::{self, Bell};
@@ -348,16 +347,6 @@ fn start_control(
     })
 }
 
-/// With `[cluster]`: the cluster layer (etcd), tracking the configured queues.
-fn start_cluster(config: &Config) -> Result<Option<Arc<ClusterHandle>>, StartError> {
-    let Some(cluster) = &config.cluster else {
-        return Ok(None);
-    };
-    let queues: Vec<&str> = config.queues.list.iter().map(|q| q.name.as_str()).collect();
-    let handle = Cluster::start(cluster, &queues).map_err(StartError::Cluster)?;
-    Ok(Some(Arc::new(handle)))
-}
-
 /// The core's tick and resync periods from `[core]`.
 fn core_timing(config: &Config) -> CoreTiming {
     CoreTiming {
@@ -418,7 +407,6 @@ impl ServerHandle {
 
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
-        let cluster = start_cluster(config)?;
         let ctx = ControlContext {
             core: core_tx.clone(),
             signer: signer.clone(),
@@ -428,7 +416,7 @@ impl ServerHandle {
             api_key: config.control.api_key.clone(),
             core_round_ms: core_round_ms.clone(),
             server_stats: server_stats.clone(),
-            cluster: cluster.map(control::ClusterControl::new),
+            cluster: control::ClusterControl::start(config).map_err(StartError::Cluster)?,
         };
         let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 

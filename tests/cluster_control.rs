@@ -287,3 +287,38 @@ fn one_node_has_no_cluster_section_nor_cluster_metrics() {
     assert!(!head.contains("x-queue-served-by"), "{head}");
     let _ = http;
 }
+
+#[test]
+fn a_node_that_cannot_reach_etcd_answers_503_for_its_queues_and_for_verify() {
+    // Nothing listens there: the node never holds a lease, so `default` has no owner.
+    let n = node(&format!("http://127.0.0.1:{}", free_port()), "lonely");
+    let (status, head, body) = request(
+        n.control,
+        "POST",
+        "/v1/queues/default/admit",
+        r#"{"count": 1}"#,
+        &[],
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("no owner yet"), "{body}");
+    // The token is good (signed with the cluster's key) but its use cannot be checked.
+    let signer = queue_server::token::TokenSigner::from_config(
+        &Config::from_toml_str(&format!("[tokens]\nkey = \"{KEY}\""))
+            .unwrap()
+            .tokens,
+    )
+    .unwrap()
+    .0;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let token = signer.sign(9, "default", "jti-1", exp - 300, exp);
+    let (status, body) = verify(&n, &token);
+    assert_eq!(status, 503, "{body}");
+    // A queue that exists nowhere is still answered here.
+    let (status, _) = n.http("POST", "/v1/queues/nowhere/pause", None);
+    assert_eq!(status, 404);
+}
