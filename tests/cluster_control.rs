@@ -200,12 +200,27 @@ fn a_token_consumed_on_one_node_is_refused_on_every_other_and_verify_needs_etcd(
     assert_eq!(keys_owner, keys_other);
     assert_eq!(keys_owner["keys"].as_array().map(Vec::len), Some(1));
     let token = admitted_token(&owner, &owner, 7);
-    let (status, body) = verify(&other, &token);
-    assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        json!({"valid": true, "user_id": 7, "queue": "default"})
+    assert_eq!(owner.queue_stats("default")["unused_tokens"], 1);
+    let verify_body = json!({ "token": token }).to_string();
+    let (status, head, body) = request(
+        other.control,
+        "POST",
+        "/v1/tokens/verify",
+        &verify_body,
+        &[],
     );
+    assert_eq!(status, 200);
+    assert_eq!(body, r#"{"valid":true,"user_id":7,"queue":"default"}"#);
+    // Verified at the owner, whose core holds the grant: it no longer counts as unused.
+    let owner_id = cluster_stats(&owner)["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        head.contains(&format!("x-queue-served-by: {owner_id}")),
+        "{head}"
+    );
+    assert_eq!(owner.queue_stats("default")["unused_tokens"], 0);
     for n in [&owner, &other] {
         let (status, body) = verify(n, &token);
         assert_eq!(status, 200);

@@ -4,6 +4,9 @@
 //! the whole-request deadline already applied); without `[cluster]` it passes every
 //! request straight on, so single-node answers are unchanged.
 //!
+//! `POST /v1/tokens/verify` goes to the token's queue owner too, but falls back to an
+//! answer here on any failure ([`verify_at_owner`], decisions in `super::verify`).
+//!
 //! Which requests: `POST /v1/queues/{q}/admit|pause|resume`, `PUT
 //! /v1/queues/{q}/rate|capacity`, `DELETE /v1/queues/{q}/players/{u}` (queue from the
 //! path, percent-decoded), `GET /v1/users/{u}?queue=Q` (queue from the query, default
@@ -27,7 +30,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -46,6 +49,8 @@ pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-queue-forwarded-
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-queue-served-by");
 /// Longest time from connecting to the owner to the end of its answer.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Content-Type` of a verify answer passed back.
+const JSON: &str = "application/json";
 /// Largest answer passed back, bytes: an `admit` of 100000 players is some 30 MB.
 const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The queue operations of `/v1/queues/{q}/{op}` and their methods.
@@ -187,14 +192,10 @@ async fn send(cluster: &ClusterControl, request: Request, owner: &str, addr: &st
     };
     cluster.note_forwarded();
     let me = cluster.handle.node_id();
-    let exchange = exchange(&parts, body, me, addr);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let exchange = exchange(&parts.method, target, &parts.headers, body, me, addr);
     match tokio::time::timeout(FORWARD_TIMEOUT, exchange).await {
-        Ok(Ok(mut response)) => {
-            if let Ok(value) = HeaderValue::from_str(owner) {
-                response.headers_mut().insert(SERVED_BY, value);
-            }
-            response
-        }
+        Ok(Ok(answer)) => answer.into_response(owner),
         Ok(Err(e)) => {
             tracing::warn!(owner, addr, error = %e, "control: forwarding failed");
             unavailable(&format!(
@@ -218,6 +219,57 @@ async fn send(cluster: &ClusterControl, request: Request, owner: &str, addr: &st
     }
 }
 
+/// `POST /v1/tokens/verify` of `token` (of `queue`) answered by the queue's owner, when
+/// that is another live member, the request was not forwarded already, and the owner
+/// answers 200 in time; None otherwise (this node then answers: etcd decides either way).
+pub(super) async fn verify_at_owner(
+    cluster: &ClusterControl,
+    queue: &str,
+    headers: &HeaderMap,
+    token: &str,
+) -> Option<Reply> {
+    #[derive(serde::Serialize)]
+    struct VerifyIn<'a> {
+        /// The token, as received.
+        token: &'a str,
+    }
+    let handle = &cluster.handle;
+    let owner = handle.owner_of(queue)?;
+    if headers.contains_key(&FORWARDED_BY) || owner.node_id == handle.node_id() {
+        return None;
+    }
+    let member = handle
+        .members()
+        .into_iter()
+        .find(|m| m.node_id == owner.node_id)?;
+    let body = Bytes::from(sonic_rs::to_vec(&VerifyIn { token }).ok()?);
+    cluster.note_forwarded();
+    let addr = member.advertise_control.as_str();
+    let exchange = exchange(
+        &Method::POST,
+        "/v1/tokens/verify",
+        headers,
+        body,
+        handle.node_id(),
+        addr,
+    );
+    match tokio::time::timeout(FORWARD_TIMEOUT, exchange).await {
+        Ok(Ok(answer)) if answer.status == StatusCode::OK => {
+            let served_by = HeaderValue::from_str(&owner.node_id).ok()?;
+            Some(Reply::text(200, JSON, answer.body.to_vec()).with_value(SERVED_BY, served_by))
+        }
+        other => {
+            let status = other
+                .as_ref()
+                .ok()
+                .and_then(|a| a.as_ref().ok())
+                .map(|a| a.status);
+            tracing::warn!(owner = %owner.node_id, addr, ?status, "verify: the owner did not answer; answering here");
+            None
+        }
+    }
+}
+
 /// The request body, bounded as the routes bound it (413, 408, 400).
 async fn read(body: Body) -> Result<Bytes, Reply> {
     let read = tokio::time::timeout(
@@ -236,13 +288,49 @@ async fn read(body: Body) -> Result<Bytes, Reply> {
     }
 }
 
-/// One HTTP/1.1 exchange with the owner on a fresh connection.
+/// The owner's answer, read whole.
+struct Answer {
+    /// Its status.
+    status: StatusCode,
+    /// Its headers.
+    headers: HeaderMap,
+    /// Its body (at most [`ANSWER_BYTES_MAX`]).
+    body: Bytes,
+}
+
+impl Answer {
+    /// The answer as this node's, naming the node that served it.
+    fn into_response(self, owner: &str) -> Response {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        for name in [
+            header::CONTENT_TYPE,
+            header::RETRY_AFTER,
+            header::ALLOW,
+            header::WWW_AUTHENTICATE,
+        ] {
+            if let Some(value) = self.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(owner) {
+            headers.insert(SERVED_BY, value);
+        }
+        response
+    }
+}
+
+/// One HTTP/1.1 exchange with the node at `addr` on a fresh connection, carrying the
+/// `Authorization` and `Content-Type` of `headers` and [`FORWARDED_BY`] = `me`.
 async fn exchange(
-    parts: &axum::http::request::Parts,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
     body: Bytes,
     me: &str,
     addr: &str,
-) -> Result<Response, String> {
+) -> Result<Answer, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -252,14 +340,13 @@ async fn exchange(
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = hyper::Request::builder()
-        .method(parts.method.clone())
+        .method(method.clone())
         .uri(target)
         .header(header::HOST, addr)
         .header(FORWARDED_BY, me);
     for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
-        if let Some(value) = parts.headers.get(&name) {
+        if let Some(value) = headers.get(&name) {
             outgoing = outgoing.header(name, value);
         }
     }
@@ -269,22 +356,14 @@ async fn exchange(
         .await
         .map_err(|e| e.to_string())?;
     let (answer, answer_body) = answer.into_parts();
-    let bytes = Limited::new(answer_body, ANSWER_BYTES_MAX)
+    let body = Limited::new(answer_body, ANSWER_BYTES_MAX)
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = answer.status;
-    for name in [
-        header::CONTENT_TYPE,
-        header::RETRY_AFTER,
-        header::ALLOW,
-        header::WWW_AUTHENTICATE,
-    ] {
-        if let Some(value) = answer.headers.get(&name) {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    Ok(response)
+    Ok(Answer {
+        status: answer.status,
+        headers: answer.headers,
+        body,
+    })
 }

@@ -9,8 +9,8 @@
 //! `/v1/events` stream and `/v1/stats`; `players` answers one player's state and
 //! journal and removes players; [`body`] parses and range-checks request
 //! bodies; `shapes` holds the JSON answers; `audit` logs every action with its peer;
-//! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `cluster` and `forward` are
-//! the cluster mode (cluster-wide token use, the stats section, forwarding to a queue's
+//! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `verify` answers
+//! `POST /v1/tokens/verify`; `cluster` and `forward` are the cluster mode (cluster-wide token use, the stats section, forwarding to a queue's
 //! owner; nothing of them runs without `[cluster]`); `tests` drives all of it over
 //! sockets against a fake core.
 //!
@@ -47,6 +47,7 @@ mod routes;
 mod shapes;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
