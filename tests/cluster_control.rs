@@ -337,3 +337,54 @@ fn a_node_that_cannot_reach_etcd_answers_503_for_its_queues_and_for_verify() {
     let (status, _) = n.http("POST", "/v1/queues/nowhere/pause", None);
     assert_eq!(status, 404);
 }
+
+/// Puts `key` = `value` in etcd (no lease), from outside the nodes.
+fn etcd_put(etcd: &Etcd, key: &str, value: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        client.put(key, value, None).await.unwrap();
+    });
+}
+
+#[test]
+fn an_owner_that_does_not_answer_gives_504_and_one_that_refuses_gives_503() {
+    let etcd = Etcd::start();
+    let n = node(&etcd.url, "a");
+    // Two members that exist only in etcd: one accepts and never answers, one is gone.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("127.0.0.1:{}", free_port());
+    for (id, control) in [
+        ("mute", silent.local_addr().unwrap().to_string()),
+        ("gone", gone),
+    ] {
+        let member = json!({"node_id": id, "advertise_player": "127.0.0.1:1",
+            "advertise_control": control, "started_at_unix_ms": 0});
+        etcd_put(
+            &etcd,
+            &format!("/qs-control/nodes/{id}"),
+            &member.to_string(),
+        );
+        etcd_put(&etcd, &format!("/qs-control/owners/q-{id}"), id);
+    }
+    wait_for("node a lists both fake owners", || {
+        let s = cluster_stats(&n);
+        (s["queues"]["q-mute"]["owner"] == "mute" && s["queues"]["q-gone"]["owner"] == "gone")
+            .then_some(())
+    });
+    let started = Instant::now();
+    let (status, _, body) = request(n.control, "POST", "/v1/queues/q-mute/pause", "", &[]);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer within 5 s"), "{body}");
+    assert!(started.elapsed() < WAIT);
+    let (status, head, body) = request(n.control, "POST", "/v1/queues/q-gone/pause", "", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("cannot reach node `gone`"), "{body}");
+    drop(silent);
+}

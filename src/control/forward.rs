@@ -49,6 +49,11 @@ pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-queue-forwarded-
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-queue-served-by");
 /// Longest time from connecting to the owner to the end of its answer.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+// A slow body (408) or a silent owner (504) is answered before the gate's 408 backstop.
+const _: () = assert!(
+    super::BODY_READ_TIMEOUT.as_millis() + FORWARD_TIMEOUT.as_millis()
+        < super::REQUEST_TIMEOUT.as_millis()
+);
 /// `Content-Type` of a verify answer passed back.
 const JSON: &str = "application/json";
 /// Largest answer passed back, bytes: an `admit` of 100000 players is some 30 MB.
