@@ -25,9 +25,16 @@ const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// A full server as node `id` of the cluster on `etcd_url`.
 fn node(etcd_url: &str, id: &str) -> TestServer {
+    node_keyed(etcd_url, id, "")
+}
+
+/// [`node`] with `control.api_key` = `api_key`.
+fn node_keyed(etcd_url: &str, id: &str, api_key: &str) -> TestServer {
     let (player_port, control_port) = (free_port(), free_port());
     let toml = format!(
         r#"
+        [control]
+        api_key = "{api_key}"
         [tokens]
         key = "{KEY}"
         [cluster]
@@ -300,7 +307,6 @@ fn one_node_has_no_cluster_section_nor_cluster_metrics() {
     );
     assert_eq!(status, 200);
     assert!(!head.contains("x-queue-served-by"), "{head}");
-    let _ = http;
 }
 
 #[test]
@@ -387,4 +393,28 @@ fn an_owner_that_does_not_answer_gives_504_and_one_that_refuses_gives_503() {
     assert!(head.contains("retry-after: 1"), "{head}");
     assert!(body.contains("cannot reach node `gone`"), "{body}");
     drop(silent);
+}
+
+#[test]
+fn a_forwarded_request_carries_the_bearer_key_and_an_unauthorized_one_is_not_forwarded() {
+    let etcd = Etcd::start();
+    let a = node_keyed(&etcd.url, "a", "k");
+    let b = node_keyed(&etcd.url, "b", "k");
+    let get = |n: &TestServer, path: &str| http(n.control, "GET", path, None, Some("k")).1;
+    let owner = wait_for("both nodes agree on the owner of `default`", || {
+        let o = get(&a, "/v1/stats")["cluster"]["queues"]["default"]["owner"].clone();
+        let o = o.as_str()?.to_string();
+        (get(&b, "/v1/stats")["cluster"]["queues"]["default"]["owner"] == o.as_str()).then_some(o)
+    });
+    let (owner, other) = if owner == "a" { (a, b) } else { (b, a) };
+    let path = "/v1/queues/default/pause";
+    let (status, _) = http(other.control, "POST", path, None, None);
+    assert_eq!(status, 401);
+    assert_eq!(get(&other, "/v1/stats")["cluster"]["forwarded_total"], 0);
+    let (status, body) = http(other.control, "POST", path, None, Some("k"));
+    assert_eq!((status, body), (200, json!({"ok": true})));
+    assert_eq!(
+        get(&owner, "/v1/stats")["queues"]["default"]["paused"],
+        true
+    );
 }
