@@ -156,6 +156,16 @@ fn a_request_to_a_non_owner_is_forwarded_to_the_owner_and_never_forwarded_again(
     let (owner, other) = two_nodes(&etcd);
     // admit through the other node: the owner's player is admitted.
     admitted_token(&owner, &other, 7);
+    // The player's report and its removal, through the other node: the owner's.
+    let (status, body) = other.http("GET", "/v1/users/7?queue=default", None);
+    assert_eq!(
+        (status, &body["state"]),
+        (200, &json!("admitted")),
+        "{body}"
+    );
+    let (status, body) = other.http("DELETE", "/v1/queues/default/players/7", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"removed": true, "state": "admitted"}));
     // pause through the other node: the owner's queue is paused.
     let (status, body) = other.http("POST", "/v1/queues/default/pause", None);
     assert_eq!((status, body), (200, json!({"ok": true})));
@@ -185,8 +195,9 @@ fn a_request_to_a_non_owner_is_forwarded_to_the_owner_and_never_forwarded_again(
     // The owner answers a forwarded request itself.
     let (status, _, body) = request(owner.control, "POST", path, "", &forwarded);
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
-    // Counted on the node that forwarded (admit, pause, resume), not on the owner.
-    assert_eq!(cluster_stats(&other)["forwarded_total"], 3);
+    // Counted on the node that forwarded (admit, report, remove, pause, resume), not on
+    // the owner.
+    assert_eq!(cluster_stats(&other)["forwarded_total"], 5);
     assert_eq!(cluster_stats(&owner)["forwarded_total"], 0);
     // A queue that exists nowhere: answered here, 404 as on one node.
     let (status, body) = other.http(

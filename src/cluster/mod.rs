@@ -19,8 +19,10 @@
 //! deadline passes before the new owner's campaign is even sent, as long as the two
 //! clocks' rates differ by less than margin/TTL (20%).
 //!
-//! Not here yet (next step): the node link, forwarding and failover of places; this
-//! module is not wired into the server's data path.
+//! Used by the control port (`control::cluster`, `control::forward`): it starts this
+//! layer when `[cluster]` is set, forwards requests to a queue's owner and consumes
+//! tokens here. Not here yet (next step): the node link and failover of places; the
+//! data path (loops, core) does not use this module yet.
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call
