@@ -11,7 +11,7 @@
 //!   the local core's used set stays a second check (an etcd restored from an old
 //!   backup can forget a used mark; the node that verified does not);
 //! - `consume` blocks (up to [`CONSUME_WAIT`]) so it runs on the control runtime's
-//!   blocking pool, never on the serving thread;
+//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once;
 //! - the stats section is this node's view as last listed from etcd (at most a tick,
 //!   TTL/3, old), not a consensus read.
 
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use axum::http::header;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::routes::Reply;
 use crate::cluster::{Cluster, ClusterError, ClusterHandle, Member};
@@ -31,6 +32,10 @@ use crate::msg::QueueStats;
 /// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
 /// calls and a retry, 2 s each), so this one only catches a pool thread that never ran.
 pub const CONSUME_WAIT: Duration = Duration::from_secs(9);
+/// Most cluster-wide consumes on the blocking pool at once (the others wait their turn,
+/// within [`CONSUME_WAIT`]): half of [`super::CORE_CALLS_MAX`], so verifies stuck on a
+/// silent etcd never take every thread the core round trips need.
+pub const CONSUMES_MAX: usize = super::CORE_CALLS_MAX / 2;
 /// `Retry-After` of every 503 that a retry soon can cure (no owner yet, etcd away).
 pub const RETRY_AFTER_SECS: &str = "1";
 
@@ -40,6 +45,8 @@ pub struct ClusterControl {
     pub handle: Arc<ClusterHandle>,
     /// Requests this node forwarded to another node's control port.
     forwarded: AtomicU64,
+    /// One permit per consume on the blocking pool ([`CONSUMES_MAX`]).
+    consumes: Arc<Semaphore>,
 }
 
 impl ClusterControl {
@@ -60,6 +67,7 @@ impl ClusterControl {
         ClusterControl {
             handle,
             forwarded: AtomicU64::new(0),
+            consumes: Arc::new(Semaphore::new(CONSUMES_MAX)),
         }
     }
 
@@ -96,7 +104,15 @@ impl ClusterControl {
 pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Result<bool, Reply> {
     let handle = cluster.handle.clone();
     let jti = jti.to_string();
-    let call = tokio::task::spawn_blocking(move || handle.consume(&jti, exp));
+    let permits = cluster.consumes.clone();
+    let call = async move {
+        let permit = permits.acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            handle.consume(&jti, exp)
+        })
+        .await
+    };
     let answer = match tokio::time::timeout(CONSUME_WAIT, call).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) | Err(_) => Err(ClusterError::Timeout),
