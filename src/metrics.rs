@@ -39,6 +39,10 @@ use crate::stats::histogram::{Histogram, HistogramValues};
 use crate::stats::process::ProcessStats;
 use crate::stats::{LoopStats, ServerStats, KICK_REASONS};
 
+mod cluster;
+
+pub use cluster::ClusterGauges;
+
 /// What `/metrics` shows beyond the loops, the queues and durability.
 pub struct Extra<'a> {
     /// Core round times.
@@ -47,6 +51,8 @@ pub struct Extra<'a> {
     pub inbox_depth: usize,
     /// The process's own figures.
     pub process: ProcessStats,
+    /// The cluster's figures, in cluster mode only (none on one node: no family).
+    pub cluster: Option<ClusterGauges>,
 }
 
 /// A histogram's values, registered as one metric.
@@ -330,6 +336,9 @@ fn extra_families(
         },
     );
     process_families(registry, &extra.process, extra.server.started_unix_secs);
+    if let Some(c) = &extra.cluster {
+        c.register(registry);
+    }
 }
 
 /// Core round times, log fsync times (durability on), login answer times (all loops).
@@ -589,6 +598,7 @@ mod tests {
                 max_fds: Some(1024),
                 cpu_seconds: Some(1.5),
             },
+            cluster: None,
         };
         let mut q = queue("default", 1, 0.0, false);
         q.capacity = Some((40, 100));

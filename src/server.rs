@@ -46,6 +46,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// The durable queue state cannot be loaded (names the file and offset at fault).
     Recovery(RecoveryError),
+    /// `[cluster]` is set and the cluster layer could not start.
+    Cluster(crate::cluster::ClusterError),
 }
 
 impl std::fmt::Display for StartError {
@@ -55,6 +57,7 @@ impl std::fmt::Display for StartError {
             StartError::Keys(e) => write!(f, "keys: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
             StartError::Recovery(e) => write!(f, "durability: {e}"),
+            StartError::Cluster(e) => write!(f, "cluster: {e}"),
         }
     }
 }
@@ -413,6 +416,7 @@ impl ServerHandle {
             api_key: config.control.api_key.clone(),
             core_round_ms: core_round_ms.clone(),
             server_stats: server_stats.clone(),
+            cluster: control::ClusterControl::start(config).map_err(StartError::Cluster)?,
         };
         let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 

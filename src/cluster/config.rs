@@ -200,6 +200,8 @@ mod tests {
     }
 
     const OK: &str = r#"
+        [tokens]
+        key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
         [cluster]
         etcd = ["http://127.0.0.1:2379"]
         node_id = "a"

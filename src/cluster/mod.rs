@@ -19,8 +19,10 @@
 //! deadline passes before the new owner's campaign is even sent, as long as the two
 //! clocks' rates differ by less than margin/TTL (20%).
 //!
-//! Not here yet (next step): the node link, forwarding and failover of places; this
-//! module is not wired into the server's data path.
+//! Used by the control port (`control::cluster`, `control::forward`): it starts this
+//! layer when `[cluster]` is set, forwards requests to a queue's owner and consumes
+//! tokens here. Not here yet (next step): the node link and failover of places; the
+//! data path (loops, core) does not use this module yet.
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call
@@ -35,7 +37,7 @@ pub mod node;
 pub mod ownership;
 pub mod used_tokens;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,6 +91,7 @@ impl Cluster {
             frozen: AtomicBool::new(false),
             lease_id: AtomicI64::new(0),
             node_id_in_use: AtomicBool::new(false),
+            etcd_errors: AtomicU64::new(0),
         });
         for q in queues {
             if !shared.queues.add(q) {
@@ -299,6 +302,22 @@ impl ClusterHandle {
         self.view().owners.get(queue).cloned()
     }
 
+    /// Every owned queue under the prefix as last listed, by name (for `/v1/stats`).
+    pub fn owners(&self) -> std::collections::HashMap<String, Owner> {
+        self.view().owners.clone()
+    }
+
+    /// etcd calls that failed or timed out since start (for `/metrics`).
+    pub fn etcd_errors_total(&self) -> u64 {
+        self.shared.etcd_errors.load(Ordering::Relaxed)
+    }
+
+    /// True while this node's lease deadline has passed (or it holds no lease): it may
+    /// admit for no queue, whatever it owns.
+    pub fn fenced(&self) -> bool {
+        !self.shared.fence.is_live()
+    }
+
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.shared.view.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -318,11 +337,15 @@ impl ClusterHandle {
             mpsc::error::TrySendError::Closed(_) => ClusterError::Stopped,
         })?;
         // Two etcd calls at most (grant, txn), plus a retry after a lost lease.
-        match answer.recv_timeout(Duration::from_millis(4 * TOKEN_OP_MS)) {
+        let answer = match answer.recv_timeout(Duration::from_millis(4 * TOKEN_OP_MS)) {
             Ok(answer) => answer,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(ClusterError::Timeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(ClusterError::Stopped),
+        };
+        if matches!(answer, Err(ClusterError::Etcd(_) | ClusterError::Timeout)) {
+            self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
         }
+        answer
     }
 
     /// Test hook: the node stops talking to etcd (no keep-alive, no listing, no revoke

@@ -20,7 +20,7 @@
 //! - after the fence lapsed, ownership is re-read from etcd before admitting again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{
@@ -70,6 +70,9 @@ pub struct Shared {
     pub lease_id: AtomicI64,
     /// True while registration is refused because another live lease holds the id.
     pub node_id_in_use: AtomicBool,
+    /// etcd calls that failed or timed out (lease, registration, listing, used tokens),
+    /// for `/metrics`.
+    pub etcd_errors: AtomicU64,
 }
 
 /// The cluster thread's view of its lease and campaigns.
@@ -134,16 +137,19 @@ impl Node {
             Some(lease) => self.keep_alive(lease).await,
         };
         if let Err(e) = renewed {
+            self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = %self.me.node_id, error = %e, "cluster: lease not renewed");
             return;
         }
         if !self.registered {
             if let Err(e) = self.register().await {
+                self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %self.me.node_id, error = %e, "cluster: register failed");
                 return;
             }
         }
         if let Err(e) = self.reconcile().await {
+            self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = %self.me.node_id, error = %e, "cluster: listing failed");
         }
     }

@@ -336,8 +336,10 @@ impl Config {
                 .map_or_else(|| "<file>".to_string(), |span| key_at(&merged, span.start));
             err(&key, e.message().trim())
         })?;
+        // `[cluster]` is set before validation: some keys are required only in a cluster.
+        let config = Config { cluster, ..config };
         config.validate()?;
-        Ok(Config { cluster, ..config })
+        Ok(config)
     }
 
     /// Reads and parses a config file.

@@ -174,3 +174,25 @@ fn type_errors_mention_the_field() {
     let c = Config::from_toml_str("[[queues.list]]\nname = \"a\"\nadmit_rate_per_s = 5\n").unwrap();
     assert_eq!(c.queues.list[0].admit_rate_per_s, 5.0);
 }
+
+#[test]
+fn a_cluster_needs_a_configured_token_key() {
+    let cluster = r#"
+        [cluster]
+        etcd = ["http://127.0.0.1:2379"]
+        node_id = "a"
+        advertise_player = "10.0.0.1:7000"
+        advertise_control = "10.0.0.1:7001"
+    "#;
+    let e = Config::from_toml_str(cluster).unwrap_err();
+    assert_eq!(e.key, "tokens.key", "{e}");
+    assert!(e.reason.contains("[cluster]"), "{e}");
+    let keyed = format!(
+        "[tokens]\nkey = \"{}\"\n{cluster}",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    );
+    let c = Config::from_toml_str(&keyed).unwrap();
+    assert!(c.cluster.is_some());
+    // One node needs no key: it generates one (and warns).
+    assert!(Config::from_toml_str("").unwrap().tokens.key.is_empty());
+}

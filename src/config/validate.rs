@@ -3,8 +3,9 @@
 //!
 //! Invariants:
 //! - sections are checked in the file's order (server, control, auth, tokens, queues,
-//!   core, durability, journal) and the first fault is the one reported, so a config
-//!   with several faults always names the same key;
+//!   core, durability, journal, then what `[cluster]` requires of the others) and the
+//!   first fault is the one reported, so a config with several faults always names the
+//!   same key;
 //! - every error names its dotted key and why; the texts are part of the interface
 //!   (tests and operators read them): change none of them in passing.
 
@@ -26,7 +27,8 @@ impl Config {
         queues(&self.queues)?;
         core(&self.core)?;
         durability(&self.durability)?;
-        journal(&self.journal)
+        journal(&self.journal)?;
+        cluster(self)
     }
 }
 
@@ -189,6 +191,20 @@ fn journal(j: &JournalConfig) -> Result<(), ConfigError> {
         return Err(err(
             "journal.events_per_player",
             format!("must be in 1..={JOURNAL_EVENTS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+/// With `[cluster]`, a token issued by one node must verify on every other (offline with
+/// `GET /v1/keys`, online with `POST /v1/tokens/verify` on any node): every node signs
+/// with the one configured key, never a key generated at start that only it knows.
+fn cluster(c: &Config) -> Result<(), ConfigError> {
+    if c.cluster.is_some() && c.tokens.key.is_empty() {
+        return Err(err(
+            "tokens.key",
+            "required with [cluster]: every node must sign admission tokens with the same \
+             key, so that a token issued by one node verifies on all",
         ));
     }
     Ok(())

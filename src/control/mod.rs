@@ -9,7 +9,9 @@
 //! `/v1/events` stream and `/v1/stats`; `players` answers one player's state and
 //! journal and removes players; [`body`] parses and range-checks request
 //! bodies; `shapes` holds the JSON answers; `audit` logs every action with its peer;
-//! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `tests` drives all of it over
+//! [`pprof`] takes CPU profiles (`/debug/pprof/profile`); `verify` answers
+//! `POST /v1/tokens/verify`; `cluster` and `forward` are the cluster mode (cluster-wide token use, the stats section, forwarding to a queue's
+//! owner; nothing of them runs without `[cluster]`); `tests` drives all of it over
 //! sockets against a fake core.
 //!
 //! Invariants:
@@ -35,7 +37,9 @@
 
 mod audit;
 pub mod body;
+mod cluster;
 mod dashboard;
+mod forward;
 mod http;
 mod players;
 pub mod pprof;
@@ -43,6 +47,7 @@ mod routes;
 mod shapes;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +63,8 @@ use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 pub use body::BODY_BYTES_MAX;
+pub use cluster::ClusterControl;
+pub use forward::{FORWARDED_BY, FORWARD_TIMEOUT, SERVED_BY};
 
 /// Longest wait for the core to take a request and answer it.
 pub const CORE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +118,8 @@ pub struct ControlContext {
     pub core_round_ms: Arc<AtomicU64>,
     /// Core round times and the per-minute history (`Core::with_stats`).
     pub server_stats: Arc<ServerStats>,
+    /// The cluster layer, with `[cluster]` only (None: one node, answers unchanged).
+    pub cluster: Option<ClusterControl>,
 }
 
 impl ControlContext {

@@ -21,6 +21,9 @@
 //!   open streams and a lifetime of its own);
 //! - the player routes (`GET /v1/users/{user_id}`, `DELETE
 //!   /v1/queues/{q}/players/{user_id}`) live in `super::players`;
+//! - `POST /v1/tokens/verify` lives in `super::verify`;
+//! - in cluster mode, requests about a queue owned by another node are forwarded to it
+//!   by `super::forward`, a middleware inside the gate;
 //! - the dashboard's routes (`/`, `/dashboard`, `/v1/stats`, `/v1/events`) live in
 //!   `super::dashboard` and are merged here, behind the same gate.
 
@@ -62,7 +65,7 @@ pub(super) struct Reply {
     /// Body bytes.
     body: Vec<u8>,
     /// Extra headers (`Allow`, `WWW-Authenticate`, `Connection`).
-    headers: Vec<(header::HeaderName, &'static str)>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Reply {
@@ -93,8 +96,14 @@ impl Reply {
         Reply::json(status, &ErrorBody { error: text })
     }
 
-    fn with(mut self, name: header::HeaderName, value: &'static str) -> Reply {
+    /// The reply with one more header (a computed value: [`Reply::with`] for constants).
+    pub(super) fn with_value(mut self, name: header::HeaderName, value: HeaderValue) -> Reply {
         self.headers.push((name, value));
+        self
+    }
+
+    pub(super) fn with(mut self, name: header::HeaderName, value: &'static str) -> Reply {
+        self.headers.push((name, HeaderValue::from_static(value)));
         self
     }
 }
@@ -122,7 +131,7 @@ impl IntoResponse for Reply {
             HeaderValue::from_static(self.content_type),
         );
         for (name, value) in self.headers {
-            headers.insert(name, HeaderValue::from_static(value));
+            headers.insert(name, value);
         }
         response
     }
@@ -135,7 +144,7 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/keys", get(keys))
-        .route("/v1/tokens/verify", post(verify))
+        .route("/v1/tokens/verify", post(super::verify::verify))
         .route("/v1/queues/{queue}/admit", post(admit))
         .route("/v1/queues/{queue}/rate", put(rate))
         .route("/v1/queues/{queue}/capacity", put(capacity))
@@ -150,6 +159,10 @@ pub(super) fn router(ctx: Arc<ControlContext>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route("/debug/pprof/profile", get(super::pprof::profile))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            super::forward::forward,
+        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
         .layer(middleware::from_fn(super::audit::record))
         .with_state(ctx)
@@ -316,6 +329,7 @@ async fn metrics(State(ctx): Ctx) -> Reply {
             server: &ctx.server_stats,
             inbox_depth: ctx.core.len(),
             process: crate::stats::process::ProcessStats::read(),
+            cluster: ctx.cluster.as_ref().map(|c| c.gauges()),
         }),
     );
     Reply::text(200, crate::metrics::CONTENT_TYPE, text)
@@ -327,7 +341,7 @@ async fn keys(State(ctx): Ctx) -> Reply {
 }
 
 /// A core answer that is not the success the route expected.
-fn core_error(reply: ControlReply) -> Reply {
+pub(super) fn core_error(reply: ControlReply) -> Reply {
     match reply {
         ControlReply::UnknownQueue => Reply::error(404, "unknown queue"),
         ControlReply::Invalid(reason) => Reply::error(400, &reason),
@@ -341,7 +355,7 @@ fn core_error(reply: ControlReply) -> Reply {
 
 /// Reads at most [`BODY_BYTES_MAX`] bytes of `body` within [`BODY_READ_TIMEOUT`] and
 /// parses them as `kind`.
-async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
+pub(super) async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
     let read = tokio::time::timeout(
         BODY_READ_TIMEOUT,
         Limited::new(body, BODY_BYTES_MAX).collect(),
@@ -355,40 +369,6 @@ async fn read_body(body: Body, kind: BodyKind) -> Result<ControlBody, Reply> {
     let parsed = parse_body(kind, &bytes).map_err(Reply::from)?;
     super::audit::note_body(&parsed);
     Ok(parsed)
-}
-
-/// `POST /v1/tokens/verify`: signature, `kid`, `exp`, `iss` here; then the core
-/// consumes the `jti`, so a token verifies once.
-async fn verify(State(ctx): Ctx, body: Body) -> Reply {
-    let token = match read_body(body, BodyKind::Verify).await {
-        Ok(ControlBody::Verify { token }) => token,
-        Ok(_) => unreachable!("parse_body(Verify) gives Verify"),
-        Err(reply) => return reply,
-    };
-    let token = match ctx.signer.verify(&token) {
-        Ok(t) => t,
-        Err(e) => return Reply::json(200, &shapes::VerifyOut::invalid(e.reason)),
-    };
-    let consume = ControlReq::ConsumeJti {
-        jti: token.jti,
-        exp: token.exp,
-    };
-    match ask_core(&ctx, consume).await {
-        Ok(ControlReply::Consumed(true)) => Reply::json(
-            200,
-            &shapes::VerifyOut {
-                valid: true,
-                user_id: Some(token.user),
-                queue: Some(&token.queue),
-                reason: None,
-            },
-        ),
-        Ok(ControlReply::Consumed(false)) => {
-            Reply::json(200, &shapes::VerifyOut::invalid("already_used"))
-        }
-        Ok(other) => core_error(other),
-        Err(e) => e.into(),
-    }
 }
 
 /// The queue named in the path, if it can be a queue at all.

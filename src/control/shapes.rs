@@ -167,6 +167,9 @@ pub(super) struct StatsOut<'a> {
     pub(super) loops: Vec<LoopOut>,
     /// The whole server's last hour, one sample a minute, oldest first.
     pub(super) history: Vec<Sample>,
+    /// This node's view of the cluster (cluster mode only; absent on one node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<super::cluster::ClusterOut>,
 }
 
 /// A finite rate (JSON has no NaN or infinity).
@@ -237,5 +240,9 @@ pub(super) fn stats<'a>(ctx: &ControlContext, queues: &'a [QueueStats]) -> Stats
             })
             .collect(),
         history: ctx.server_stats.history.server(),
+        cluster: ctx
+            .cluster
+            .as_ref()
+            .map(|c| super::cluster::section(c, queues)),
     }
 }

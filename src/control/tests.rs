@@ -193,6 +193,7 @@ fn start(api_key: &str, with_core: bool) -> Harness {
         api_key: api_key.to_string(),
         core_round_ms: round_ms,
         server_stats: Arc::default(),
+        cluster: None,
     };
     let (addr, control) = spawn("127.0.0.1:0".parse().unwrap(), ctx, stop.clone()).unwrap();
     Harness {

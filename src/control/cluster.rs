@@ -1,0 +1,216 @@
+//! The control port in a cluster (`[cluster]` set; absent, nothing here runs and every
+//! answer is the single-node one): what the control thread holds of the cluster layer
+//! ([`ClusterControl`]), the cluster-wide half of `POST /v1/tokens/verify`, and the
+//! `cluster` section of `/v1/stats`. Forwarding to a queue's owner is in `forward`.
+//!
+//! Decisions:
+//! - a token is consumed once across the cluster: `POST /v1/tokens/verify` first
+//!   consumes its `jti` in etcd (put-if-absent, `ClusterHandle::consume`), then in the
+//!   local core as on one node. etcd first, so a verify that cannot reach etcd consumes
+//!   nothing anywhere: it answers 503 (never "valid") and a retry can still succeed;
+//!   the local core's used set stays a second check (an etcd restored from an old
+//!   backup can forget a used mark; the node that verified does not);
+//! - `consume` blocks (up to [`CONSUME_WAIT`]) so it runs on the control runtime's
+//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once;
+//! - the stats section is this node's view as last listed from etcd (at most a tick,
+//!   TTL/3, old), not a consensus read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::routes::Reply;
+use crate::cluster::{Cluster, ClusterError, ClusterHandle, Member};
+use crate::config::Config;
+use crate::msg::QueueStats;
+
+/// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
+/// calls and a retry, 2 s each), so this one only catches a pool thread that never ran.
+pub const CONSUME_WAIT: Duration = Duration::from_secs(9);
+/// Most cluster-wide consumes on the blocking pool at once (the others wait their turn,
+/// within [`CONSUME_WAIT`]): half of [`super::CORE_CALLS_MAX`], so verifies stuck on a
+/// silent etcd never take every thread the core round trips need.
+pub const CONSUMES_MAX: usize = super::CORE_CALLS_MAX / 2;
+/// `Retry-After` of every 503 that a retry soon can cure (no owner yet, etcd away).
+pub const RETRY_AFTER_SECS: &str = "1";
+
+/// The cluster layer as the control thread sees it.
+pub struct ClusterControl {
+    /// The node's handle (membership, owners, fence, used tokens).
+    pub handle: Arc<ClusterHandle>,
+    /// Requests this node forwarded to another node's control port.
+    forwarded: AtomicU64,
+    /// One permit per consume on the blocking pool ([`CONSUMES_MAX`]).
+    consumes: Arc<Semaphore>,
+}
+
+impl ClusterControl {
+    /// With `[cluster]`: starts the cluster layer (etcd), tracking the configured queues
+    /// (None on one node). Called by `server` before the control thread starts; the
+    /// handle is shared (`handle`) with whatever else needs it.
+    pub fn start(config: &Config) -> Result<Option<ClusterControl>, ClusterError> {
+        let Some(cluster) = &config.cluster else {
+            return Ok(None);
+        };
+        let queues: Vec<&str> = config.queues.list.iter().map(|q| q.name.as_str()).collect();
+        let handle = Cluster::start(cluster, &queues)?;
+        Ok(Some(ClusterControl::new(Arc::new(handle))))
+    }
+
+    /// Control's view of `handle`.
+    pub fn new(handle: Arc<ClusterHandle>) -> ClusterControl {
+        ClusterControl {
+            handle,
+            forwarded: AtomicU64::new(0),
+            consumes: Arc::new(Semaphore::new(CONSUMES_MAX)),
+        }
+    }
+
+    /// Counts one forwarded request.
+    pub(super) fn note_forwarded(&self) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests forwarded to another node since start.
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// The figures `/metrics` shows for the cluster.
+    pub fn gauges(&self) -> crate::metrics::ClusterGauges {
+        let me = self.handle.node_id();
+        crate::metrics::ClusterGauges {
+            members: self.handle.members().len() as u64,
+            queues_owned: self
+                .handle
+                .owners()
+                .values()
+                .filter(|o| o.node_id == me)
+                .count() as u64,
+            fenced: self.handle.fenced(),
+            etcd_errors: self.handle.etcd_errors_total(),
+            forwarded: self.forwarded_total(),
+        }
+    }
+}
+
+/// Marks `jti` (expiring at `exp`) used across the cluster: Ok(true) the first time,
+/// Ok(false) when any node consumed it before, Err(503) when etcd cannot say.
+pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Result<bool, Reply> {
+    let handle = cluster.handle.clone();
+    let jti = jti.to_string();
+    let permits = cluster.consumes.clone();
+    let call = async move {
+        let permit = permits.acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            handle.consume(&jti, exp)
+        })
+        .await
+    };
+    let answer = match tokio::time::timeout(CONSUME_WAIT, call).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) | Err(_) => Err(ClusterError::Timeout),
+    };
+    answer.map_err(|e| {
+        tracing::warn!(error = %e, "verify: the used-token store did not answer");
+        let text = format!(
+            "cannot check the token's use across the cluster ({e}); retry later \
+             (if etcd took the first try, a retry answers already_used)"
+        );
+        Reply::error(503, &text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
+    })
+}
+
+/// One member in the stats section.
+#[derive(Serialize)]
+pub(super) struct MemberOut {
+    /// The node's id.
+    node_id: String,
+    /// Where players reach it.
+    advertise_player: String,
+    /// Where operators and other nodes reach its control port.
+    advertise_control: String,
+    /// When it started, Unix ms (its own clock).
+    started_at_unix_ms: u64,
+}
+
+impl From<Member> for MemberOut {
+    fn from(m: Member) -> MemberOut {
+        MemberOut {
+            node_id: m.node_id,
+            advertise_player: m.advertise_player,
+            advertise_control: m.advertise_control,
+            started_at_unix_ms: m.started_at_unix_ms,
+        }
+    }
+}
+
+/// One queue in the stats section.
+#[derive(Serialize)]
+pub(super) struct QueueOwnerOut {
+    /// The owning node, null while nobody owns it.
+    owner: Option<String>,
+    /// The ownership epoch (the owner key's create_revision), null without an owner.
+    epoch: Option<u64>,
+    /// This node is the owner.
+    owned_here: bool,
+    /// This node may admit for it now: it owns it and its lease is live (not fenced).
+    may_admit: bool,
+}
+
+/// `/v1/stats` `cluster`: this node's view.
+#[derive(Serialize)]
+pub(super) struct ClusterOut {
+    /// This node's id.
+    node_id: String,
+    /// This node's lease deadline has passed (or it holds none): it admits nothing.
+    fenced: bool,
+    /// Another live process holds this node's id: this one waits and admits nothing.
+    node_id_in_use: bool,
+    /// Live members as last listed, by id.
+    members: Vec<MemberOut>,
+    /// Per queue (this node's queues and every owned queue in etcd), by name.
+    queues: BTreeMap<String, QueueOwnerOut>,
+    /// etcd calls that failed or timed out since start.
+    etcd_errors_total: u64,
+    /// Control requests forwarded to their queue's owner since start.
+    forwarded_total: u64,
+}
+
+/// The stats section for a node whose core holds `queues`.
+pub(super) fn section(cluster: &ClusterControl, queues: &[QueueStats]) -> ClusterOut {
+    let handle = &cluster.handle;
+    let me = handle.node_id();
+    let owners = handle.owners();
+    let names = queues
+        .iter()
+        .map(|q| q.name.as_str())
+        .chain(owners.keys().map(String::as_str));
+    let queues = names
+        .map(|name| {
+            let owner = owners.get(name);
+            let out = QueueOwnerOut {
+                owner: owner.map(|o| o.node_id.clone()),
+                epoch: owner.map(|o| o.epoch),
+                owned_here: owner.is_some_and(|o| o.node_id == me),
+                may_admit: handle.may_admit(name),
+            };
+            (name.to_string(), out)
+        })
+        .collect();
+    ClusterOut {
+        node_id: me.to_string(),
+        fenced: handle.fenced(),
+        node_id_in_use: handle.node_id_in_use(),
+        members: handle.members().into_iter().map(MemberOut::from).collect(),
+        queues,
+        etcd_errors_total: handle.etcd_errors_total(),
+        forwarded_total: cluster.forwarded_total(),
+    }
+}
