@@ -29,6 +29,7 @@
 pub mod config;
 pub mod error;
 pub mod fence;
+pub mod link;
 pub mod listing;
 pub mod membership;
 pub mod node;
@@ -158,6 +159,7 @@ fn run(
             node_id: config.node_id.clone(),
             advertise_player: config.advertise_player.clone(),
             advertise_control: config.advertise_control.clone(),
+            advertise_link: config.advertise_link.clone(),
             started_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),

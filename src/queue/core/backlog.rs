@@ -11,12 +11,40 @@
 //! - a loop that stopped (its receiver dropped) gets nothing more, and its backlog is
 //!   dropped.
 
-use crossbeam_channel::{SendTimeoutError, TrySendError};
+use std::collections::VecDeque;
 
-use super::{Core, BACKLOG_MAX, BACKLOG_POLL};
-use crate::msg::LoopEvent;
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+
+use super::{Core, LoopLink, BACKLOG_MAX, BACKLOG_POLL};
+use crate::doorbell::Bell;
+use crate::msg::{LoopEvent, LoopId};
 
 impl Core {
+    /// A node link connected as virtual loop `loop_id` (above the io loops): it gets
+    /// rank batches, resync slices and its sessions' events like an io loop. Ids below
+    /// it that no link took get a closed channel (nothing is ever sent to them).
+    pub(super) fn attach_loop(&mut self, loop_id: LoopId, events: Sender<LoopEvent>, bell: Bell) {
+        let id = loop_id as usize;
+        while self.loops.len() <= id {
+            let Ok(placeholder) = bell.try_clone() else {
+                tracing::error!(loop_id, "virtual loop not attached: doorbell clone failed");
+                return;
+            };
+            // A sender whose receiver is gone: `send` sees Disconnected, drops the event.
+            let (tx, _) = crossbeam_channel::bounded(1);
+            self.loops.push(LoopLink {
+                tx,
+                bell: placeholder,
+            });
+            self.rung.push(false);
+            self.backlog.push(VecDeque::new());
+        }
+        self.loops[id] = LoopLink { tx: events, bell };
+        self.rung[id] = false;
+        self.backlog[id].clear();
+        tracing::info!(loop_id, "node link attached as a virtual loop");
+    }
+
     /// True when some loop has events waiting for room in its channel.
     pub(super) fn backlogged(&self) -> bool {
         self.backlog.iter().any(|b| !b.is_empty())

@@ -70,6 +70,11 @@ impl Core {
                 // Sent at flush, once the round is committed.
                 self.replies.push((reply, answer));
             }
+            CoreMsg::AttachLoop {
+                loop_id,
+                events,
+                bell,
+            } => self.attach_loop(loop_id, events, bell),
             CoreMsg::Shutdown => return false,
         }
         true
