@@ -4,3 +4,4 @@
 //! per round in both directions, in the binary frames of [`codec`].
 
 pub mod codec;
+pub mod owner;
