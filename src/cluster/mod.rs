@@ -34,6 +34,7 @@ pub mod listing;
 pub mod membership;
 pub mod node;
 pub mod ownership;
+pub mod routes;
 pub mod used_tokens;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -299,6 +300,11 @@ impl ClusterHandle {
     /// The owner of `queue` as last listed (any node).
     pub fn owner_of(&self, queue: &str) -> Option<Owner> {
         self.view().owners.get(queue).cloned()
+    }
+
+    /// Every owned queue and its owner as last listed (a copy; off the hot path).
+    pub fn owners(&self) -> std::collections::HashMap<String, Owner> {
+        self.view().owners.clone()
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {

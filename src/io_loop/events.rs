@@ -126,7 +126,7 @@ impl Loop {
             // The connection closed while its login was with the core.
             if let Ok(ok) = result {
                 if ok.admitted.is_none() {
-                    self.shard.link.send(CoreMsg::Disconnect {
+                    self.shard.send_core(CoreMsg::Disconnect {
                         conn: self.shard.conn(id),
                         queue: ok.queue,
                         user,
@@ -196,7 +196,7 @@ impl Loop {
     /// Drops a closed session from the table, telling the core its place is in grace.
     pub(super) fn release(&self, session: &Session) {
         if let Some((queue, user, report)) = session.place_to_release() {
-            self.shard.link.send(CoreMsg::Disconnect {
+            self.shard.send_core(CoreMsg::Disconnect {
                 conn: self.shard.conn(session.id()),
                 queue,
                 user,
@@ -220,7 +220,7 @@ impl Loop {
     /// logged in.
     pub(super) fn sweep(&self) {
         let shard = &self.shard;
-        shard.link.retry();
+        shard.retry();
         let now = Instant::now();
         self.table.for_each(|s| match s.phase() {
             Phase::Connected if now.duration_since(s.connected_at()) >= shard.cfg.login_timeout => {

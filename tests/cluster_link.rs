@@ -1,0 +1,130 @@
+//! Three full servers in one process on one real etcd (`etcd_support`): players
+//! connected to any node wait in the one queue held by its owner's core, over the node
+//! link, with exact positions. Every wait polls with a deadline.
+
+mod common;
+mod etcd_support;
+
+use std::time::{Duration, Instant};
+
+use common::{start_cores, Client, TestServer};
+use etcd_support::{free_port, Etcd};
+use serde_json::json;
+
+/// Longest wait for the cluster to settle (a lease, a tick, a listing).
+const SETTLE: Duration = Duration::from_secs(20);
+const QUEUE: &str = "default";
+
+fn node_toml(etcd: &Etcd, id: &str) -> String {
+    format!(
+        "[server]\npush_interval_ms = 20\n\
+         [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+         advertise_player = \"127.0.0.1:{}\"\nadvertise_control = \"127.0.0.1:{}\"\n\
+         advertise_link = \"127.0.0.1:{}\"\nlease_ttl_secs = 2\nprefix = \"/qs-link\"\n",
+        etcd.url,
+        free_port(),
+        free_port(),
+        free_port()
+    )
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts three nodes and waits until the queue has an owner that every other node
+/// routes its logins to; returns the nodes and the owner's index.
+fn cluster(etcd: &Etcd) -> (Vec<TestServer>, usize) {
+    let nodes: Vec<TestServer> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| start_cores(&node_toml(etcd, id), 1))
+        .collect();
+    let handle = |i: usize| nodes[i].handle.as_ref().unwrap();
+    let mut owner = None;
+    wait_until("the queue has an owner", || {
+        owner = handle(0).cluster.as_ref().unwrap().owner_of(QUEUE);
+        owner.is_some()
+    });
+    let owner = owner.unwrap().node_id;
+    let owner_index = ["n1", "n2", "n3"].iter().position(|n| *n == owner).unwrap();
+    wait_until("every node routes to the owner", || {
+        (0..3).all(|i| {
+            let routed = handle(i).routes.as_ref().unwrap().remote_owner(QUEUE);
+            let mine = handle(i).cluster.as_ref().unwrap().may_admit(QUEUE);
+            if i == owner_index {
+                mine && routed.is_none()
+            } else {
+                routed.as_deref() == Some(owner.as_str())
+            }
+        })
+    });
+    (nodes, owner_index)
+}
+
+/// Player `i` (1-based) connects to node `(i - 1) % 3`.
+fn node_of(i: u64) -> usize {
+    ((i - 1) % 3) as usize
+}
+
+#[test]
+fn players_on_every_node_wait_in_one_queue_with_exact_positions() {
+    let etcd = Etcd::start();
+    let (nodes, owner) = cluster(&etcd);
+
+    // Nine players, one at a time, spread over the nodes: positions 1..=9 in order.
+    let mut players: Vec<(u64, Client)> = Vec::new();
+    for i in 1..=9u64 {
+        let mut c = nodes[node_of(i)].client();
+        let answer = c.login(i);
+        assert_eq!(answer["code"], 0, "login of {i}: {answer}");
+        assert_eq!(
+            answer["data"]["position"],
+            i,
+            "player {i} on node {}: {answer}",
+            node_of(i)
+        );
+        players.push((i, c));
+    }
+
+    // Two admitted through the owner's control API: the first two get `admitted`
+    // (on nodes 0 and 1), everyone else moves by two, on every node.
+    let (status, body) = nodes[owner].http(
+        "POST",
+        &format!("/v1/queues/{QUEUE}/admit"),
+        Some(json!({"count": 2})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let admitted: Vec<u64> = body["admitted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["user_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(admitted, vec![1, 2], "{body}");
+    for (i, c) in players.iter_mut().take(2) {
+        let push = c.next_cmd("admitted");
+        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
+    }
+    for (i, c) in players.iter_mut().skip(2) {
+        c.wait_position(*i - 2);
+    }
+
+    // Player 5 (node 1) leaves: those behind it, on every node, move up by one.
+    let (_, mut five) = players.remove(4);
+    assert_eq!(five.request("leave", 2, json!({}))["code"], 0);
+    for (i, c) in players.iter_mut().skip(2) {
+        if *i > 5 {
+            c.wait_position(*i - 3);
+        }
+    }
+    // And a position request anywhere answers the exact value.
+    for (n, (i, c)) in players.iter_mut().skip(2).enumerate() {
+        let answer = c.request("position", 10 + n as u32, json!({}));
+        let expect = if *i > 5 { *i - 3 } else { *i - 2 };
+        assert_eq!(answer["data"]["position"], expect, "player {i}: {answer}");
+    }
+}
