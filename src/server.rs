@@ -28,7 +28,7 @@ use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, connection_budget, LoopConfig, LoopSetup, Placement};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
-use crate::queue::core::{Core, CoreTiming, LoopLink};
+use crate::queue::core::{AdmitFence, Core, CoreTiming, LoopLink};
 use crate::queue::durability::{self, Durability, DurabilityStatus, RecoveryError};
 use crate::queue::state::{Limits, QueueState};
 use crate::stats::{LoopStats, ServerStats};
@@ -290,6 +290,12 @@ fn start_cluster(
     .map_err(|e| StartError::Cluster(e.to_string()))
 }
 
+/// Cluster mode: the core admits only while this node may (see `queue::core::fence`).
+fn fence_of(link: &Option<NodeLink>) -> Option<Box<dyn AdmitFence>> {
+    link.as_ref()
+        .map(|l| Box::new(l.cluster.clone()) as Box<dyn AdmitFence>)
+}
+
 /// Starts the control thread on `control.listen`.
 fn start_control(
     config: &Config,
@@ -376,18 +382,18 @@ impl ServerHandle {
         };
         let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 
-        let timing = core_timing(config);
         let core = Core::new(
             state,
             signer,
             core_rx,
             wiring.links,
-            timing,
+            core_timing(config),
             draining.clone(),
         )
         .with_durability(wal)
         .with_journal(crate::queue::journal::Journal::from_config(&config.journal))
         .with_round_clock(core_round_ms)
+        .with_fence(fence_of(&link))
         .with_stats(server_stats, stats.clone());
         let core = spawn_core(core, placement.pin(n))?;
 

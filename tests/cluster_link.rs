@@ -90,6 +90,16 @@ fn players_on_every_node_wait_in_one_queue_with_exact_positions() {
         players.push((i, c));
     }
 
+    // A node that does not own the queue admits nobody: 503 naming the owner.
+    let other = (owner + 1) % 3;
+    let (status, body) = nodes[other].http(
+        "POST",
+        &format!("/v1/queues/{QUEUE}/admit"),
+        Some(json!({"count": 2})),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("not the owner"), "{body}");
+
     // Two admitted through the owner's control API: the first two get `admitted`
     // (on nodes 0 and 1), everyone else moves by two, on every node.
     let (status, body) = nodes[owner].http(

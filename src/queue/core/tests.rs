@@ -417,3 +417,93 @@ fn an_incremental_resync_leaves_every_loop_at_the_exact_positions() {
     }
     assert!(checked > 40, "only {checked} sessions checked");
 }
+
+/// A fence the test opens and closes.
+struct TestFence(Arc<AtomicBool>);
+
+impl AdmitFence for TestFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n9".into())
+    }
+}
+
+/// Cluster mode: a node that may not admit for a queue makes no admission, neither by
+/// hand (503 naming the owner) nor by its rate in the tick; once it may, it does, and
+/// an operator's pause given meanwhile is kept.
+#[test]
+fn a_fenced_core_admits_neither_by_hand_nor_by_rate() {
+    let (mut core, _rx, _bell) = core_with_loop(1024);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 100.0)],
+        1,
+    );
+    let allowed = Arc::new(AtomicBool::new(false));
+    let mut core = core.with_fence(Some(Box::new(TestFence(allowed.clone()))));
+    let mut now = unix_ms();
+    for user in 1..=5 {
+        let conn = ConnRef {
+            loop_id: 0,
+            session: user,
+        };
+        let op = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn,
+        };
+        core.apply(&op, now);
+    }
+    let admit = ControlReq::Admit {
+        queue: "q".into(),
+        count: 2,
+    };
+    match core.control(admit.clone(), now) {
+        ControlReply::Unavailable(why) => {
+            assert!(why.contains("not the owner") && why.contains("n9"), "{why}")
+        }
+        other => panic!("admitted while fenced: {other:?}"),
+    }
+    let tick = |core: &mut Core, now: u64| {
+        core.fence_tick(now);
+        core.apply(&Op::Tick, now);
+    };
+    for _ in 0..20 {
+        now += 10;
+        tick(&mut core, now);
+    }
+    assert_eq!(
+        core.state.queues()[0].waiting(),
+        5,
+        "the rate admitted while fenced"
+    );
+    allowed.store(true, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    now += 10;
+    tick(&mut core, now);
+    assert!(
+        core.state.queues()[0].waiting() < 5,
+        "no admission once allowed"
+    );
+    assert!(matches!(
+        core.control(admit, now),
+        ControlReply::Admitted(list) if !list.is_empty()
+    ));
+    // Fenced again; the operator pauses meanwhile: still paused once the fence lifts.
+    allowed.store(false, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    let pause = ControlReq::Pause {
+        queue: "q".into(),
+        paused: true,
+    };
+    assert!(matches!(core.control(pause, now), ControlReply::Done));
+    allowed.store(true, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    assert!(core.state.queues()[0].pacer.paused, "operator's pause lost");
+}
