@@ -197,6 +197,13 @@ pub enum CoreMsg {
         /// Wakes the link's writer.
         bell: crate::doorbell::Bell,
     },
+    /// A node link closed: the core sends nothing more to virtual loop `loop_id`, and
+    /// the places its sessions held go into reconnect grace (as if each disconnected),
+    /// so players who reconnect within the grace resume.
+    DetachLoop {
+        /// The virtual loop's id.
+        loop_id: LoopId,
+    },
     /// Stop: the core flushes and its thread returns.
     Shutdown,
 }

@@ -213,6 +213,8 @@ fn read_link(mut stream: TcpStream, core: &Sender<CoreMsg>, loop_id: LoopId) {
     };
     tracing::info!(loop_id, why, "node link closed");
     let _ = stream.shutdown(Shutdown::Both);
+    // Its players' places go into grace: they resume by logging in again anywhere.
+    let _ = core.send(CoreMsg::DetachLoop { loop_id });
 }
 
 /// Writes everything the core sent the virtual loop, one frame per ring, until the

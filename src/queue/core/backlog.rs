@@ -17,7 +17,8 @@ use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
 use super::{Core, LoopLink, BACKLOG_MAX, BACKLOG_POLL};
 use crate::doorbell::Bell;
-use crate::msg::{LoopEvent, LoopId};
+use crate::msg::{LoopEvent, LoopId, QueueId};
+use crate::queue::state::Op;
 
 impl Core {
     /// A node link connected as virtual loop `loop_id` (above the io loops): it gets
@@ -43,6 +44,39 @@ impl Core {
         self.rung[id] = false;
         self.backlog[id].clear();
         tracing::info!(loop_id, "node link attached as a virtual loop");
+    }
+
+    /// A node link closed: nothing more goes to virtual loop `loop_id`, and every place
+    /// its sessions held goes into reconnect grace (one logged `Disconnect` each). A
+    /// walk over every place: O(players), once per link loss, never per op. Io loops
+    /// are never detached.
+    pub(super) fn detach_loop(&mut self, loop_id: LoopId, now_ms: u64) {
+        let id = loop_id as usize;
+        if id >= self.loops.len() || self.degraded {
+            return;
+        }
+        // A sender whose receiver is gone: later events for the loop are dropped.
+        self.loops[id].tx = crossbeam_channel::bounded(1).0;
+        self.backlog[id].clear();
+        self.rung[id] = false;
+        let mut held = Vec::new();
+        for (q, queue) in self.state.queues().iter().enumerate() {
+            for (_, user) in queue.walk_from(0) {
+                let Some(user) = user else { continue };
+                let conn = self.state.place(q as QueueId, user).and_then(|p| p.conn);
+                if let Some(conn) = conn.filter(|c| c.loop_id == loop_id) {
+                    held.push((q as QueueId, user, conn));
+                }
+            }
+        }
+        tracing::info!(
+            loop_id,
+            places = held.len(),
+            "node link detached: its places are in grace"
+        );
+        for (queue, user, conn) in held {
+            self.apply(&Op::Disconnect { queue, user, conn }, now_ms);
+        }
     }
 
     /// True when some loop has events waiting for room in its channel.

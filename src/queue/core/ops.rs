@@ -75,6 +75,7 @@ impl Core {
                 events,
                 bell,
             } => self.attach_loop(loop_id, events, bell),
+            CoreMsg::DetachLoop { loop_id } => self.detach_loop(loop_id, now_ms),
             CoreMsg::Shutdown => return false,
         }
         true

@@ -507,3 +507,54 @@ fn a_fenced_core_admits_neither_by_hand_nor_by_rate() {
     tick(&mut core, now);
     assert!(core.state.queues()[0].pacer.paused, "operator's pause lost");
 }
+
+/// A node link that closes leaves no place attached to it: each goes into grace (the
+/// player resumes by logging in again), and nothing more is sent to the link.
+#[test]
+fn a_detached_link_puts_its_places_in_grace() {
+    let (mut core, _rx, _bell) = core_with_loop(64);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    let now = unix_ms();
+    let (events, link_rx) = crossbeam_channel::bounded(64);
+    let (bell, _link_bell) = doorbell::pair().expect("doorbell");
+    core.handle(
+        CoreMsg::AttachLoop {
+            loop_id: 1,
+            events,
+            bell,
+        },
+        now,
+    );
+    for (loop_id, user) in [(1u16, 7u64), (0, 8), (1, 9)] {
+        let conn = ConnRef {
+            loop_id,
+            session: user,
+        };
+        core.apply(
+            &Op::Join {
+                queue: "q".into(),
+                user,
+                prio: false,
+                conn,
+            },
+            now,
+        );
+    }
+    core.handle(CoreMsg::DetachLoop { loop_id: 1 }, now);
+    let conn_of = |core: &Core, user| core.state.place(0, user).expect("place").conn;
+    assert_eq!(conn_of(&core, 7), None, "link's place not in grace");
+    assert_eq!(conn_of(&core, 9), None, "link's place not in grace");
+    assert!(
+        conn_of(&core, 8).is_some(),
+        "a local loop's place was touched"
+    );
+    core.flush(now, false);
+    assert!(
+        link_rx.try_recv().is_err(),
+        "the detached link still gets events"
+    );
+}
