@@ -381,6 +381,13 @@ pub enum LoopEvent {
     },
     /// The server drains: stop accepting, kick every session `shutdown`, stop the loop.
     Shutdown,
+    /// Node link `link` broke (edge side; never crosses a link): the sessions whose
+    /// place is behind it are kicked `shutdown` with `retry_after_secs`, so they log in
+    /// again (their places wait in grace at the owner).
+    LinkLost {
+        /// The link's index.
+        link: usize,
+    },
 }
 
 /// A successful join.

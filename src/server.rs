@@ -426,6 +426,14 @@ impl ServerHandle {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Test hook: closes the node links other nodes opened to this one (a cut).
+    #[doc(hidden)]
+    pub fn close_node_links_for_test(&self) {
+        if let Some(link) = &self.link {
+            link.close_links_for_test();
+        }
+    }
+
     /// True while draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

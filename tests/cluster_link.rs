@@ -132,9 +132,39 @@ fn players_on_every_node_wait_in_one_queue_with_exact_positions() {
         }
     }
     // And a position request anywhere answers the exact value.
+    let expect = |i: u64| if i > 5 { i - 3 } else { i - 2 };
     for (n, (i, c)) in players.iter_mut().skip(2).enumerate() {
         let answer = c.request("position", 10 + n as u32, json!({}));
-        let expect = if *i > 5 { *i - 3 } else { *i - 2 };
-        assert_eq!(answer["data"]["position"], expect, "player {i}: {answer}");
+        assert_eq!(
+            answer["data"]["position"],
+            expect(*i),
+            "player {i}: {answer}"
+        );
+    }
+
+    // The links into the owner break: players behind them are kicked `shutdown` with a
+    // retry hint, log in again on their node and get their exact place back.
+    nodes[owner]
+        .handle
+        .as_ref()
+        .unwrap()
+        .close_node_links_for_test();
+    for (i, c) in players.iter_mut().skip(2) {
+        if node_of(*i) == owner {
+            continue;
+        }
+        let kick = c.next_cmd("kicked");
+        assert_eq!(kick["data"]["reason"], "shutdown", "player {i}: {kick}");
+        c.expect_closed();
+        let mut again = nodes[node_of(*i)].client();
+        let answer = again.login(*i);
+        assert_eq!(answer["code"], 0, "player {i}: {answer}");
+        assert_eq!(
+            answer["data"]["position"],
+            expect(*i),
+            "player {i}: {answer}"
+        );
+        assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
+        *c = again;
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Loop, CLOSE_FLUSH};
-use crate::msg::{CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId};
+use crate::msg::{
+    queue_source, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
+};
 use crate::protocol::{self, Code};
 use crate::session::frames::reply_shutting_down;
 use crate::session::{reply_error, Phase, Session};
@@ -49,8 +51,22 @@ impl Loop {
                 }
             }
             LoopEvent::Shutdown => return false,
+            LoopEvent::LinkLost { link } => self.link_lost(link),
         }
         true
+    }
+
+    /// Node link `link` broke: its sessions are kicked `shutdown` with a retry hint;
+    /// the owner holds their places in grace, so logging in again resumes them.
+    fn link_lost(&self, link: usize) {
+        let shard = &self.shard;
+        let retry = shard.cfg.retry_after_secs;
+        self.table.for_each(|s| {
+            if s.queue_id().is_some_and(|q| queue_source(q) == link + 1) && !s.closing() {
+                s.place_taken();
+                s.kick(shard, KickReason::Shutdown, Some(retry));
+            }
+        });
     }
 
     /// Overwrites positions with a resync slice's exact ones (as of after every batch

@@ -206,8 +206,11 @@ impl FrameBuf {
         true
     }
 
-    /// Adds an owner -> edge message.
+    /// Adds an owner -> edge message (`LinkLost` is local to a node: not added).
     pub fn put_event(&mut self, event: &LoopEvent) {
+        if matches!(event, LoopEvent::LinkLost { .. }) {
+            return;
+        }
         self.start();
         let b = &mut self.buf;
         match event {
@@ -258,6 +261,7 @@ impl FrameBuf {
                 b.push(kick_number(*reason));
             }
             LoopEvent::Shutdown => b.push(SHUTDOWN),
+            LoopEvent::LinkLost { .. } => {}
         }
     }
 }

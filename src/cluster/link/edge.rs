@@ -30,7 +30,7 @@ use crate::msg::{remote_queue, CoreMsg, JoinError, LoopEvent, SessionId};
 
 /// How often a stopping or idle writer looks at the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Least time between two connection attempts to an unreachable owner.
+/// Least time between two failed connection attempts to an unreachable owner.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// Longest a connection attempt (and its preamble exchange) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,9 +100,10 @@ impl EdgeLink {
             {
                 conn = None;
             }
+            // Only failed attempts are spaced out: a link that broke is re-dialled at once.
             if conn.is_none() && last_try.is_none_or(|t| t.elapsed() >= RECONNECT_MIN) {
-                last_try = Some(Instant::now());
                 conn = self.connect();
+                last_try = conn.is_none().then(Instant::now);
             }
             let sent = conn
                 .as_mut()
@@ -243,9 +244,13 @@ impl Relay {
             }
             ring(&self.loops, &mut rung);
         };
-        ring(&self.loops, &mut rung);
         tracing::info!(link = self.index, why, "node link closed");
         self.broken.store(true, Ordering::SeqCst);
+        for loop_id in 0..self.loops.len() {
+            let lost = LoopEvent::LinkLost { link: self.index };
+            relay(&self.loops, &self.stop, loop_id, lost, &mut rung);
+        }
+        ring(&self.loops, &mut rung);
         let _ = stream.shutdown(Shutdown::Both);
     }
 
@@ -312,7 +317,7 @@ impl Relay {
                     relay(&self.loops, &self.stop, l as usize, e, rung);
                 }
                 // The owner stopping is a closed link, not this node's shutdown.
-                LoopEvent::Shutdown => {}
+                LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
             }
         }
         Ok(())

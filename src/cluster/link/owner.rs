@@ -91,6 +91,18 @@ impl LinkAcceptor {
         self.addr
     }
 
+    /// Closes every open link (they may reconnect): what a network cut does.
+    pub fn close_links(&self) {
+        for s in self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Stops accepting and closes every link.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

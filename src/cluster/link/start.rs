@@ -112,6 +112,12 @@ impl NodeLink {
         })
     }
 
+    /// Test hook: closes every node link accepted here (a network cut); edges reconnect.
+    #[doc(hidden)]
+    pub fn close_links_for_test(&self) {
+        self.acceptor.close_links();
+    }
+
     /// Stops the router, the link clients and the acceptor (every link closes).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
