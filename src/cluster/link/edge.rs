@@ -15,10 +15,11 @@
 //!   client retries later), never left waiting; `Leave`/`Disconnect` are dropped (the
 //!   owner's places of a broken link are not released: see the module `link`).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 
 use super::codec::{self, pack_session, unpack_session, FrameBuf, Reader, PREAMBLE};
 use crate::doorbell::Bell;
-use crate::msg::{remote_queue, CoreMsg, JoinError, LoopEvent, SessionId};
+use crate::msg::{remote_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
 
 /// How often a stopping or idle writer looks at the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -61,12 +62,25 @@ pub struct EdgeLink {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Joins sent on a connection and not answered yet: packed session -> (seq, user).
+/// Whoever takes an entry answers it (the reader with the owner's answer, or with
+/// SHUTTING_DOWN when the connection breaks; the writer when its write fails), so a
+/// login is answered exactly once. Locked by the link's two threads only, once a
+/// frame, never by an io loop.
+type Pending = Arc<Mutex<HashMap<SessionId, (u32, UserId)>>>;
+
 /// A live connection to the owner.
 struct Conn {
     /// The socket (write side; the reader thread holds a clone).
     stream: TcpStream,
     /// Set by the reader when the owner closed or sent garbage.
     broken: Arc<AtomicBool>,
+    /// Joins in flight on this connection.
+    pending: Pending,
+}
+
+fn lock(p: &Pending) -> MutexGuard<'_, HashMap<SessionId, (u32, UserId)>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl EdgeLink {
@@ -107,7 +121,7 @@ impl EdgeLink {
             }
             let sent = conn
                 .as_mut()
-                .is_some_and(|c| self.write(c, &batch, &mut frame));
+                .is_some_and(|c| self.write(c, &mut batch, &mut frame));
             if !sent {
                 if let Some(c) = conn.take() {
                     let _ = c.stream.shutdown(Shutdown::Both);
@@ -121,10 +135,12 @@ impl EdgeLink {
         }
     }
 
-    /// Encodes `batch` as one frame and writes it; false when the link is broken.
-    fn write(&self, conn: &mut Conn, batch: &[CoreMsg], frame: &mut FrameBuf) -> bool {
+    /// Encodes `batch` as one frame and writes it; false when the link is broken, with
+    /// `batch` left holding the joins nobody answered yet (for [`EdgeLink::refuse`]).
+    fn write(&self, conn: &mut Conn, batch: &mut Vec<CoreMsg>, frame: &mut FrameBuf) -> bool {
         frame.clear();
-        for msg in batch {
+        let mut pending = lock(&conn.pending);
+        for msg in batch.iter() {
             let conn_ref = match msg {
                 CoreMsg::Join { conn, .. }
                 | CoreMsg::Leave { conn, .. }
@@ -133,6 +149,9 @@ impl EdgeLink {
             };
             match pack_session(conn_ref.loop_id, conn_ref.session) {
                 Some(session) => {
+                    if let CoreMsg::Join { seq, user, .. } = msg {
+                        pending.insert(session, (*seq, *user));
+                    }
                     frame.put_core(msg, session);
                 }
                 None => tracing::error!(
@@ -141,7 +160,18 @@ impl EdgeLink {
                 ),
             }
         }
-        frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok()
+        drop(pending);
+        if frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok() {
+            return true;
+        }
+        // Not sent: the joins the reader has not answered yet are answered by `refuse`.
+        let mut pending = lock(&conn.pending);
+        batch.retain(|msg| match msg {
+            CoreMsg::Join { conn: c, .. } => pack_session(c.loop_id, c.session)
+                .is_some_and(|packed| pending.remove(&packed).is_some()),
+            _ => false,
+        });
+        false
     }
 
     /// The owner is unreachable: answers the batch's joins SHUTTING_DOWN.
@@ -184,17 +214,23 @@ impl EdgeLink {
             }
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
+            let pending = Pending::default();
             let reader = Relay {
                 index: self.index,
                 loops: self.loops.clone(),
                 stop: self.stop.clone(),
                 broken: broken.clone(),
+                pending: pending.clone(),
             };
             let read = stream.try_clone()?;
             std::thread::Builder::new()
                 .name(format!("link-from-{}", self.node))
                 .spawn(move || reader.run(read))?;
-            Ok(Conn { stream, broken })
+            Ok(Conn {
+                stream,
+                broken,
+                pending,
+            })
         };
         match attempt() {
             Ok(conn) => {
@@ -227,6 +263,8 @@ struct Relay {
     stop: Arc<AtomicBool>,
     /// Set when this connection ends.
     broken: Arc<AtomicBool>,
+    /// Joins in flight on this connection.
+    pending: Pending,
 }
 
 impl Relay {
@@ -246,12 +284,24 @@ impl Relay {
         };
         tracing::info!(link = self.index, why, "node link closed");
         self.broken.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        // Logins in flight get SHUTTING_DOWN (retry), not silence.
+        let lost: Vec<_> = lock(&self.pending).drain().collect();
+        for (packed, (seq, user)) in lost {
+            let (l, session) = unpack_session(packed);
+            let e = LoopEvent::Joined {
+                session,
+                seq,
+                user,
+                result: Err(JoinError::ShuttingDown),
+            };
+            relay(&self.loops, &self.stop, l as usize, e, &mut rung);
+        }
         for loop_id in 0..self.loops.len() {
             let lost = LoopEvent::LinkLost { link: self.index };
             relay(&self.loops, &self.stop, loop_id, lost, &mut rung);
         }
         ring(&self.loops, &mut rung);
-        let _ = stream.shutdown(Shutdown::Both);
     }
 
     /// Relays one frame's events.
@@ -289,6 +339,9 @@ impl Relay {
                     user,
                     result,
                 } => {
+                    if lock(&self.pending).remove(&session).is_none() {
+                        continue; // answered SHUTTING_DOWN already (write failed)
+                    }
                     let (l, session) = one(session);
                     let e = LoopEvent::Joined {
                         session,
@@ -358,3 +411,6 @@ fn ring(loops: &[LoopOut], rung: &mut [bool]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
