@@ -19,8 +19,10 @@
 //! deadline passes before the new owner's campaign is even sent, as long as the two
 //! clocks' rates differ by less than margin/TTL (20%).
 //!
-//! Not here yet (next step): the node link, forwarding and failover of places; this
-//! module is not wired into the server's data path.
+//! The data path: [`link`] (node link: remote nodes are virtual loops of the owner's
+//! core; routes in [`routes`]), started by the server with `[cluster]`; the core admits
+//! only while [`ClusterHandle::may_admit`] (`queue::core::fence`). Not here yet: the
+//! failover of places (re-submission, place tickets).
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call

@@ -30,7 +30,7 @@
 //!   ([`pack_session`]) and unpacks the owner's answers;
 //! - queue ids on the wire are always the owner's own ids: the edge strips its source
 //!   bits when encoding ([`local_queue`]) and maps them into its link's range when
-//!   decoding (the `map_queue` of [`decode_event`]);
+//!   decoding (the `map_queue` of [`Reader::event`]);
 //! - a decode error (truncated, unknown tag, bad UTF-8, oversized frame) is a broken
 //!   link: the caller closes the connection, never guesses.
 
@@ -120,7 +120,7 @@ pub struct FrameBuf {
 }
 
 impl FrameBuf {
-    /// True when no message was added since the last [`FrameBuf::take`].
+    /// True when no message was added since the last [`FrameBuf::clear`].
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

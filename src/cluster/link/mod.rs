@@ -15,9 +15,19 @@
 //! `QueueId`s are mapped on the edge into link `k`'s range, `(k + 1) << 24 | id`
 //! (`msg::remote_queue`), so a session's `Leave`/`Disconnect` is routed by its queue id.
 //!
-//! Not here yet: when a link breaks, the owner keeps that link's places (no grace
-//! starts) and the edge's sessions keep waiting on positions that no longer move; the
-//! failover of places (re-submission, place tickets) and the ownership epoch on frames.
+//! A broken link (either side closes, a broken frame, a write stuck past
+//! `owner::LINK_IO_TIMEOUT`): the owner detaches the virtual loop and puts its places
+//! into reconnect grace; the edge answers its logins in flight SHUTTING_DOWN and kicks
+//! the link's sessions `shutdown` with a retry hint, so they log in again and resume;
+//! the next message re-dials the owner.
+//!
+//! Back-pressure: a virtual loop has the io loops' bounded channel and core backlog;
+//! past `BACKLOG_MAX` the core waits for it like for an io loop, at most until the
+//! link's write times out (then the link closes and the core stops sending to it).
+//!
+//! Not here yet: the failover of places (re-submission to a new owner, place
+//! tickets), the ownership epoch on frames, fencing re-checked at flush, node-link
+//! metrics, sharing one encoded rank batch between links.
 
 pub mod codec;
 pub mod edge;
