@@ -28,6 +28,35 @@ pub type SessionId = u64;
 /// connection or message can hold it: an expired auto-created queue's slot is reused by
 /// another name only if it never admitted anyone (see `queue::state`).
 pub type QueueId = u32;
+/// Bits of a [`QueueId`] that index a core's queue table; the bits above name the
+/// core that holds the queue on a node of a cluster: 0 = this node's core, `k + 1` =
+/// the owner reached over node link `k` (see [`queue_source`]). One core's queue ids
+/// are always below `1 << QUEUE_SOURCE_SHIFT`.
+pub const QUEUE_SOURCE_SHIFT: u32 = 24;
+
+/// The core holding `queue`: 0 = this node's core, `k + 1` = node link `k`.
+#[inline]
+pub fn queue_source(queue: QueueId) -> usize {
+    (queue >> QUEUE_SOURCE_SHIFT) as usize
+}
+
+/// The id a queue of the core behind node link `link` has on this node (disjoint from
+/// local ids and from every other link's); `id` is the owner's own id.
+#[inline]
+pub fn remote_queue(link: usize, id: QueueId) -> QueueId {
+    ((link as QueueId + 1) << QUEUE_SOURCE_SHIFT) | (id & local_queue_mask())
+}
+
+/// The queue's id in the core holding it (the source bits cleared).
+#[inline]
+pub fn local_queue(queue: QueueId) -> QueueId {
+    queue & local_queue_mask()
+}
+
+const fn local_queue_mask() -> QueueId {
+    (1 << QUEUE_SOURCE_SHIFT) - 1
+}
+
 /// A player's id, as sent in `login`.
 pub type UserId = u64;
 /// A place's order key within its queue: priority-lane keys sort before normal-lane
@@ -158,6 +187,23 @@ pub enum CoreMsg {
     },
     /// A control API request; the answer goes to `reply`.
     Control(ControlReq, Sender<ControlReply>),
+    /// A node link connected: from now on the core answers `loop_id` (a virtual loop
+    /// above the io loops) on `events`, ringing `bell` once per flush, like an io loop.
+    AttachLoop {
+        /// The virtual loop's id (unused by any loop so far).
+        loop_id: LoopId,
+        /// Its event channel (bounded).
+        events: Sender<LoopEvent>,
+        /// Wakes the link's writer.
+        bell: crate::doorbell::Bell,
+    },
+    /// A node link closed: the core sends nothing more to virtual loop `loop_id`, and
+    /// the places its sessions held go into reconnect grace (as if each disconnected),
+    /// so players who reconnect within the grace resume.
+    DetachLoop {
+        /// The virtual loop's id.
+        loop_id: LoopId,
+    },
     /// Stop: the core flushes and its thread returns.
     Shutdown,
 }
@@ -335,6 +381,13 @@ pub enum LoopEvent {
     },
     /// The server drains: stop accepting, kick every session `shutdown`, stop the loop.
     Shutdown,
+    /// Node link `link` broke (edge side; never crosses a link): the sessions whose
+    /// place is behind it are kicked `shutdown` with `retry_after_secs`, so they log in
+    /// again (their places wait in grace at the owner).
+    LinkLost {
+        /// The link's index.
+        link: usize,
+    },
 }
 
 /// A successful join.

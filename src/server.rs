@@ -18,13 +18,18 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{AuthMode, Config, Driver};
+use crate::cluster::link::edge::LoopOut;
+use crate::cluster::link::start::{LinkParts, NodeLink};
+use crate::cluster::routes::Routes;
+use crate::cluster::ClusterHandle;
+use crate::config::{AuthMode, Config};
+use crate::control::ClusterControl;
 use crate::control::{self, ControlContext};
 use crate::doorbell::{self, Bell};
-use crate::io_loop::{self, LoopConfig, LoopSetup};
+use crate::io_loop::{self, connection_budget, LoopConfig, LoopSetup, Placement};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
-use crate::queue::core::{Core, CoreTiming, LoopLink};
+use crate::queue::core::{AdmitFence, Core, CoreTiming, LoopLink};
 use crate::queue::durability::{self, Durability, DurabilityStatus, RecoveryError};
 use crate::queue::state::{Limits, QueueState};
 use crate::stats::{LoopStats, ServerStats};
@@ -46,8 +51,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// The durable queue state cannot be loaded (names the file and offset at fault).
     Recovery(RecoveryError),
-    /// `[cluster]` is set and the cluster layer could not start.
-    Cluster(crate::cluster::ClusterError),
+    /// `[cluster]`: etcd client, link port or a cluster thread.
+    Cluster(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -57,7 +62,7 @@ impl std::fmt::Display for StartError {
             StartError::Keys(e) => write!(f, "keys: {e}"),
             StartError::Io(e) => write!(f, "{e}"),
             StartError::Recovery(e) => write!(f, "durability: {e}"),
-            StartError::Cluster(e) => write!(f, "cluster: {e}"),
+            StartError::Cluster(e) => write!(f, "{e}"),
         }
     }
 }
@@ -80,6 +85,12 @@ pub struct ServerHandle {
     pub stats: Arc<Vec<LoopStats>>,
     /// The write-ahead log's status (degraded flag, counters), when durability is on.
     pub durability: Option<Arc<DurabilityStatus>>,
+    /// The cluster layer, with `[cluster]`.
+    pub cluster: Option<Arc<ClusterHandle>>,
+    /// Where io loops route logins, with `[cluster]` (see `cluster::routes`).
+    pub routes: Option<Arc<Routes>>,
+    /// The node link and router, with `[cluster]`.
+    link: Option<NodeLink>,
     /// Set while draining.
     draining: Arc<AtomicBool>,
     /// Stops the control thread.
@@ -105,47 +116,6 @@ pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpList
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// Descriptors kept for listeners, doorbells, the control port, files and logs.
-const FD_RESERVE: u64 = 256;
-
-/// Raises the soft open-file limit to the hard one and returns the connections the
-/// process can really hold: `max_connections`, or fewer (with a warning) when the
-/// descriptor limit is lower, so the connection over it gets RATE_LIMITED instead of
-/// an accept error nobody sees.
-fn connection_budget(max_connections: u64, loops: usize) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    let fds = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return max_connections;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-        lim.rlim_cur
-    };
-    let usable = fds.saturating_sub(FD_RESERVE + 8 * loops as u64);
-    if usable < max_connections {
-        tracing::warn!(
-            max_connections,
-            open_files_limit = fds,
-            usable,
-            "open-file limit is below server.max_connections: connections over {usable} get RATE_LIMITED"
-        );
-        return usable.max(1);
-    }
-    max_connections
 }
 
 /// Binds `n` (at least one) SO_REUSEPORT listeners sharing one port (the first picks
@@ -203,53 +173,6 @@ fn recover_state(config: &Config) -> Result<(QueueState, Option<Durability>), St
     .map_err(StartError::Recovery)
 }
 
-/// Where threads run and which driver the io loops use.
-struct Placement {
-    /// CPU cores to pin to, round-robin (empty: no pinning).
-    cores: Vec<core_affinity::CoreId>,
-    /// The io loops use the legacy epoll driver.
-    legacy: bool,
-    /// `server.driver = "auto"`: a loop whose io_uring fails falls back to epoll.
-    fallback: bool,
-}
-
-impl Placement {
-    /// Detects the cores and the driver for `loops` io loops.
-    fn detect(config: &Config, loops: usize) -> Placement {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        if !cores.is_empty() && loops > cores.len() {
-            tracing::warn!(
-                loops,
-                cores = cores.len(),
-                "more io loops than cores: pinning round-robin"
-            );
-        }
-        let legacy = match config.server.driver {
-            Driver::Legacy => true,
-            Driver::IoUring => false,
-            Driver::Auto => {
-                let missing = !monoio::utils::detect_uring();
-                if missing {
-                    tracing::warn!(
-                        "io_uring is not available here: io loops use the legacy epoll driver"
-                    );
-                }
-                missing
-            }
-        };
-        Placement {
-            cores,
-            legacy,
-            fallback: config.server.driver == Driver::Auto,
-        }
-    }
-
-    /// The core thread `i` is pinned to (loops are 0..n, the queue core is n).
-    fn pin(&self, i: usize) -> Option<core_affinity::CoreId> {
-        (!self.cores.is_empty()).then(|| self.cores[i % self.cores.len()])
-    }
-}
-
 /// What every io loop shares.
 struct LoopShared {
     /// Per-loop counters (all loops, indexed by loop id).
@@ -303,6 +226,7 @@ fn wire_loops(
     core_tx: &Sender<CoreMsg>,
     shared: &LoopShared,
     placement: &Placement,
+    routes: &Option<Arc<Routes>>,
 ) -> Result<LoopWiring, StartError> {
     let n = listeners.len();
     let mut wiring = LoopWiring {
@@ -326,6 +250,7 @@ fn wire_loops(
             tickets: shared.tickets.clone(),
             limits: shared.limits.clone(),
             draining: shared.draining.clone(),
+            routes: routes.clone(),
             cfg: loop_cfg.clone(),
             pin: placement.pin(i),
             legacy: placement.legacy,
@@ -333,6 +258,59 @@ fn wire_loops(
         });
     }
     Ok(wiring)
+}
+
+/// The player port's `n` listeners and the address they bound.
+fn bind_players(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let listeners = bind_listeners(addr, n)?;
+    let bound = listeners[0].local_addr()?;
+    Ok((listeners, bound))
+}
+
+/// Starts every io loop thread.
+fn spawn_loops(setups: Vec<io_loop::LoopSetup>) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let spawned: std::io::Result<Vec<_>> = setups.into_iter().map(io_loop::spawn).collect();
+    Ok(spawned?)
+}
+
+/// With `[cluster]`: starts the cluster layer, the node link acceptor (links become
+/// virtual loops of the core, ids from `loops` up) and the router feeding `routes`.
+fn start_cluster(
+    config: &Config,
+    routes: &Option<Arc<Routes>>,
+    core: &Sender<CoreMsg>,
+    loop_links: &[(Sender<LoopEvent>, Bell)],
+) -> Result<Option<NodeLink>, StartError> {
+    let (Some(cluster), Some(routes)) = (&config.cluster, routes) else {
+        return Ok(None);
+    };
+    let queues: Vec<&str> = config.queues.list.iter().map(|q| q.name.as_str()).collect();
+    let mut loop_outs = Vec::with_capacity(loop_links.len());
+    for (events, bell) in loop_links {
+        let (events, bell) = (events.clone(), bell.try_clone()?);
+        loop_outs.push(LoopOut { events, bell });
+    }
+    NodeLink::start(LinkParts {
+        config: cluster,
+        queues: &queues,
+        routes: routes.clone(),
+        core: core.clone(),
+        loops: loop_links.len(),
+        loop_outs,
+        loop_channel_capacity: config.core.loop_channel_capacity,
+        inbox_capacity: config.core.inbox_capacity,
+    })
+    .map(Some)
+    .map_err(|e| StartError::Cluster(e.to_string()))
+}
+
+/// Cluster mode: the core admits only while this node may (see `queue::core::fence`).
+fn fence_of(link: &Option<NodeLink>) -> Option<Box<dyn AdmitFence>> {
+    link.as_ref()
+        .map(|l| Box::new(l.cluster.clone()) as Box<dyn AdmitFence>)
 }
 
 /// Starts the control thread on `control.listen`.
@@ -394,8 +372,7 @@ impl ServerHandle {
         let durability = wal.as_ref().map(|w| w.status());
 
         let n = config.loop_count();
-        let listeners = bind_listeners(config.server.listen, n)?;
-        let player_addr = listeners[0].local_addr()?;
+        let (listeners, player_addr) = bind_players(config.server.listen, n)?;
         let placement = Placement::detect(config, n);
 
         let draining = Arc::new(AtomicBool::new(false));
@@ -403,8 +380,13 @@ impl ServerHandle {
         let stats = shared.stats.clone();
         let server_stats = Arc::new(ServerStats::default());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
-        let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement)?;
+        let routes = config.cluster.as_ref().map(|_| Arc::new(Routes::default()));
+        let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement, &routes)?;
+        let link = start_cluster(config, &routes, &core_tx, &wiring.loop_links)?;
 
+        let cluster_control = link
+            .as_ref()
+            .map(|l| ClusterControl::new(l.cluster.clone()));
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
         let ctx = ControlContext {
@@ -416,35 +398,35 @@ impl ServerHandle {
             api_key: config.control.api_key.clone(),
             core_round_ms: core_round_ms.clone(),
             server_stats: server_stats.clone(),
-            cluster: control::ClusterControl::start(config).map_err(StartError::Cluster)?,
+            cluster: cluster_control,
         };
         let (control_addr, control) = start_control(config, ctx, control_stop.clone())?;
 
-        let timing = core_timing(config);
         let core = Core::new(
             state,
             signer,
             core_rx,
             wiring.links,
-            timing,
+            core_timing(config),
             draining.clone(),
         )
         .with_durability(wal)
         .with_journal(crate::queue::journal::Journal::from_config(&config.journal))
         .with_round_clock(core_round_ms)
+        .with_fence(fence_of(&link))
         .with_stats(server_stats, stats.clone());
         let core = spawn_core(core, placement.pin(n))?;
 
-        let mut loops = Vec::with_capacity(n);
-        for setup in wiring.setups {
-            loops.push(io_loop::spawn(setup)?);
-        }
+        let loops = spawn_loops(wiring.setups)?;
         log_listening(player_addr, control_addr, n, placement.legacy);
         Ok(ServerHandle {
             player_addr,
             control_addr,
             stats,
             durability,
+            cluster: link.as_ref().map(|l| l.cluster.clone()),
+            routes,
+            link,
             draining,
             control_stop,
             core_tx,
@@ -459,6 +441,14 @@ impl ServerHandle {
     /// SHUTTING_DOWN. [`ServerHandle::shutdown`] finishes the stop.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: closes the node links other nodes opened to this one (a cut).
+    #[doc(hidden)]
+    pub fn close_node_links_for_test(&self) {
+        if let Some(link) = &self.link {
+            link.close_links_for_test();
+        }
     }
 
     /// True while draining.
@@ -479,6 +469,9 @@ impl ServerHandle {
         }
         for handle in self.loops.drain(..) {
             let _ = handle.join();
+        }
+        if let Some(mut link) = self.link.take() {
+            link.stop();
         }
         let _ = self.core_tx.send(CoreMsg::Shutdown);
         if let Some(core) = self.core.take() {

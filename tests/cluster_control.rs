@@ -30,7 +30,7 @@ fn node(etcd_url: &str, id: &str) -> TestServer {
 
 /// [`node`] with `control.api_key` = `api_key`.
 fn node_keyed(etcd_url: &str, id: &str, api_key: &str) -> TestServer {
-    let (player_port, control_port) = (free_port(), free_port());
+    let (player_port, control_port, link_port) = (free_port(), free_port(), free_port());
     let toml = format!(
         r#"
         [control]
@@ -42,6 +42,7 @@ fn node_keyed(etcd_url: &str, id: &str, api_key: &str) -> TestServer {
         node_id = "{id}"
         advertise_player = "127.0.0.1:{player_port}"
         advertise_control = "127.0.0.1:{control_port}"
+        advertise_link = "127.0.0.1:{link_port}"
         lease_ttl_secs = 2
         prefix = "/qs-control"
         "#

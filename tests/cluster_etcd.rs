@@ -22,6 +22,7 @@ fn config(etcd: &Etcd, node_id: &str) -> ClusterConfig {
         node_id: node_id.to_string(),
         advertise_player: format!("127.0.0.1:{}", 7000 + node_id.len()),
         advertise_control: "127.0.0.1:8000".to_string(),
+        advertise_link: "127.0.0.1:8001".to_string(),
         lease_ttl_secs: TTL_SECS,
         recovery_window_secs: 30,
         prefix: PREFIX.to_string(),

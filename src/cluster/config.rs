@@ -58,6 +58,11 @@ pub struct ClusterConfig {
     /// `host:port` where other nodes and operators reach this node's control port
     /// (required).
     pub advertise_control: String,
+    /// `host:port` of this node's node link (required): the node binds it, and other
+    /// nodes dial it to bring their players' joins, leaves and disconnects for the
+    /// queues this node owns (see `cluster::link`). Its own port: no other listener
+    /// may use it.
+    pub advertise_link: String,
     /// TTL of this node's etcd lease, seconds (default 5, 2..=300): a node that cannot
     /// renew stops admitting before this runs out; its queues move after it.
     #[serde(default = "lease_ttl_secs_default")]
@@ -140,6 +145,17 @@ impl ClusterConfig {
         if !has_port(&self.advertise_control) {
             return Err(err("advertise_control", "must be host:port"));
         }
+        if !has_port(&self.advertise_link) {
+            return Err(err("advertise_link", "must be host:port"));
+        }
+        if self.advertise_link == self.advertise_player
+            || self.advertise_link == self.advertise_control
+        {
+            return Err(err(
+                "advertise_link",
+                "must differ from advertise_player and advertise_control (its own port)",
+            ));
+        }
         if !(LEASE_TTL_SECS_MIN..=LEASE_TTL_SECS_MAX).contains(&self.lease_ttl_secs) {
             return Err(err(
                 "lease_ttl_secs",
@@ -207,6 +223,7 @@ mod tests {
         node_id = "a"
         advertise_player = "10.0.0.1:7000"
         advertise_control = "10.0.0.1:7001"
+        advertise_link = "10.0.0.1:7002"
     "#;
 
     #[test]
@@ -248,6 +265,11 @@ mod tests {
                 "cluster.advertise_player",
             ),
             ("advertise_control = \":7\"", "cluster.advertise_control"),
+            ("advertise_link = \"10.0.0.1\"", "cluster.advertise_link"),
+            (
+                "advertise_link = \"10.0.0.1:7001\"",
+                "cluster.advertise_link",
+            ),
             ("lease_ttl_secs = 1", "cluster.lease_ttl_secs"),
             (
                 "recovery_window_secs = 4000",

@@ -17,6 +17,10 @@ pub struct Member {
     pub advertise_player: String,
     /// Where nodes and operators reach its control port.
     pub advertise_control: String,
+    /// Where nodes dial its node link (`cluster.advertise_link`; empty from a node
+    /// that has none).
+    #[serde(default)]
+    pub advertise_link: String,
     /// Wall-clock start of the node, Unix milliseconds (for operators; never compared).
     pub started_at_unix_ms: u64,
 }
@@ -53,6 +57,7 @@ mod tests {
             node_id: "a".into(),
             advertise_player: "h:1".into(),
             advertise_control: "h:2".into(),
+            advertise_link: "h:3".into(),
             started_at_unix_ms: 5,
         };
         assert_eq!(Member::from_json(m.to_json().as_bytes()), Some(m));

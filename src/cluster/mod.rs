@@ -19,10 +19,12 @@
 //! deadline passes before the new owner's campaign is even sent, as long as the two
 //! clocks' rates differ by less than margin/TTL (20%).
 //!
-//! Used by the control port (`control::cluster`, `control::forward`): it starts this
-//! layer when `[cluster]` is set, forwards requests to a queue's owner and consumes
-//! tokens here. Not here yet (next step): the node link and failover of places; the
-//! data path (loops, core) does not use this module yet.
+//! Used by the control port (`control::cluster`, `control::forward`): requests about a
+//! queue another node owns are forwarded to it, tokens are consumed here. The data path:
+//! [`link`] (node link: remote nodes are virtual loops of the owner's core; routes in
+//! [`routes`]), started by the server with `[cluster]`; the core admits only while
+//! [`ClusterHandle::may_admit`] (`queue::core::fence`). Not here yet: the failover of
+//! places (re-submission, place tickets).
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call
@@ -31,10 +33,12 @@
 pub mod config;
 pub mod error;
 pub mod fence;
+pub mod link;
 pub mod listing;
 pub mod membership;
 pub mod node;
 pub mod ownership;
+pub mod routes;
 pub mod used_tokens;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -161,6 +165,7 @@ fn run(
             node_id: config.node_id.clone(),
             advertise_player: config.advertise_player.clone(),
             advertise_control: config.advertise_control.clone(),
+            advertise_link: config.advertise_link.clone(),
             started_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -302,7 +307,7 @@ impl ClusterHandle {
         self.view().owners.get(queue).cloned()
     }
 
-    /// Every owned queue under the prefix as last listed, by name (for `/v1/stats`).
+    /// Every owned queue and its owner as last listed (a copy; off the hot path).
     pub fn owners(&self) -> std::collections::HashMap<String, Owner> {
         self.view().owners.clone()
     }

@@ -183,6 +183,7 @@ fn a_cluster_needs_a_configured_token_key() {
         node_id = "a"
         advertise_player = "10.0.0.1:7000"
         advertise_control = "10.0.0.1:7001"
+        advertise_link = "10.0.0.1:7002"
     "#;
     let e = Config::from_toml_str(cluster).unwrap_err();
     assert_eq!(e.key, "tokens.key", "{e}");

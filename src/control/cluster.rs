@@ -25,8 +25,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::routes::Reply;
-use crate::cluster::{Cluster, ClusterError, ClusterHandle, Member};
-use crate::config::Config;
+use crate::cluster::{ClusterError, ClusterHandle, Member};
 use crate::msg::QueueStats;
 
 /// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
@@ -50,19 +49,8 @@ pub struct ClusterControl {
 }
 
 impl ClusterControl {
-    /// With `[cluster]`: starts the cluster layer (etcd), tracking the configured queues
-    /// (None on one node). Called by `server` before the control thread starts; the
-    /// handle is shared (`handle`) with whatever else needs it.
-    pub fn start(config: &Config) -> Result<Option<ClusterControl>, ClusterError> {
-        let Some(cluster) = &config.cluster else {
-            return Ok(None);
-        };
-        let queues: Vec<&str> = config.queues.list.iter().map(|q| q.name.as_str()).collect();
-        let handle = Cluster::start(cluster, &queues)?;
-        Ok(Some(ClusterControl::new(Arc::new(handle))))
-    }
-
-    /// Control's view of `handle`.
+    /// The control side of the cluster layer that `server::start_cluster` started (the
+    /// same handle the node link and the core's fence use).
     pub fn new(handle: Arc<ClusterHandle>) -> ClusterControl {
         ClusterControl {
             handle,

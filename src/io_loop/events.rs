@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Loop, CLOSE_FLUSH};
-use crate::msg::{CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId};
+use crate::msg::{
+    queue_source, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
+};
 use crate::protocol::{self, Code};
 use crate::session::frames::reply_shutting_down;
 use crate::session::{reply_error, Phase, Session};
@@ -49,8 +51,22 @@ impl Loop {
                 }
             }
             LoopEvent::Shutdown => return false,
+            LoopEvent::LinkLost { link } => self.link_lost(link),
         }
         true
+    }
+
+    /// Node link `link` broke: its sessions are kicked `shutdown` with a retry hint;
+    /// the owner holds their places in grace, so logging in again resumes them.
+    fn link_lost(&self, link: usize) {
+        let shard = &self.shard;
+        let retry = shard.cfg.retry_after_secs;
+        self.table.for_each(|s| {
+            if s.queue_id().is_some_and(|q| queue_source(q) == link + 1) && !s.closing() {
+                s.place_taken();
+                s.kick(shard, KickReason::Shutdown, Some(retry));
+            }
+        });
     }
 
     /// Overwrites positions with a resync slice's exact ones (as of after every batch
@@ -126,7 +142,7 @@ impl Loop {
             // The connection closed while its login was with the core.
             if let Ok(ok) = result {
                 if ok.admitted.is_none() {
-                    self.shard.link.send(CoreMsg::Disconnect {
+                    self.shard.send_core(CoreMsg::Disconnect {
                         conn: self.shard.conn(id),
                         queue: ok.queue,
                         user,
@@ -196,7 +212,7 @@ impl Loop {
     /// Drops a closed session from the table, telling the core its place is in grace.
     pub(super) fn release(&self, session: &Session) {
         if let Some((queue, user, report)) = session.place_to_release() {
-            self.shard.link.send(CoreMsg::Disconnect {
+            self.shard.send_core(CoreMsg::Disconnect {
                 conn: self.shard.conn(session.id()),
                 queue,
                 user,
@@ -220,7 +236,7 @@ impl Loop {
     /// logged in.
     pub(super) fn sweep(&self) {
         let shard = &self.shard;
-        shard.link.retry();
+        shard.retry();
         let now = Instant::now();
         self.table.for_each(|s| match s.phase() {
             Phase::Connected if now.duration_since(s.connected_at()) >= shard.cfg.login_timeout => {

@@ -13,6 +13,7 @@
 //! - position pushes are throttled per session (see [`crate::shard::tracker`]).
 
 mod events;
+mod placement;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
+use crate::cluster::routes::Routes;
 use crate::doorbell::{self, BellRx};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, KickReason, LoopEvent, LoopId};
@@ -38,6 +40,7 @@ use crate::wake::Notify;
 use table::SessionTable;
 
 pub use crate::shard::LoopConfig;
+pub use placement::{connection_budget, Placement};
 
 /// Longest a rank batch waits to be applied together with later ones, on loops with
 /// at least `core.broadcast_coalesce_min_sessions` sessions. Below that a loop applies
@@ -71,6 +74,8 @@ pub struct LoopSetup {
     pub limits: Arc<ConnLimits>,
     /// Set while the server drains.
     pub draining: Arc<AtomicBool>,
+    /// Routes to remote owners (`Some` in cluster mode).
+    pub routes: Option<Arc<Routes>>,
     /// Loop settings.
     pub cfg: LoopConfig,
     /// Core to pin to, if any.
@@ -163,6 +168,7 @@ async fn run(setup: LoopSetup) {
         tickets: setup.tickets,
         limits: setup.limits,
         draining: setup.draining,
+        routes: setup.routes,
     });
     let lp = Rc::new(Loop {
         shard: Rc::new(shard),
@@ -200,7 +206,7 @@ async fn drain(lp: &Loop, acceptor: monoio::task::JoinHandle<()>) {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     lp.table.for_each(|s| s.abort());
-    shard.link.retry();
+    shard.retry();
 }
 
 async fn accept(lp: Rc<Loop>, listener: monoio::net::TcpListener) {

@@ -13,7 +13,9 @@
 //!   stats, a player's report, removal);
 //! - `flush.rs`: the flush (rank batch, resync slice, join answers, admissions and
 //!   kicks, control answers, doorbells) and the incremental resync;
-//! - `backlog.rs`: delivery to a loop's bounded channel and its FIFO backlog.
+//! - `backlog.rs`: delivery to a loop's bounded channel and its FIFO backlog, and the
+//!   attachment of node links as virtual loops;
+//! - `fence.rs`: cluster mode: no admission for a queue this node may not admit for.
 //!
 //! Invariants:
 //! - per loop, a flush sends the rank batch first, then the resync slice, then join
@@ -84,8 +86,11 @@ use crate::token::TokenSigner;
 
 mod backlog;
 mod control;
+mod fence;
 mod flush;
 mod ops;
+
+pub use fence::AdmitFence;
 
 /// Most messages applied before a flush, so answers keep flowing under a flood.
 const DRAIN_MAX: usize = 4096;
@@ -201,6 +206,8 @@ pub struct Core {
     resync: ResyncCursor,
     /// Slots a resync slice walks ([`RESYNC_SLICE`]; tests make it tiny).
     resync_slice: usize,
+    /// Cluster mode: who may admit, and the queues it holds paused (see `fence.rs`).
+    fence: Option<fence::FenceState>,
 }
 
 /// The answer to control writes while degraded.
@@ -250,6 +257,7 @@ impl Core {
             journal: None,
             resync: ResyncCursor::default(),
             resync_slice: RESYNC_SLICE,
+            fence: None,
         }
     }
 
@@ -312,6 +320,7 @@ impl Core {
             let now = Instant::now();
             if now >= next_tick {
                 if !self.degraded {
+                    self.fence_tick(now_ms);
                     self.apply(&Op::Tick, now_ms);
                     self.expire_queues(now_ms);
                 }

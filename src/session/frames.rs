@@ -109,7 +109,7 @@ fn leave(answer: &Answer<'_>, phase: Phase) {
     // Also once admitted: the player gives the unused token up (it stops counting
     // against capacity, and cannot be used any more).
     if matches!(phase, Phase::Waiting | Phase::Admitted) {
-        shard.link.send(CoreMsg::Leave {
+        shard.send_core(CoreMsg::Leave {
             conn: shard.conn(session.id),
             queue: session.follow.queue(),
             user: session.user.get(),
@@ -131,7 +131,8 @@ fn login(answer: &Answer<'_>, req: &Request<'_>) {
     }
     // A full backlog into the core refuses logins like a spent budget (see
     // `shard::core_link`): the client retries later.
-    if !shard.link.room_for_join() || !shard.logins.take(Instant::now()) {
+    let source = shard.join_source(&data.queue);
+    if !shard.room_for_join(source) || !shard.logins.take(Instant::now()) {
         return answer.error(Code::RateLimited, "too many logins, retry later");
     }
     let ticket = match shard.tickets.verify(data.ticket.as_deref(), data.user_id) {
@@ -139,12 +140,15 @@ fn login(answer: &Answer<'_>, req: &Request<'_>) {
         Err(e) => return answer.error(Code::AuthFailed, &e.to_string()),
     };
     session.begin_login(data.user_id);
-    shard.link.send(CoreMsg::Join {
-        conn: shard.conn(session.id),
-        seq: req.seq,
-        user: data.user_id,
-        queue: data.queue.as_ref().into(),
-        prio: ticket.prio,
-        peer: session.peer,
-    });
+    shard.send_to(
+        source,
+        CoreMsg::Join {
+            conn: shard.conn(session.id),
+            seq: req.seq,
+            user: data.user_id,
+            queue: data.queue.as_ref().into(),
+            prio: ticket.prio,
+            peer: session.peer,
+        },
+    );
 }

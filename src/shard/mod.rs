@@ -16,6 +16,7 @@
 pub mod core_link;
 pub mod login_bucket;
 pub mod pools;
+pub mod remote;
 pub mod tracker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,15 +25,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::cluster::routes::Routes;
 use crate::config::Config;
 use crate::limits::ConnLimits;
-use crate::msg::{ConnRef, CoreMsg, LoopId, SessionId};
+use crate::msg::{queue_source, ConnRef, CoreMsg, LoopId, SessionId};
 use crate::stats::LoopStats;
 use crate::token::TicketVerifier;
 
 pub use core_link::CoreLink;
 pub use login_bucket::LoginBucket;
 pub use pools::BufPools;
+pub use remote::Remote;
 pub use tracker::Tracker;
 
 /// What an io loop needs from the config.
@@ -105,6 +108,8 @@ pub struct Shard {
     pub limits: Arc<ConnLimits>,
     /// Set while the server drains.
     draining: Arc<AtomicBool>,
+    /// Routes to remote owners (cluster mode only).
+    remote: Option<Remote>,
 }
 
 /// What a [`Shard`] is built from.
@@ -123,6 +128,8 @@ pub struct ShardParts {
     pub limits: Arc<ConnLimits>,
     /// Set while the server drains.
     pub draining: Arc<AtomicBool>,
+    /// Routes to remote owners (`Some` in cluster mode).
+    pub routes: Option<Arc<Routes>>,
 }
 
 impl Shard {
@@ -139,6 +146,55 @@ impl Shard {
             tickets: p.tickets,
             limits: p.limits,
             draining: p.draining,
+            remote: p.routes.map(Remote::new),
+        }
+    }
+
+    /// The core a login to `queue` goes to: 0 = this node's, `k + 1` = node link `k`
+    /// (single node: always 0, one branch).
+    #[inline]
+    pub fn join_source(&self, queue: &str) -> usize {
+        match &self.remote {
+            None => 0,
+            Some(r) => r.source_of(queue),
+        }
+    }
+
+    /// True when the core `source` may take a `Join` (its backlog is under its bound).
+    pub fn room_for_join(&self, source: usize) -> bool {
+        match (source, &self.remote) {
+            (0, _) => self.link.room_for_join(),
+            (s, Some(r)) => r.room_for_join(s - 1),
+            (_, None) => false,
+        }
+    }
+
+    /// Sends `msg` to the core `source` (see [`Shard::join_source`]).
+    pub fn send_to(&self, source: usize, msg: CoreMsg) {
+        match (source, &self.remote) {
+            (0, _) => self.link.send(msg),
+            (s, Some(r)) => r.send(s - 1, msg),
+            (_, None) => {}
+        }
+    }
+
+    /// Sends a `Leave` or `Disconnect` to the core holding its queue (by the queue id's
+    /// source bits, see `msg::queue_source`).
+    pub fn send_core(&self, msg: CoreMsg) {
+        let source = match &msg {
+            CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
+                queue_source(*queue)
+            }
+            _ => 0,
+        };
+        self.send_to(source, msg);
+    }
+
+    /// Retries every backlog into a core (local and links).
+    pub fn retry(&self) {
+        self.link.retry();
+        if let Some(r) = &self.remote {
+            r.retry();
         }
     }
 

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::msg::{PlaceKey, QueueDelta, QueueId, RankBatch, SessionId};
+use crate::msg::{local_queue, queue_source, PlaceKey, QueueDelta, QueueId, RankBatch, SessionId};
 
 /// Pending rank batches that force a pass at once (bounds the per-session work).
 pub const RANKS_PENDING_MAX: usize = 64;
@@ -164,8 +164,10 @@ pub struct Tracker {
     push_interval: Duration,
     /// Sessions from which rank batches are coalesced instead of applied at once.
     coalesce_min_sessions: usize,
-    /// Per queue: what this loop knows of it, from rank batches and join answers.
-    queues: RefCell<Vec<QueueView>>,
+    /// Per core (0 = this node's, `k + 1` = node link `k`: `msg::queue_source`), per
+    /// queue id in that core: what this loop knows of it, from rank batches and join
+    /// answers. Two levels so remote ids (`(k + 1) << 24 | id`) stay dense.
+    queues: RefCell<Vec<Vec<QueueView>>>,
     /// Rank batches received so far (numbers them).
     batches_seen: Cell<u64>,
     /// Rank batches not applied yet, with their numbers.
@@ -193,18 +195,26 @@ impl Tracker {
 
     /// (players waiting, admit rate) of a queue as last reported.
     pub fn queue_view(&self, queue: QueueId) -> (u64, f64) {
-        self.queues
-            .borrow()
-            .get(queue as usize)
-            .map_or((0, 0.0), |v| (v.len, v.rate_per_s))
+        self.view(queue).map_or((0, 0.0), |v| (v.len, v.rate_per_s))
+    }
+
+    fn view(&self, queue: QueueId) -> Option<QueueView> {
+        let queues = self.queues.borrow();
+        let source = queues.get(queue_source(queue))?;
+        source.get(local_queue(queue) as usize).copied()
     }
 
     fn with_queue_view<R>(&self, queue: QueueId, f: impl FnOnce(&mut QueueView) -> R) -> R {
         let mut queues = self.queues.borrow_mut();
-        if queues.len() <= queue as usize {
-            queues.resize(queue as usize + 1, QueueView::default());
+        let (source, id) = (queue_source(queue), local_queue(queue) as usize);
+        if queues.len() <= source {
+            queues.resize_with(source + 1, Vec::new);
         }
-        f(&mut queues[queue as usize])
+        let views = &mut queues[source];
+        if views.len() <= id {
+            views.resize(id + 1, QueueView::default());
+        }
+        f(&mut views[id])
     }
 
     /// Records a queue's length and admission rate.
@@ -244,12 +254,7 @@ impl Tracker {
     /// i.e. the batch can move someone here (departures and insertions behind every
     /// local session, the common churn at the tail, move nobody).
     fn moves_someone(&self, delta: &QueueDelta) -> bool {
-        let Some(max) = self
-            .queues
-            .borrow()
-            .get(delta.queue as usize)
-            .and_then(|v| v.max_key)
-        else {
+        let Some(max) = self.view(delta.queue).and_then(|v| v.max_key) else {
             return false;
         };
         delta.departed.first().is_some_and(|&k| k < max)

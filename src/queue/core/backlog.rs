@@ -11,12 +11,74 @@
 //! - a loop that stopped (its receiver dropped) gets nothing more, and its backlog is
 //!   dropped.
 
-use crossbeam_channel::{SendTimeoutError, TrySendError};
+use std::collections::VecDeque;
 
-use super::{Core, BACKLOG_MAX, BACKLOG_POLL};
-use crate::msg::LoopEvent;
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+
+use super::{Core, LoopLink, BACKLOG_MAX, BACKLOG_POLL};
+use crate::doorbell::Bell;
+use crate::msg::{LoopEvent, LoopId, QueueId};
+use crate::queue::state::Op;
 
 impl Core {
+    /// A node link connected as virtual loop `loop_id` (above the io loops): it gets
+    /// rank batches, resync slices and its sessions' events like an io loop. Ids below
+    /// it that no link took get a closed channel (nothing is ever sent to them).
+    pub(super) fn attach_loop(&mut self, loop_id: LoopId, events: Sender<LoopEvent>, bell: Bell) {
+        let id = loop_id as usize;
+        while self.loops.len() <= id {
+            let Ok(placeholder) = bell.try_clone() else {
+                tracing::error!(loop_id, "virtual loop not attached: doorbell clone failed");
+                return;
+            };
+            // A sender whose receiver is gone: `send` sees Disconnected, drops the event.
+            let (tx, _) = crossbeam_channel::bounded(1);
+            self.loops.push(LoopLink {
+                tx,
+                bell: placeholder,
+            });
+            self.rung.push(false);
+            self.backlog.push(VecDeque::new());
+        }
+        self.loops[id] = LoopLink { tx: events, bell };
+        self.rung[id] = false;
+        self.backlog[id].clear();
+        tracing::info!(loop_id, "node link attached as a virtual loop");
+    }
+
+    /// A node link closed: nothing more goes to virtual loop `loop_id`, and every place
+    /// its sessions held goes into reconnect grace (one logged `Disconnect` each). A
+    /// walk over every place: O(players), once per link loss, never per op. Io loops
+    /// are never detached.
+    pub(super) fn detach_loop(&mut self, loop_id: LoopId, now_ms: u64) {
+        let id = loop_id as usize;
+        if id >= self.loops.len() || self.degraded {
+            return;
+        }
+        // A sender whose receiver is gone: later events for the loop are dropped.
+        self.loops[id].tx = crossbeam_channel::bounded(1).0;
+        self.backlog[id].clear();
+        self.rung[id] = false;
+        let mut held = Vec::new();
+        for (q, queue) in self.state.queues().iter().enumerate() {
+            for (_, user) in queue.walk_from(0) {
+                let Some(user) = user else { continue };
+                let conn = self.state.place(q as QueueId, user).and_then(|p| p.conn);
+                if let Some(conn) = conn.filter(|c| c.loop_id == loop_id) {
+                    held.push((q as QueueId, user, conn));
+                }
+            }
+        }
+        tracing::info!(
+            loop_id,
+            places = held.len(),
+            "node link detached: its places are in grace"
+        );
+        for (queue, user, conn) in held {
+            self.apply(&Op::Disconnect { queue, user, conn }, now_ms);
+        }
+    }
+
     /// True when some loop has events waiting for room in its channel.
     pub(super) fn backlogged(&self) -> bool {
         self.backlog.iter().any(|b| !b.is_empty())

@@ -37,6 +37,10 @@ impl Core {
                 capacity,
             }),
             ControlReq::Pause { queue, paused } => {
+                let id = self.state.queue_id(&queue);
+                if id.is_some_and(|id| self.fence_absorbs_pause(id, paused)) {
+                    return ControlReply::Done;
+                }
                 self.apply_to(&queue, now_ms, |queue| Op::Pause { queue, paused })
             }
             ControlReq::ConsumeJti { jti, exp } => self.consume_jti(jti, exp, now_ms),
@@ -68,6 +72,9 @@ impl Core {
         };
         if count > ADMIT_MAX {
             return ControlReply::Invalid(format!("count must be at most {ADMIT_MAX}"));
+        }
+        if let Some(refused) = self.fenced_admit(name) {
+            return refused;
         }
         let mut list = Vec::new();
         self.apply_collect(&Op::Admit { queue, count }, now_ms, Some(&mut list));

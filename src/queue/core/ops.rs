@@ -70,6 +70,12 @@ impl Core {
                 // Sent at flush, once the round is committed.
                 self.replies.push((reply, answer));
             }
+            CoreMsg::AttachLoop {
+                loop_id,
+                events,
+                bell,
+            } => self.attach_loop(loop_id, events, bell),
+            CoreMsg::DetachLoop { loop_id } => self.detach_loop(loop_id, now_ms),
             CoreMsg::Shutdown => return false,
         }
         true

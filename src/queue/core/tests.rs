@@ -417,3 +417,144 @@ fn an_incremental_resync_leaves_every_loop_at_the_exact_positions() {
     }
     assert!(checked > 40, "only {checked} sessions checked");
 }
+
+/// A fence the test opens and closes.
+struct TestFence(Arc<AtomicBool>);
+
+impl AdmitFence for TestFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n9".into())
+    }
+}
+
+/// Cluster mode: a node that may not admit for a queue makes no admission, neither by
+/// hand (503 naming the owner) nor by its rate in the tick; once it may, it does, and
+/// an operator's pause given meanwhile is kept.
+#[test]
+fn a_fenced_core_admits_neither_by_hand_nor_by_rate() {
+    let (mut core, _rx, _bell) = core_with_loop(1024);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 100.0)],
+        1,
+    );
+    let allowed = Arc::new(AtomicBool::new(false));
+    let mut core = core.with_fence(Some(Box::new(TestFence(allowed.clone()))));
+    let mut now = unix_ms();
+    for user in 1..=5 {
+        let conn = ConnRef {
+            loop_id: 0,
+            session: user,
+        };
+        let op = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: false,
+            conn,
+        };
+        core.apply(&op, now);
+    }
+    let admit = ControlReq::Admit {
+        queue: "q".into(),
+        count: 2,
+    };
+    match core.control(admit.clone(), now) {
+        ControlReply::Unavailable(why) => {
+            assert!(why.contains("not the owner") && why.contains("n9"), "{why}")
+        }
+        other => panic!("admitted while fenced: {other:?}"),
+    }
+    let tick = |core: &mut Core, now: u64| {
+        core.fence_tick(now);
+        core.apply(&Op::Tick, now);
+    };
+    for _ in 0..20 {
+        now += 10;
+        tick(&mut core, now);
+    }
+    assert_eq!(
+        core.state.queues()[0].waiting(),
+        5,
+        "the rate admitted while fenced"
+    );
+    allowed.store(true, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    now += 10;
+    tick(&mut core, now);
+    assert!(
+        core.state.queues()[0].waiting() < 5,
+        "no admission once allowed"
+    );
+    assert!(matches!(
+        core.control(admit, now),
+        ControlReply::Admitted(list) if !list.is_empty()
+    ));
+    // Fenced again; the operator pauses meanwhile: still paused once the fence lifts.
+    allowed.store(false, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    let pause = ControlReq::Pause {
+        queue: "q".into(),
+        paused: true,
+    };
+    assert!(matches!(core.control(pause, now), ControlReply::Done));
+    allowed.store(true, Ordering::SeqCst);
+    now += 10;
+    tick(&mut core, now);
+    assert!(core.state.queues()[0].pacer.paused, "operator's pause lost");
+}
+
+/// A node link that closes leaves no place attached to it: each goes into grace (the
+/// player resumes by logging in again), and nothing more is sent to the link.
+#[test]
+fn a_detached_link_puts_its_places_in_grace() {
+    let (mut core, _rx, _bell) = core_with_loop(64);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    let now = unix_ms();
+    let (events, link_rx) = crossbeam_channel::bounded(64);
+    let (bell, _link_bell) = doorbell::pair().expect("doorbell");
+    core.handle(
+        CoreMsg::AttachLoop {
+            loop_id: 1,
+            events,
+            bell,
+        },
+        now,
+    );
+    for (loop_id, user) in [(1u16, 7u64), (0, 8), (1, 9)] {
+        let conn = ConnRef {
+            loop_id,
+            session: user,
+        };
+        core.apply(
+            &Op::Join {
+                queue: "q".into(),
+                user,
+                prio: false,
+                conn,
+            },
+            now,
+        );
+    }
+    core.handle(CoreMsg::DetachLoop { loop_id: 1 }, now);
+    let conn_of = |core: &Core, user| core.state.place(0, user).expect("place").conn;
+    assert_eq!(conn_of(&core, 7), None, "link's place not in grace");
+    assert_eq!(conn_of(&core, 9), None, "link's place not in grace");
+    assert!(
+        conn_of(&core, 8).is_some(),
+        "a local loop's place was touched"
+    );
+    core.flush(now, false);
+    assert!(
+        link_rx.try_recv().is_err(),
+        "the detached link still gets events"
+    );
+}

@@ -1,0 +1,416 @@
+//! The edge's side of the node link: one client per remote owner node, acting like a
+//! core for the sessions whose queue that node owns. Loops `try_send` it their
+//! `Join`/`Leave`/`Disconnect` (bounded inbox, each loop with its own ordered backlog,
+//! as into the local core); its writer thread batches what is queued into one frame
+//! per round; its reader thread relays the owner's events to the right loop's channel
+//! and rings that loop's doorbell once per frame.
+//!
+//! Invariants:
+//! - sessions cross as packed ids (`codec::pack_session`: the loop in bits 24..32);
+//!   answers are unpacked and go to that loop only; rank batches (queue ids mapped into
+//!   this link's range) go to every loop, one `Arc` for all;
+//! - per loop, events keep the owner's order (one reader thread, FIFO channels; a full
+//!   loop channel makes the reader wait, ringing the loop, never reorder);
+//! - while the owner is unreachable a `Join` is answered SHUTTING_DOWN at once (the
+//!   client retries later), never left waiting; `Leave`/`Disconnect` are dropped (the
+//!   owner's places of a broken link are not released: see the module `link`).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+
+use super::codec::{self, pack_session, unpack_session, FrameBuf, Reader, PREAMBLE};
+use crate::doorbell::Bell;
+use crate::msg::{remote_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
+
+/// How often a stopping or idle writer looks at the stop flag.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Least time between two failed connection attempts to an unreachable owner.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest a connection attempt (and its preamble exchange) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most messages in one frame from the edge.
+const BATCH_MAX: usize = 4096;
+
+/// One local io loop as the link's reader sees it.
+pub struct LoopOut {
+    /// The loop's event channel.
+    pub events: Sender<LoopEvent>,
+    /// Its doorbell.
+    pub bell: Bell,
+}
+
+/// What a link client starts with.
+pub struct EdgeLink {
+    /// The link's index (its queue id range, see `msg::remote_queue`).
+    pub index: usize,
+    /// The owner node's id (for logs).
+    pub node: String,
+    /// The owner's `advertise_link`.
+    pub addr: String,
+    /// Messages from the loops.
+    pub inbox: Receiver<CoreMsg>,
+    /// Every local loop, by loop id.
+    pub loops: Arc<Vec<LoopOut>>,
+    /// Set when the server stops.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Joins sent on a connection and not answered yet: packed session -> (seq, user).
+/// Whoever takes an entry answers it (the reader with the owner's answer, or with
+/// SHUTTING_DOWN when the connection breaks; the writer when its write fails), so a
+/// login is answered exactly once. Locked by the link's two threads only, once a
+/// frame, never by an io loop.
+type Pending = Arc<Mutex<HashMap<SessionId, (u32, UserId)>>>;
+
+/// A live connection to the owner.
+struct Conn {
+    /// The socket (write side; the reader thread holds a clone).
+    stream: TcpStream,
+    /// Set by the reader when the owner closed or sent garbage.
+    broken: Arc<AtomicBool>,
+    /// Joins in flight on this connection.
+    pending: Pending,
+}
+
+fn lock(p: &Pending) -> MutexGuard<'_, HashMap<SessionId, (u32, UserId)>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EdgeLink {
+    /// Starts the link's writer thread (it starts a reader per connection).
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("link-to-{}", self.node))
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut conn: Option<Conn> = None;
+        let mut last_try: Option<Instant> = None;
+        let mut batch: Vec<CoreMsg> = Vec::new();
+        let mut frame = FrameBuf::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.inbox.recv_timeout(IDLE_POLL) {
+                Ok(msg) => batch.push(msg),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < BATCH_MAX {
+                let Ok(msg) = self.inbox.try_recv() else {
+                    break;
+                };
+                batch.push(msg);
+            }
+            if conn
+                .as_ref()
+                .is_some_and(|c| c.broken.load(Ordering::SeqCst))
+            {
+                conn = None;
+            }
+            // Only failed attempts are spaced out: a link that broke is re-dialled at once.
+            if conn.is_none() && last_try.is_none_or(|t| t.elapsed() >= RECONNECT_MIN) {
+                conn = self.connect();
+                last_try = conn.is_none().then(Instant::now);
+            }
+            let sent = conn
+                .as_mut()
+                .is_some_and(|c| self.write(c, &mut batch, &mut frame));
+            if !sent {
+                if let Some(c) = conn.take() {
+                    let _ = c.stream.shutdown(Shutdown::Both);
+                }
+                self.refuse(&mut batch);
+            }
+            batch.clear();
+        }
+        if let Some(c) = conn {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Encodes `batch` as one frame and writes it; false when the link is broken, with
+    /// `batch` left holding the joins nobody answered yet (for [`EdgeLink::refuse`]).
+    fn write(&self, conn: &mut Conn, batch: &mut Vec<CoreMsg>, frame: &mut FrameBuf) -> bool {
+        frame.clear();
+        let mut pending = lock(&conn.pending);
+        for msg in batch.iter() {
+            let conn_ref = match msg {
+                CoreMsg::Join { conn, .. }
+                | CoreMsg::Leave { conn, .. }
+                | CoreMsg::Disconnect { conn, .. } => conn,
+                _ => continue,
+            };
+            match pack_session(conn_ref.loop_id, conn_ref.session) {
+                Some(session) => {
+                    if let CoreMsg::Join { seq, user, .. } = msg {
+                        pending.insert(session, (*seq, *user));
+                    }
+                    frame.put_core(msg, session);
+                }
+                None => tracing::error!(
+                    loop_id = conn_ref.loop_id,
+                    "session id does not fit a link frame: message dropped"
+                ),
+            }
+        }
+        drop(pending);
+        if frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok() {
+            return true;
+        }
+        // Not sent: the joins the reader has not answered yet are answered by `refuse`.
+        let mut pending = lock(&conn.pending);
+        batch.retain(|msg| match msg {
+            CoreMsg::Join { conn: c, .. } => pack_session(c.loop_id, c.session)
+                .is_some_and(|packed| pending.remove(&packed).is_some()),
+            _ => false,
+        });
+        false
+    }
+
+    /// The owner is unreachable: answers the batch's joins SHUTTING_DOWN.
+    fn refuse(&self, batch: &mut Vec<CoreMsg>) {
+        let mut rung = vec![false; self.loops.len()];
+        for msg in batch.drain(..) {
+            if let CoreMsg::Join {
+                conn, seq, user, ..
+            } = msg
+            {
+                let event = LoopEvent::Joined {
+                    session: conn.session,
+                    seq,
+                    user,
+                    result: Err(JoinError::ShuttingDown),
+                };
+                self.relay(conn.loop_id as usize, event, &mut rung);
+            }
+        }
+        self.ring(&mut rung);
+    }
+
+    /// Dials the owner, exchanges preambles, starts the reader.
+    fn connect(&self) -> Option<Conn> {
+        let attempt = || -> std::io::Result<Conn> {
+            let addr = self
+                .addr
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+            stream.set_write_timeout(Some(super::owner::LINK_IO_TIMEOUT))?;
+            stream.write_all(PREAMBLE)?;
+            let mut preamble = [0u8; 4];
+            stream.read_exact(&mut preamble)?;
+            if &preamble != PREAMBLE {
+                return Err(std::io::Error::other(codec::CodecError::BadPreamble));
+            }
+            stream.set_read_timeout(None)?;
+            let broken = Arc::new(AtomicBool::new(false));
+            let pending = Pending::default();
+            let reader = Relay {
+                index: self.index,
+                loops: self.loops.clone(),
+                stop: self.stop.clone(),
+                broken: broken.clone(),
+                pending: pending.clone(),
+            };
+            let read = stream.try_clone()?;
+            std::thread::Builder::new()
+                .name(format!("link-from-{}", self.node))
+                .spawn(move || reader.run(read))?;
+            Ok(Conn {
+                stream,
+                broken,
+                pending,
+            })
+        };
+        match attempt() {
+            Ok(conn) => {
+                tracing::info!(node = %self.node, addr = %self.addr, "node link connected");
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.node, addr = %self.addr, error = %e, "node link: owner unreachable");
+                None
+            }
+        }
+    }
+
+    fn relay(&self, loop_id: usize, event: LoopEvent, rung: &mut [bool]) {
+        relay(&self.loops, &self.stop, loop_id, event, rung);
+    }
+
+    fn ring(&self, rung: &mut [bool]) {
+        ring(&self.loops, rung);
+    }
+}
+
+/// The reader of one connection: owner events to the loops.
+struct Relay {
+    /// The link's index.
+    index: usize,
+    /// Every local loop.
+    loops: Arc<Vec<LoopOut>>,
+    /// Server stop.
+    stop: Arc<AtomicBool>,
+    /// Set when this connection ends.
+    broken: Arc<AtomicBool>,
+    /// Joins in flight on this connection.
+    pending: Pending,
+}
+
+impl Relay {
+    fn run(self, mut stream: TcpStream) {
+        let mut body = Vec::new();
+        let mut rung = vec![false; self.loops.len()];
+        let why = loop {
+            match codec::read_frame(&mut stream, &mut body) {
+                Ok(true) => {}
+                Ok(false) => break "closed by the owner".to_string(),
+                Err(e) => break e.to_string(),
+            }
+            if let Err(e) = self.frame(&body, &mut rung) {
+                break e.to_string();
+            }
+            ring(&self.loops, &mut rung);
+        };
+        tracing::info!(link = self.index, why, "node link closed");
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        // Logins in flight get SHUTTING_DOWN (retry), not silence.
+        let lost: Vec<_> = lock(&self.pending).drain().collect();
+        for (packed, (seq, user)) in lost {
+            let (l, session) = unpack_session(packed);
+            let e = LoopEvent::Joined {
+                session,
+                seq,
+                user,
+                result: Err(JoinError::ShuttingDown),
+            };
+            relay(&self.loops, &self.stop, l as usize, e, &mut rung);
+        }
+        for loop_id in 0..self.loops.len() {
+            let lost = LoopEvent::LinkLost { link: self.index };
+            relay(&self.loops, &self.stop, loop_id, lost, &mut rung);
+        }
+        ring(&self.loops, &mut rung);
+    }
+
+    /// Relays one frame's events.
+    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<(), codec::CodecError> {
+        let index = self.index;
+        let mut r = Reader::new(body)?;
+        while r.more() {
+            let event = r.event(|q| remote_queue(index, q))?;
+            let one = |s: SessionId| unpack_session(s);
+            match event {
+                LoopEvent::Ranks(batch) => {
+                    for loop_id in 0..self.loops.len() {
+                        let e = LoopEvent::Ranks(batch.clone());
+                        relay(&self.loops, &self.stop, loop_id, e, rung);
+                    }
+                }
+                LoopEvent::Resync(list) => {
+                    let mut per_loop: Vec<Vec<(SessionId, u64)>> =
+                        vec![Vec::new(); self.loops.len()];
+                    for (s, position) in list {
+                        let (l, s) = one(s);
+                        if let Some(v) = per_loop.get_mut(l as usize) {
+                            v.push((s, position));
+                        }
+                    }
+                    for (l, v) in per_loop.into_iter().enumerate() {
+                        if !v.is_empty() {
+                            relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
+                        }
+                    }
+                }
+                LoopEvent::Joined {
+                    session,
+                    seq,
+                    user,
+                    result,
+                } => {
+                    if lock(&self.pending).remove(&session).is_none() {
+                        continue; // answered SHUTTING_DOWN already (write failed)
+                    }
+                    let (l, session) = one(session);
+                    let e = LoopEvent::Joined {
+                        session,
+                        seq,
+                        user,
+                        result,
+                    };
+                    relay(&self.loops, &self.stop, l as usize, e, rung);
+                }
+                LoopEvent::Admitted {
+                    session,
+                    token,
+                    expires_at,
+                } => {
+                    let (l, session) = one(session);
+                    let e = LoopEvent::Admitted {
+                        session,
+                        token,
+                        expires_at,
+                    };
+                    relay(&self.loops, &self.stop, l as usize, e, rung);
+                }
+                LoopEvent::Kick { session, reason } => {
+                    let (l, session) = one(session);
+                    let e = LoopEvent::Kick { session, reason };
+                    relay(&self.loops, &self.stop, l as usize, e, rung);
+                }
+                // The owner stopping is a closed link, not this node's shutdown.
+                LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Puts `event` into loop `loop_id`'s channel, in order: when it is full, rings the
+/// loop (it drains its channel to empty before sleeping) and waits for room.
+fn relay(
+    loops: &[LoopOut],
+    stop: &AtomicBool,
+    loop_id: usize,
+    event: LoopEvent,
+    rung: &mut [bool],
+) {
+    let Some(out) = loops.get(loop_id) else {
+        return;
+    };
+    rung[loop_id] = true;
+    let mut event = match out.events.try_send(event) {
+        Ok(()) => return,
+        Err(TrySendError::Disconnected(_)) => return,
+        Err(TrySendError::Full(e)) => e,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        out.bell.ring();
+        match out.events.send_timeout(event, Duration::from_millis(5)) {
+            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return,
+            Err(SendTimeoutError::Timeout(e)) => event = e,
+        }
+    }
+}
+
+fn ring(loops: &[LoopOut], rung: &mut [bool]) {
+    for (loop_id, r) in rung.iter_mut().enumerate() {
+        if std::mem::take(r) {
+            loops[loop_id].bell.ring();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

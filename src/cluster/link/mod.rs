@@ -1,0 +1,36 @@
+//! The node link: how players connected to any node wait in one queue held by its
+//! owner's core. A remote node is one more loop of the owner's core (a *virtual loop*);
+//! the link carries the messages loops and core already exchange (`msg.rs`), batched
+//! per round in both directions, in the binary frames of [`codec`].
+//!
+//! - [`owner`]: the acceptor on `cluster.advertise_link`; each connection is a virtual
+//!   loop of this node's core;
+//! - [`edge`]: one client per remote owner, acting as a core for the sessions whose
+//!   queue that node owns;
+//! - [`router`]: which queue goes where (publishes `cluster::routes`), and starts the
+//!   clients.
+//!
+//! Ids: a virtual loop's `LoopId` is above the owner's io loops (never reused); an edge
+//! session crosses as (edge loop << 24 | session) ([`codec::pack_session`]); the owner's
+//! `QueueId`s are mapped on the edge into link `k`'s range, `(k + 1) << 24 | id`
+//! (`msg::remote_queue`), so a session's `Leave`/`Disconnect` is routed by its queue id.
+//!
+//! A broken link (either side closes, a broken frame, a write stuck past
+//! `owner::LINK_IO_TIMEOUT`): the owner detaches the virtual loop and puts its places
+//! into reconnect grace; the edge answers its logins in flight SHUTTING_DOWN and kicks
+//! the link's sessions `shutdown` with a retry hint, so they log in again and resume;
+//! the next message re-dials the owner.
+//!
+//! Back-pressure: a virtual loop has the io loops' bounded channel and core backlog;
+//! past `BACKLOG_MAX` the core waits for it like for an io loop, at most until the
+//! link's write times out (then the link closes and the core stops sending to it).
+//!
+//! Not here yet: the failover of places (re-submission to a new owner, place
+//! tickets), the ownership epoch on frames, fencing re-checked at flush, node-link
+//! metrics, sharing one encoded rank batch between links.
+
+pub mod codec;
+pub mod edge;
+pub mod owner;
+pub mod router;
+pub mod start;

@@ -1,0 +1,135 @@
+//! The router thread of a cluster node: every [`ROUTER_POLL`] it reads the cluster's
+//! last listing (owners, members), starts a link client ([`EdgeLink`]) for each remote
+//! owner the first time one of its queues is seen, and publishes a new
+//! [`RouteTable`] when the routing changed (see `cluster::routes`). Never on a hot path:
+//! the io loops only read the published table.
+//!
+//! Routing rule: a queue owned by another live member goes to that member's link; a
+//! queue owned here, with no owner listed, or whose owner has no `advertise_link`,
+//! stays on this node's core.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::edge::{EdgeLink, LoopOut};
+use crate::cluster::routes::{RouteTable, Routes};
+use crate::cluster::ClusterHandle;
+
+/// How often the router reads the cluster's listing (which changes once a tick).
+pub const ROUTER_POLL: Duration = Duration::from_millis(50);
+/// Most remote nodes one node links to (queue ids keep 8 bits for the link).
+pub const LINKS_MAX: usize = 254;
+
+/// What the router thread needs.
+pub struct Router {
+    /// The cluster layer.
+    pub cluster: Arc<ClusterHandle>,
+    /// Where it publishes.
+    pub routes: Arc<Routes>,
+    /// Every local io loop (for the link clients' relays).
+    pub loops: Arc<Vec<LoopOut>>,
+    /// Capacity of each link client's inbox.
+    pub inbox_capacity: usize,
+    /// Set when the server stops.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Router {
+    /// Starts the router thread.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("cluster-router".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut table = RouteTable::default();
+        let mut links: Vec<JoinHandle<()>> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(next) = self.next_table(&table, &mut links) {
+                tracing::info!(
+                    remote_queues = next.remote.len(),
+                    "node link routes changed"
+                );
+                table = next.clone();
+                self.routes.publish(next);
+            }
+            std::thread::sleep(ROUTER_POLL);
+        }
+        for link in links {
+            let _ = link.join();
+        }
+    }
+
+    /// The routing from the cluster's last listing; `None` when unchanged.
+    fn next_table(
+        &self,
+        current: &RouteTable,
+        links: &mut Vec<JoinHandle<()>>,
+    ) -> Option<RouteTable> {
+        let me = self.cluster.node_id();
+        let members = self.cluster.members();
+        let mut next = current.clone();
+        next.remote = HashMap::new();
+        for (queue, owner) in self.cluster.owners() {
+            if owner.node_id == me {
+                continue;
+            }
+            let index = match next.nodes.iter().position(|n| *n == owner.node_id) {
+                Some(i) => i,
+                None => {
+                    let Some(addr) = members
+                        .iter()
+                        .find(|m| m.node_id == owner.node_id && !m.advertise_link.is_empty())
+                        .map(|m| m.advertise_link.clone())
+                    else {
+                        continue;
+                    };
+                    match self.start_link(&mut next, &owner.node_id, addr) {
+                        Some(handle) => links.push(handle),
+                        None => continue,
+                    }
+                    next.nodes.len() - 1
+                }
+            };
+            next.remote.insert(queue, index);
+        }
+        (next.remote != current.remote || next.nodes.len() != current.nodes.len()).then_some(next)
+    }
+
+    /// Starts the link client to `node`, appending it to `table`.
+    fn start_link(
+        &self,
+        table: &mut RouteTable,
+        node: &str,
+        addr: String,
+    ) -> Option<JoinHandle<()>> {
+        if table.nodes.len() >= LINKS_MAX {
+            tracing::error!(node, "node link not started: {LINKS_MAX} links already");
+            return None;
+        }
+        let (tx, inbox) = crossbeam_channel::bounded(self.inbox_capacity);
+        let link = EdgeLink {
+            index: table.nodes.len(),
+            node: node.to_string(),
+            addr,
+            inbox,
+            loops: self.loops.clone(),
+            stop: self.stop.clone(),
+        };
+        match link.spawn() {
+            Ok(handle) => {
+                table.links.push(tx);
+                table.nodes.push(node.to_string());
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::error!(node, error = %e, "node link thread not started");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Fencing in cluster mode: the core admits for a queue only while this node may
+//! (`ClusterHandle::may_admit`: it owns the queue and its lease deadline is ahead).
+//!
+//! - `POST /v1/queues/{q}/admit` on a node that may not admit for `q` makes no
+//!   admission and answers `Unavailable` (503) naming the owner;
+//! - automatic admission (rate and capacity, both in the tick): before each tick, a
+//!   queue with players this node may not admit for is paused with a logged
+//!   `Op::Pause` (so a replay of the log repeats exactly what happened), and resumed the
+//!   first tick it may again, unless the operator paused it meanwhile (an operator's
+//!   pause or resume while the fence holds the queue is remembered and applied then).
+//!
+//! Invariants: without a fence (single node) nothing here runs (one branch per tick
+//! and per `admit`); the check is per admission op (each `admit` call, each tick), by
+//! name: a scan of the cluster's queue table (at most 1024 names), only for queues
+//! with players or held by the fence.
+
+use std::sync::Arc;
+
+use super::Core;
+use crate::cluster::ClusterHandle;
+use crate::msg::{ControlReply, QueueId};
+use crate::queue::state::Op;
+
+/// Who may admit for a queue (the cluster layer; tests fake it).
+pub trait AdmitFence: Send {
+    /// True when this node may admit players of `queue` now.
+    fn may_admit(&self, queue: &str) -> bool;
+    /// The node that owns `queue`, as last listed (for the refusal's text).
+    fn owner(&self, queue: &str) -> Option<String>;
+}
+
+impl AdmitFence for Arc<ClusterHandle> {
+    fn may_admit(&self, queue: &str) -> bool {
+        ClusterHandle::may_admit(self, queue)
+    }
+
+    fn owner(&self, queue: &str) -> Option<String> {
+        self.owner_of(queue).map(|o| o.node_id)
+    }
+}
+
+/// The fence and the queues it holds paused.
+pub(super) struct FenceState {
+    /// Who may admit.
+    fence: Box<dyn AdmitFence>,
+    /// Per queue id: `Some(operator's pause wish)` while the fence holds it paused.
+    held: Vec<Option<bool>>,
+}
+
+impl Core {
+    /// Admits only while `fence` allows (cluster mode); `None`: always (one node).
+    pub fn with_fence(mut self, fence: Option<Box<dyn AdmitFence>>) -> Core {
+        self.fence = fence.map(|fence| FenceState {
+            fence,
+            held: Vec::new(),
+        });
+        self
+    }
+
+    /// The refusal of a manual admission for `name` when this node may not admit.
+    pub(super) fn fenced_admit(&self, name: &str) -> Option<ControlReply> {
+        let f = self.fence.as_ref()?;
+        if f.fence.may_admit(name) {
+            return None;
+        }
+        let owner = f.fence.owner(name).unwrap_or_else(|| "none yet".into());
+        Some(ControlReply::Unavailable(format!(
+            "not the owner of queue {name}: this node may not admit for it (owner: {owner})"
+        )))
+    }
+
+    /// An operator's pause or resume of a queue the fence holds: remembered, applied
+    /// when the fence lets go. True when it was absorbed that way.
+    pub(super) fn fence_absorbs_pause(&mut self, queue: QueueId, paused: bool) -> bool {
+        let Some(f) = self.fence.as_mut() else {
+            return false;
+        };
+        match f.held.get_mut(queue as usize) {
+            Some(Some(wish)) => {
+                *wish = paused;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Before a tick: holds (pauses) queues with players this node may not admit for,
+    /// lets go of those it may again.
+    pub(super) fn fence_tick(&mut self, now_ms: u64) {
+        let Some(mut f) = self.fence.take() else {
+            return;
+        };
+        let n = self.state.queues().len();
+        if f.held.len() < n {
+            f.held.resize(n, None);
+        }
+        for id in 0..n {
+            let q = &self.state.queues()[id];
+            if q.name.is_empty() {
+                // A freed slot: whatever it held is not the next name's.
+                f.held[id] = None;
+                continue;
+            }
+            let held = f.held[id];
+            if held.is_none() && q.waiting() == 0 {
+                continue;
+            }
+            let queue = id as QueueId;
+            match (f.fence.may_admit(&q.name), held) {
+                (false, None) => {
+                    let wish = q.pacer.paused;
+                    if !wish {
+                        self.apply(
+                            &Op::Pause {
+                                queue,
+                                paused: true,
+                            },
+                            now_ms,
+                        );
+                    }
+                    f.held[id] = Some(wish);
+                }
+                (true, Some(wish)) => {
+                    if !wish {
+                        self.apply(
+                            &Op::Pause {
+                                queue,
+                                paused: false,
+                            },
+                            now_ms,
+                        );
+                    }
+                    f.held[id] = None;
+                }
+                _ => {}
+            }
+        }
+        self.fence = Some(f);
+    }
+}
