@@ -162,7 +162,7 @@ impl Loop {
         self.shard
             .stats()
             .login_answer
-            .observe(s.last_frame().elapsed());
+            .observe(s.since_last_frame(Instant::now()));
     }
 
     fn login_ok(&self, s: &Session, seq: u32, ok: JoinOk) {
@@ -239,11 +239,11 @@ impl Loop {
         shard.retry();
         let now = Instant::now();
         self.table.for_each(|s| match s.phase() {
-            Phase::Connected if now.duration_since(s.connected_at()) >= shard.cfg.login_timeout => {
+            Phase::Connected if s.connected_for(now) >= shard.cfg.login_timeout => {
                 s.close();
             }
             Phase::Waiting | Phase::Admitted
-                if now.duration_since(s.last_frame()) >= shard.cfg.idle_timeout =>
+                if s.since_last_frame(now) >= shard.cfg.idle_timeout =>
             {
                 s.kick(shard, KickReason::IdleTimeout, None);
             }

@@ -62,7 +62,7 @@ impl Answer<'_> {
 /// Handles one whole frame body.
 pub fn handle_frame(shard: &Shard, session: &Session, body: &[u8]) {
     shard.stats().frame_in(session.queue_id());
-    session.last_frame.set(Instant::now());
+    session.frame_read(Instant::now());
     let req = match protocol::parse_request(body) {
         Ok(req) => req,
         Err(e) => {

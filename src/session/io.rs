@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut, Slice};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -47,25 +47,55 @@ pub fn tune_socket(stream: &TcpStream, max_outbound_bytes: usize) {
 
 /// Writes what the session was sent until it closes and everything is flushed (or the
 /// socket fails), then shuts the socket down.
+///
+/// Its future is the writer task's whole state, kept by every idle connection: each
+/// await holds only the awaited future (see [`write_some`]), no buffer beside it.
 pub async fn write_loop(shard: Rc<Shard>, session: Rc<Session>) {
     loop {
-        if session.out.borrow().is_empty() {
+        let out = session.out.take();
+        if out.is_empty() {
+            session.out.set(out);
             if session.closing() {
                 break;
             }
             session.write_ready.wait().await;
             continue;
         }
-        let buf = std::mem::take(&mut *session.out.borrow_mut());
-        let (res, mut buf) = session.stream().write_all(buf).await;
-        buf.clear();
-        shard.pools.write_put(buf);
-        if res.is_err() {
+        let end = out.len();
+        let mut pending = out.slice(..);
+        let failed = loop {
+            let (res, done) = write_some(&session, pending).await;
+            let from = done.begin();
+            let mut buf = done.into_inner();
+            match res {
+                Ok(n) if n > 0 && from + n < end => pending = buf.slice(from + n..end),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    pending = buf.slice(from..end)
+                }
+                res => {
+                    buf.clear();
+                    shard.pools.write_put(buf);
+                    // 0 bytes written is a dead peer, as for monoio's `write_all`.
+                    break !matches!(res, Ok(n) if n > 0);
+                }
+            }
+        };
+        if failed {
             break;
         }
     }
     // SAFETY: see `Session::abort`.
     unsafe { libc::shutdown(session.fd, libc::SHUT_RDWR) };
+}
+
+/// One write of `pending` (monoio's `write_all` would do the loop, but its future keeps
+/// its buffer argument beside the one inside the operation: 32 bytes more in every
+/// writer task).
+fn write_some(
+    session: &Session,
+    pending: Slice<BytesMut>,
+) -> impl std::future::Future<Output = monoio::BufResult<usize, Slice<BytesMut>>> + '_ {
+    session.stream().write(pending)
 }
 
 /// Reads and handles frames until the connection ends; returns the read buffer it
@@ -76,32 +106,53 @@ pub async fn write_loop(shard: Rc<Shard>, session: Rc<Session>) {
 /// io_uring poll, no buffer attached); it takes a buffer again only when bytes are
 /// there. A partial frame keeps its buffer until the frame is complete.
 pub async fn read_loop(shard: &Shard, session: &Rc<Session>) -> Option<BytesMut> {
+    // `held` is only ever moved, never borrowed: a borrowed local keeps its place in
+    // the future across every later await (rustc's layout rule), which would make
+    // every idle connection's reader task 32 bytes larger.
     let mut held: Option<BytesMut> = None;
     loop {
-        if let Some(buf) = held.as_mut() {
-            if !handle_frames(shard, session, buf).await {
-                return held;
+        while let Some(mut buf) = held {
+            match handle_frames(shard, session, &mut buf) {
+                Handled::Stop => return Some(buf),
+                Handled::NeedBytes => {
+                    held = keep_unhandled(shard, buf);
+                    break;
+                }
+                Handled::LoginPending => {
+                    // An emptied buffer goes back to the pool while the core answers:
+                    // a login storm holds no read buffer per login in flight (the
+                    // pool, and the RSS it keeps, would grow to their number).
+                    held = keep_unhandled(shard, buf);
+                    while session.phase() == Phase::LoginPending {
+                        session.login_answered.wait().await;
+                    }
+                    if held.is_none() && session.closing() {
+                        return None;
+                    }
+                }
             }
         }
-        if held.as_ref().is_some_and(|b| b.is_empty()) {
-            // Nothing pending: do not hold a buffer while the client is quiet.
-            if let Some(buf) = held.take() {
-                shard.pools.read_put(buf);
+        // The buffer is a local of this block only, so that while the read is in
+        // flight the future holds the read operation (which owns the buffer) alone.
+        let (res, tail) = {
+            let pending = held; // moved: not kept beside the read operation either
+            let mut buf = match pending {
+                Some(buf) => buf,
+                None => {
+                    if session.stream().readable(false).await.is_err() {
+                        return None;
+                    }
+                    shard.pools.read_get()
+                }
+            };
+            if buf.capacity() - buf.len() < READ_SPARE_BYTES {
+                buf.reserve(READ_BUF_BYTES);
             }
+            // monoio reads at the buffer's start: hand it the spare tail only.
+            let filled = buf.len();
+            session.stream().read(buf.slice_mut(filled..))
         }
-        if held.is_none() {
-            if session.stream().readable(false).await.is_err() {
-                return None;
-            }
-            held = Some(shard.pools.read_get());
-        }
-        let mut buf = held.take()?;
-        if buf.capacity() - buf.len() < READ_SPARE_BYTES {
-            buf.reserve(READ_BUF_BYTES);
-        }
-        // monoio reads at the buffer's start: hand it the spare tail only.
-        let filled = buf.len();
-        let (res, tail) = session.stream().read(buf.slice_mut(filled..)).await;
+        .await;
         let buf = tail.into_inner();
         match res {
             Ok(0) | Err(_) => return Some(buf),
@@ -110,16 +161,36 @@ pub async fn read_loop(shard: &Shard, session: &Rc<Session>) -> Option<BytesMut>
     }
 }
 
-/// Handles every whole frame in `buf`, waiting out each login's answer; makes room for
-/// a partial one. False when the session is closing (stop reading).
-async fn handle_frames(shard: &Shard, session: &Session, buf: &mut BytesMut) -> bool {
+/// `buf` after its whole frames were handled: kept while it holds a partial frame,
+/// back to the pool when empty (an idle connection holds no read buffer).
+fn keep_unhandled(shard: &Shard, buf: BytesMut) -> Option<BytesMut> {
+    if buf.is_empty() {
+        shard.pools.read_put(buf);
+        None
+    } else {
+        Some(buf)
+    }
+}
+
+/// What [`handle_frames`] stopped at.
+enum Handled {
+    /// Every whole frame is handled; more bytes are needed (room is made for them).
+    NeedBytes,
+    /// A `login` is with the core: no further frame until it is answered.
+    LoginPending,
+    /// The session is closing: stop reading.
+    Stop,
+}
+
+/// Handles the whole frames in `buf` up to the first login that must wait for the
+/// core; makes room for a partial frame.
+fn handle_frames(shard: &Shard, session: &Session, buf: &mut BytesMut) -> Handled {
     loop {
         if session.phase() == Phase::LoginPending {
-            session.login_answered.wait().await;
-            continue;
+            return Handled::LoginPending;
         }
         if session.closing() {
-            return false;
+            return Handled::Stop;
         }
         // A stranger may not make us buffer a full-size frame.
         let max = if session.phase() == Phase::Connected {
@@ -138,12 +209,12 @@ async fn handle_frames(shard: &Shard, session: &Session, buf: &mut BytesMut) -> 
                         + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
                     buf.reserve(need - buf.len());
                 }
-                return true;
+                return Handled::NeedBytes;
             }
             Err(e) => {
                 frames::reply_error(shard, session, "", 0, Code::BadFrame, &e.to_string());
                 session.close();
-                return false;
+                return Handled::Stop;
             }
         }
     }

@@ -15,17 +15,23 @@
 //!   while it has bytes to send; the writer swaps it out, writes it whole, clears it
 //!   and gives it back to the pool: no allocation per message in steady state;
 //! - reads the same way: a connection holds a pooled read buffer only while it has
-//!   unhandled bytes (a partial frame); an idle one waits for readability with no
-//!   buffer (about 530 bytes less per idle connection);
+//!   unhandled bytes (a partial frame, or frames behind a pending login); an idle one,
+//!   or one whose login is with the core, waits with no buffer (about 530 bytes less
+//!   per idle connection; a login storm does not grow the pool to the logins in flight);
+//! - what an idle connection keeps is small (`io_loop::tests::per_connection_objects_
+//!   stay_small` bounds it): timestamps are 4- or 8-byte readings of a process-wide
+//!   clock ([`clock_ms`], [`clock_ns`]), not 16-byte `Instant`s, and the tasks'
+//!   futures keep no buffer beside the io_uring operation that owns it;
 //! - a session in `Closing` accepts no new frames to send except what closes it, and
 //!   its socket is shut down once the writer has flushed (or at once when it cannot).
 
 pub mod frames;
 pub mod io;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -79,22 +85,24 @@ pub struct Session {
     user: Cell<UserId>,
     /// The place's queue, position and push throttle (valid from `Waiting`).
     follow: Follow,
-    /// When the connection was accepted (login timeout).
-    connected_at: Instant,
-    /// Last frame from the client (idle timeout).
-    last_frame: Cell<Instant>,
+    /// [`clock_ms`] when the connection was accepted (login timeout, read only while
+    /// `Connected`) and, from the first [`Session::close`] on, when it started closing
+    /// (flush deadline): the two are never needed at once, so one 4-byte field.
+    since_ms: Cell<u32>,
+    /// [`clock_ns`] of the last frame from the client (idle timeout; the login answer
+    /// latency, which needs sub-millisecond precision).
+    last_frame_ns: Cell<u64>,
     /// The player said `leave`: no disconnect to report.
     left: Cell<bool>,
     /// The core holds a place for this connection (disconnect must be reported).
     holds_place: Cell<bool>,
     /// The place's queue is set: the login was answered OK (per-queue counters apply).
     in_queue: Cell<bool>,
-    /// When the session started closing (flush deadline).
-    closing_since: Cell<Option<Instant>>,
     /// The socket was shut down already.
     aborted: Cell<bool>,
-    /// Frames ready to be written (a pooled buffer, or empty with no capacity).
-    out: RefCell<BytesMut>,
+    /// Frames ready to be written (a pooled buffer, or empty with no capacity). A `Cell`
+    /// (take, change, put back) rather than a `RefCell`: no borrow flag, 8 bytes less.
+    out: Cell<BytesMut>,
     /// Wakes the writer.
     write_ready: Notify,
     /// Wakes the reader when the login answer is in.
@@ -127,14 +135,13 @@ impl Session {
             phase: Cell::new(Phase::Connected),
             user: Cell::new(0),
             follow: Follow::new(now),
-            connected_at: now,
-            last_frame: Cell::new(now),
+            since_ms: Cell::new(clock_ms(now)),
+            last_frame_ns: Cell::new(clock_ns(now)),
             left: Cell::new(false),
             holds_place: Cell::new(false),
             in_queue: Cell::new(false),
-            closing_since: Cell::new(None),
             aborted: Cell::new(false),
-            out: RefCell::new(BytesMut::new()),
+            out: Cell::new(BytesMut::new()),
             write_ready: Notify::default(),
             login_answered: Notify::default(),
         }
@@ -180,14 +187,20 @@ impl Session {
         self.phase.get() == Phase::Closing
     }
 
-    /// When the connection was accepted.
-    pub fn connected_at(&self) -> Instant {
-        self.connected_at
+    /// How long ago (as of `now`) the connection was accepted; meaningful while
+    /// `Connected` (the login timeout).
+    pub fn connected_for(&self, now: Instant) -> Duration {
+        ms_since(self.since_ms.get(), now)
     }
 
-    /// When the last frame from the client was read.
-    pub fn last_frame(&self) -> Instant {
-        self.last_frame.get()
+    /// How long ago (as of `now`) the last frame from the client was read.
+    pub fn since_last_frame(&self, now: Instant) -> Duration {
+        Duration::from_nanos(clock_ns(now).saturating_sub(self.last_frame_ns.get()))
+    }
+
+    /// A frame from the client was read at `now`.
+    pub fn frame_read(&self, now: Instant) {
+        self.last_frame_ns.set(clock_ns(now));
     }
 
     /// `Connected` -> `LoginPending`: `login` from `user` goes to the core.
@@ -253,12 +266,14 @@ impl Session {
             return;
         }
         let over = {
-            let mut out = self.out.borrow_mut();
+            let mut out = self.out.take();
             if out.capacity() == 0 {
-                *out = shard.pools.write_get();
+                out = shard.pools.write_get();
             }
             f(&mut out);
-            out.len() > shard.cfg.max_outbound_bytes
+            let over = out.len() > shard.cfg.max_outbound_bytes;
+            self.out.set(out);
+            over
         };
         LoopStats::add(&shard.stats().frames_out, frames);
         if over {
@@ -267,9 +282,10 @@ impl Session {
             // after `CLOSE_FLUSH` otherwise. Memory stays within the cap either way.
             tracing::debug!(session = self.id, "slow consumer cut off");
             {
-                let mut out = self.out.borrow_mut();
+                let mut out = self.out.take();
                 out.clear();
                 protocol::encode_kicked(&mut out, KickReason::SlowConsumer.as_str(), None);
+                self.out.set(out);
             }
             self.kicked.set(Some(KickReason::SlowConsumer));
             shard
@@ -295,9 +311,9 @@ impl Session {
 
     /// Any phase -> `Closing`: closes once what is queued has been written.
     pub fn close(&self) {
-        self.phase.set(Phase::Closing);
-        if self.closing_since.get().is_none() {
-            self.closing_since.set(Some(Instant::now()));
+        if self.phase.replace(Phase::Closing) != Phase::Closing {
+            // From now on `since_ms` is the start of closing (see its doc).
+            self.since_ms.set(clock_ms(Instant::now()));
         }
         self.login_answered.notify();
         self.write_ready.notify();
@@ -315,9 +331,7 @@ impl Session {
 
     /// True when a closing session has had `limit` to flush and has not finished.
     pub fn flush_overdue(&self, now: Instant, limit: Duration) -> bool {
-        self.closing_since
-            .get()
-            .is_some_and(|since| now.duration_since(since) >= limit)
+        self.closing() && ms_since(self.since_ms.get(), now) >= limit
     }
 
     /// The login answer arrived: let the reader go on.
@@ -358,5 +372,62 @@ impl Session {
         }
         let position = self.follow.position();
         (position, queue_len, eta_secs(position, rate))
+    }
+}
+
+/// The sessions' clock origin: the first time any session read the clock (process-wide,
+/// so sessions of every loop agree; read with one atomic load afterwards, no lock).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Time since [`EPOCH`] (zero for an instant before it).
+fn since_epoch(now: Instant) -> Duration {
+    now.saturating_duration_since(*EPOCH.get_or_init(|| now))
+}
+
+/// `now` in milliseconds since [`EPOCH`], wrapping every 49.7 days (4 bytes instead of a
+/// 16-byte `Instant`); read back only through [`ms_since`].
+fn clock_ms(now: Instant) -> u32 {
+    since_epoch(now).as_millis() as u32
+}
+
+/// `now` in nanoseconds since [`EPOCH`] (8 bytes; wraps after 584 years).
+fn clock_ns(now: Instant) -> u64 {
+    u64::try_from(since_epoch(now).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Time from the [`clock_ms`] reading `then` to `now`. Wrapping arithmetic, exact for
+/// any interval under 24.8 days (the intervals read are a login timeout and a flush
+/// deadline: seconds); a `then` that is after `now` (another thread's newer reading)
+/// reads as zero rather than as a huge interval.
+fn ms_since(then: u32, now: Instant) -> Duration {
+    ms_between(then, clock_ms(now))
+}
+
+/// [`ms_since`] on two [`clock_ms`] readings.
+fn ms_between(then: u32, now: u32) -> Duration {
+    let ms = now.wrapping_sub(then);
+    if ms > u32::MAX / 2 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(u64::from(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 4-byte clock reads intervals right across its wrap, and a reading newer
+    /// than `now` (taken later by another task) as zero, never as ~49 days.
+    #[test]
+    fn compact_clock_reads_intervals() {
+        let now = Instant::now();
+        let t = clock_ms(now);
+        let later = now + Duration::from_millis(1500);
+        assert_eq!(ms_since(t, later), Duration::from_millis(1500));
+        assert_eq!(ms_since(t.wrapping_add(5), now), Duration::ZERO);
+        assert_eq!(ms_between(u32::MAX - 9, 20), Duration::from_millis(30));
+        assert_eq!(ms_between(25, 20), Duration::ZERO);
+        assert!(clock_ns(now + Duration::from_micros(300)) - clock_ns(now) >= 300_000);
     }
 }
