@@ -29,7 +29,7 @@ use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, connection_budget, LoopConfig, LoopSetup, Placement};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
-use crate::queue::core::{AdmitFence, Core, CoreTiming, LoopLink};
+use crate::queue::core::{AdmitFence, ClusterFence, Core, CoreTiming, LoopLink};
 use crate::queue::durability::{self, Durability, DurabilityStatus, RecoveryError};
 use crate::queue::state::{Limits, QueueState};
 use crate::stats::{LoopStats, ServerStats};
@@ -310,7 +310,7 @@ fn start_cluster(
 /// Cluster mode: the core admits only while this node may (see `queue::core::fence`).
 fn fence_of(link: &Option<NodeLink>) -> Option<Box<dyn AdmitFence>> {
     link.as_ref()
-        .map(|l| Box::new(l.cluster.clone()) as Box<dyn AdmitFence>)
+        .map(|l| Box::new(ClusterFence::of(l)) as Box<dyn AdmitFence>)
 }
 
 /// Starts the control thread on `control.listen`.

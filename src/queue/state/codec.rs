@@ -116,18 +116,18 @@ pub fn encode_op(op: &Op, now_ms: u64, out: &mut Vec<u8>) {
             out.u32(*queue);
         }
         Op::Restart => out.u8(TAG_RESTART),
+        Op::Remove { .. } | Op::Resubmit { .. } | Op::SeqFloor { .. } => encode_later_op(op, out),
+    }
+}
+
+/// The ops added later (tags 12, 13, 14).
+fn encode_later_op(op: &Op, out: &mut Vec<u8>) {
+    match op {
         Op::Remove { queue, user } => {
             out.u8(TAG_REMOVE);
             out.u32(*queue);
             out.u64(*user);
         }
-        Op::Resubmit { .. } | Op::SeqFloor { .. } => encode_failover_op(op, out),
-    }
-}
-
-/// The failover ops (tags 13 and 14, added after every other).
-fn encode_failover_op(op: &Op, out: &mut Vec<u8>) {
-    match op {
         Op::Resubmit {
             queue,
             user,

@@ -11,9 +11,9 @@
 //! - an insertion reports `Inserted` (it moves the places behind it), like a priority
 //!   join.
 
-use crate::queue::rank::split_key;
 use super::{newest_connection_wins, QueueState};
 use crate::msg::{ConnRef, JoinError, PlaceKey, QueueId, UserId};
+use crate::queue::rank::split_key;
 use crate::queue::state::{Applied, Event, Place};
 
 impl QueueState {
@@ -82,5 +82,12 @@ impl QueueState {
         q.prio.raise_floor(floor);
         q.normal.raise_floor(floor);
         Applied::Ok
+    }
+
+    /// The least next seq of `queue`'s two lanes (0 for an unknown queue).
+    pub fn seq_floor_of(&self, queue: QueueId) -> u64 {
+        self.queues
+            .get(queue as usize)
+            .map_or(0, |q| q.prio.next_seq().min(q.normal.next_seq()))
     }
 }
