@@ -451,6 +451,15 @@ impl ServerHandle {
         }
     }
 
+    /// Test hook: the cluster side of this node dies as with `kill -9` (see
+    /// `NodeLink::kill_for_test`); its lease is not revoked.
+    #[doc(hidden)]
+    pub fn kill_node_for_test(&mut self) {
+        if let Some(link) = &mut self.link {
+            link.kill_for_test();
+        }
+    }
+
     /// True while draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

@@ -191,15 +191,20 @@ impl Lane {
 
     /// Puts `user` at `seq` (a place re-submitted after a failover keeps the seq the
     /// previous owner gave it); false when a live place holds `seq` already or the seq
-    /// cannot be a lane's. At or past `next_seq` it is an append (O(log n)); below it
-    /// the ring is rebuilt around it, O(n): failover only, never a steady-state join.
+    /// cannot be a lane's. Past the last slot of the span it is an append (O(log n):
+    /// one edge's batch, sorted by key, into an empty lane); before it the ring is
+    /// rebuilt around it, O(n): failover only, never a steady-state join.
     pub fn insert_at(&mut self, seq: u64, user: UserId) -> bool {
         if seq >= DEAD - 1 {
             return false;
         }
-        if seq >= self.next_seq {
+        let past_tail = self.head == self.tail || self.slot(self.tail - 1).seq & !DEAD < seq;
+        if past_tail {
+            // After every slot of the span (a batch sorted by key): an append.
+            let next = self.next_seq.max(seq + 1);
             self.next_seq = seq;
             self.push(user);
+            self.next_seq = next;
             return true;
         }
         if self.find(seq).is_some() {

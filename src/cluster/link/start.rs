@@ -139,6 +139,16 @@ impl NodeLink {
         self.acceptor.close_links();
     }
 
+    /// Test hook: what `kill -9` does to the cluster side of a node, in process: no
+    /// keep-alive, listing or revoke any more (the lease runs out), the link port
+    /// closed (every link breaks, dials are refused), the router and link clients
+    /// stopped. The core and io loops stay up but can never admit again.
+    #[doc(hidden)]
+    pub fn kill_for_test(&mut self) {
+        self.cluster.freeze_for_test();
+        self.stop();
+    }
+
     /// Stops the router, the link clients and the acceptor (every link closes).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
