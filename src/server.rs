@@ -309,8 +309,7 @@ fn start_cluster(
 
 /// Cluster mode: the core admits only while this node may (see `queue::core::fence`).
 fn fence_of(link: &Option<NodeLink>) -> Option<Box<dyn AdmitFence>> {
-    link.as_ref()
-        .map(|l| Box::new(ClusterFence::of(l)) as Box<dyn AdmitFence>)
+    link.as_ref().map(ClusterFence::boxed)
 }
 
 /// Starts the control thread on `control.listen`.
@@ -451,13 +450,10 @@ impl ServerHandle {
         }
     }
 
-    /// Test hook: the cluster side of this node dies as with `kill -9` (see
-    /// `NodeLink::kill_for_test`); its lease is not revoked.
+    /// Test hook: the cluster side dies as with `kill -9` (`NodeLink::kill_for_test`).
     #[doc(hidden)]
     pub fn kill_node_for_test(&mut self) {
-        if let Some(link) = &mut self.link {
-            link.kill_for_test();
-        }
+        self.link.iter_mut().for_each(NodeLink::kill_for_test);
     }
 
     /// True while draining.

@@ -64,7 +64,12 @@ fn handle(nodes: &[TestServer], i: usize) -> &ServerHandle {
 fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> usize {
     let mut owner = String::new();
     wait_until("the queue has an owner every live node routes to", || {
-        let Some(o) = handle(nodes, alive[0]).cluster.as_ref().unwrap().owner_of(QUEUE) else {
+        let Some(o) = handle(nodes, alive[0])
+            .cluster
+            .as_ref()
+            .unwrap()
+            .owner_of(QUEUE)
+        else {
             return false;
         };
         owner = o.node_id;
@@ -72,7 +77,11 @@ fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> us
             return false;
         }
         alive.iter().all(|&i| {
-            let routed = handle(nodes, i).routes.as_ref().unwrap().remote_owner(QUEUE);
+            let routed = handle(nodes, i)
+                .routes
+                .as_ref()
+                .unwrap()
+                .remote_owner(QUEUE);
             if IDS[i] == owner {
                 routed.is_none()
             } else {

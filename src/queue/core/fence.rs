@@ -49,13 +49,13 @@ pub struct ClusterFence {
 }
 
 impl ClusterFence {
-    /// The fence of a node's cluster pieces.
-    pub fn of(link: &crate::cluster::link::start::NodeLink) -> ClusterFence {
-        ClusterFence {
+    /// The fence of a node's cluster pieces, for `Core::with_fence`.
+    pub fn boxed(link: &crate::cluster::link::start::NodeLink) -> Box<dyn AdmitFence> {
+        Box::new(ClusterFence {
             cluster: link.cluster.clone(),
             routes: link.routes(),
             recovery_window_ms: link.recovery_window_ms(),
-        }
+        })
     }
 }
 
