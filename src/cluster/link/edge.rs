@@ -13,7 +13,10 @@
 //!   loop channel makes the reader wait, ringing the loop, never reorder);
 //! - while the owner is unreachable a `Join` is answered SHUTTING_DOWN at once (the
 //!   client retries later), never left waiting; `Leave`/`Disconnect` are dropped (the
-//!   owner's places of a broken link are not released: see the module `link`).
+//!   owner's places of a broken link are not released: see the module `link`);
+//! - the book (`places`) knows every waiting place behind the link; after a broken
+//!   connection they are re-submitted to a new owner the router names ([`Retarget`]),
+//!   or kicked once the same owner answers or `orphan_max` passed (`relay`).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

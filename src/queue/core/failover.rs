@@ -10,7 +10,8 @@
 //!   hands out fewer than 2^32 seqs per lane;
 //! - a re-submission is answered like a join (at flush, with the position), to the
 //!   link session that sent it;
-//! - without a fence (one node) nothing here runs but a refusal of re-submissions.
+//! - a re-submission is taken only by a node that owns the queue now (an epoch from
+//!   the fence); any other node (and one node without a fence) refuses it.
 
 use std::sync::atomic::Ordering;
 
@@ -54,7 +55,18 @@ impl Core {
         conn: ConnRef,
         now_ms: u64,
     ) -> JoinOutcome {
-        if self.degraded || self.draining.load(Ordering::Relaxed) || self.fence.is_none() {
+        if self.degraded || self.draining.load(Ordering::Relaxed) {
+            return Err(JoinError::ShuttingDown);
+        }
+        // Only the owner takes places back: a link that followed the wrong node (the
+        // dead node's queues went to several) gets a refusal, and its player a kick
+        // with a retry hint, never a place stranded on a node that does not own it.
+        if self
+            .fence
+            .as_ref()
+            .and_then(|f| f.fence.epoch(name))
+            .is_none()
+        {
             return Err(JoinError::ShuttingDown);
         }
         self.epoch_floor(name, now_ms);
