@@ -165,6 +165,19 @@ pub enum CoreMsg {
         /// The client's address (for the player's journal; `Copy`, no allocation).
         peer: SocketAddr,
     },
+    /// After a failover, a surviving edge puts back a place its session held at the
+    /// previous owner, at the same key (cluster mode; from a node link only). Answered
+    /// like a [`CoreMsg::Join`], with `seq` 0.
+    Resubmit {
+        /// The (link) session holding the place.
+        conn: ConnRef,
+        /// The player.
+        user: UserId,
+        /// Queue name.
+        queue: QueueName,
+        /// The place's key at the previous owner.
+        key: PlaceKey,
+    },
     /// The connection of a logged-in player closed (not a `leave`): grace starts.
     Disconnect {
         /// The closed connection.

@@ -29,7 +29,7 @@ use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, connection_budget, LoopConfig, LoopSetup, Placement};
 use crate::limits::ConnLimits;
 use crate::msg::{CoreMsg, LoopEvent};
-use crate::queue::core::{AdmitFence, Core, CoreTiming, LoopLink};
+use crate::queue::core::{AdmitFence, ClusterFence, Core, CoreTiming, LoopLink};
 use crate::queue::durability::{self, Durability, DurabilityStatus, RecoveryError};
 use crate::queue::state::{Limits, QueueState};
 use crate::stats::{LoopStats, ServerStats};
@@ -309,8 +309,7 @@ fn start_cluster(
 
 /// Cluster mode: the core admits only while this node may (see `queue::core::fence`).
 fn fence_of(link: &Option<NodeLink>) -> Option<Box<dyn AdmitFence>> {
-    link.as_ref()
-        .map(|l| Box::new(l.cluster.clone()) as Box<dyn AdmitFence>)
+    link.as_ref().map(ClusterFence::boxed)
 }
 
 /// Starts the control thread on `control.listen`.
@@ -449,6 +448,12 @@ impl ServerHandle {
         if let Some(link) = &self.link {
             link.close_links_for_test();
         }
+    }
+
+    /// Test hook: the cluster side dies as with `kill -9` (`NodeLink::kill_for_test`).
+    #[doc(hidden)]
+    pub fn kill_node_for_test(&mut self) {
+        self.link.iter_mut().for_each(NodeLink::kill_for_test);
     }
 
     /// True while draining.

@@ -8,7 +8,7 @@
 //! mapped into link `k`'s range, see `msg::remote_queue`, keeps meaning that link);
 //! `links[k]` is the inbox of link `k`'s client, which acts as a core for its sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +35,9 @@ pub struct Routes {
     generation: AtomicU64,
     /// The current table.
     table: Mutex<Arc<RouteTable>>,
+    /// Queues the router has seen owned by another node (never forgotten): taking one
+    /// over is a failover, whose admission waits out the recovery window.
+    elsewhere: Mutex<HashSet<String>>,
 }
 
 impl Routes {
@@ -54,6 +57,23 @@ impl Routes {
     pub fn publish(&self, table: RouteTable) {
         *self.table.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Remembers that another node owned `queue`.
+    pub fn saw_owned_elsewhere(&self, queue: &str) {
+        let mut set = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+        if !set.contains(queue) {
+            set.insert(queue.to_string());
+        }
+    }
+
+    /// True when another node owned `queue` at some point (per admission op, not per
+    /// join: one short lock).
+    pub fn was_owned_elsewhere(&self, queue: &str) -> bool {
+        self.elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(queue)
     }
 
     /// The owner node a login to `queue` is sent to now, when another node's.

@@ -86,11 +86,12 @@ use crate::token::TokenSigner;
 
 mod backlog;
 mod control;
+mod failover;
 mod fence;
 mod flush;
 mod ops;
 
-pub use fence::AdmitFence;
+pub use fence::{AdmitFence, ClusterFence};
 
 /// Most messages applied before a flush, so answers keep flowing under a flood.
 const DRAIN_MAX: usize = 4096;

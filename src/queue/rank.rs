@@ -189,6 +189,51 @@ impl Lane {
         seq
     }
 
+    /// Puts `user` at `seq` (a place re-submitted after a failover keeps the seq the
+    /// previous owner gave it); false when a live place holds `seq` already or the seq
+    /// cannot be a lane's. Past the last slot of the span it is an append (O(log n):
+    /// one edge's batch, sorted by key, into an empty lane); before it the ring is
+    /// rebuilt around it, O(n): failover only, never a steady-state join.
+    pub fn insert_at(&mut self, seq: u64, user: UserId) -> bool {
+        if seq >= DEAD - 1 {
+            return false;
+        }
+        let past_tail = self.head == self.tail || self.slot(self.tail - 1).seq & !DEAD < seq;
+        if past_tail {
+            // After every slot of the span (a batch sorted by key): an append.
+            let next = self.next_seq.max(seq + 1);
+            self.next_seq = seq;
+            self.push(user);
+            self.next_seq = next;
+            return true;
+        }
+        if self.find(seq).is_some() {
+            return false;
+        }
+        let mut live: Vec<Slot> = (self.head..self.tail)
+            .map(|pos| *self.slot(pos))
+            .filter(Slot::live)
+            .collect();
+        let at = live.partition_point(|s| s.seq < seq);
+        live.insert(at, Slot { seq, user });
+        let capacity = (live.len() * 2).next_power_of_two().max(MIN_CAPACITY);
+        let n = live.len();
+        live.resize(capacity, Slot::default());
+        self.slots = live;
+        self.tree = vec![0; capacity + 1];
+        self.head = 0;
+        self.tail = n as u64;
+        self.len = n;
+        self.rebuild_tree();
+        true
+    }
+
+    /// Makes every later seq at least `floor` (a new owner's arrivals sort after every
+    /// place of an earlier owner: see `QueueState::seq_floor`).
+    pub fn raise_floor(&mut self, floor: u64) {
+        self.next_seq = self.next_seq.max(floor.min(DEAD - 2));
+    }
+
     /// Moves the live slots into a fresh ring of `capacity` slots (a power of two at
     /// least the live count), dropping dead ones, and rebuilds the tree in O(capacity).
     fn relayout(&mut self, capacity: usize) {
@@ -407,6 +452,30 @@ mod tests {
             assert!(seqs.iter().all(|&s| s >= from), "from {from}");
         }
         assert_eq!(Lane::default().walk_from(0).count(), 0);
+    }
+
+    /// Places put back at their old seqs, in any order, keep seq order; ranks and the
+    /// head follow; a taken seq is refused; later pushes come after the floor.
+    #[test]
+    fn insert_at_keeps_seq_order() {
+        let mut lane = Lane::default();
+        for seq in [50, 10, 30, 20, 40] {
+            assert!(lane.insert_at(seq, seq * 100));
+            lane.check();
+        }
+        assert!(!lane.insert_at(30, 1));
+        let order: Vec<u64> = lane.iter().map(|(s, _)| s).collect();
+        assert_eq!(order, vec![10, 20, 30, 40, 50]);
+        assert_eq!(lane.rank(40), 3);
+        assert_eq!(lane.front(), Some((10, 1000)));
+        lane.raise_floor(1 << 32);
+        assert_eq!(lane.push(7), 1 << 32);
+        assert!(lane.insert_at(35, 3500));
+        lane.check();
+        assert_eq!(lane.rank(1 << 32), 6);
+        assert_eq!(lane.remove(10), Some(1000));
+        assert_eq!(lane.rank(35), 2);
+        lane.check();
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - `grants.rs`: admission from the head, grants and their expiry, `leave` of an
 //!   admission, token use and used `jti`s;
 //! - `grace.rs`: reconnect grace: disconnect, grace expiry, restart;
+//! - `resubmit.rs`: failover: places put back at their old keys, the new owner's seq floor;
 //! - `dump.rs`: [`Dump`], the comparable picture tests and tools compare;
 //! - [`codec`]: ops (log records) and the whole state (snapshots) as bytes.
 //!
@@ -61,6 +62,7 @@ mod grace;
 mod grants;
 mod op;
 mod queue;
+mod resubmit;
 mod table;
 
 /// Every queue and everything about the players in them.
@@ -217,6 +219,13 @@ impl QueueState {
                 }
                 Applied::Removed(self.remove(*queue, *user, out))
             }
+            Op::Resubmit {
+                queue,
+                user,
+                key,
+                conn,
+            } => self.resubmit(queue, *user, *key, *conn, now_ms, out),
+            Op::SeqFloor { queue, floor } => self.seq_floor(*queue, *floor),
         }
     }
 

@@ -11,6 +11,8 @@
 //!   2 Leave      session:u64 queue:u32 user:u64
 //!   3 Disconnect session:u64 queue:u32 user:u64 answered:u32 pushed:u32
 //!                last_position:u64 kicked:u8 (0 none, 1 + kick index)
+//!   4 Resubmit   session:u64 user:u64 key:u64 queue:str16   (failover: a place put
+//!                back at its old key at a new owner; answered by a Joined)
 //! owner -> edge messages (LoopEvent):
 //!   10 Ranks     n:u32 { queue:u32 queue_len:u64 rate:f64 departed:keys inserted:keys }
 //!   11 Resync    n:u32 { session:u64 position:u64 }
@@ -53,6 +55,7 @@ pub const FRAME_SPLIT_BYTES: usize = 1 << 20;
 const JOIN: u8 = 1;
 const LEAVE: u8 = 2;
 const DISCONNECT: u8 = 3;
+const RESUBMIT: u8 = 4;
 const RANKS: u8 = 10;
 const RESYNC: u8 = 11;
 const JOINED: u8 = 12;
@@ -200,6 +203,20 @@ impl FrameBuf {
                 put_u32(b, report.pushed);
                 put_u64(b, report.last_position);
                 b.push(report.kicked.map_or(0, |k| kick_number(k) + 1));
+            }
+            CoreMsg::Resubmit {
+                user, queue, key, ..
+            } => {
+                self.start();
+                let b = &mut self.buf;
+                b.push(RESUBMIT);
+                put_u64(b, session);
+                put_u64(b, *user);
+                put_u64(b, *key);
+                let name = queue.as_str().as_bytes();
+                let name = &name[..name.len().min(u16::MAX as usize)];
+                b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                b.extend_from_slice(name);
             }
             _ => return false,
         }

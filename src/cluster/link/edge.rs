@@ -13,7 +13,10 @@
 //!   loop channel makes the reader wait, ringing the loop, never reorder);
 //! - while the owner is unreachable a `Join` is answered SHUTTING_DOWN at once (the
 //!   client retries later), never left waiting; `Leave`/`Disconnect` are dropped (the
-//!   owner's places of a broken link are not released: see the module `link`).
+//!   owner's places of a broken link are not released: see the module `link`);
+//! - the book (`places`) knows every waiting place behind the link; after a broken
+//!   connection they are re-submitted to a new owner the router names ([`Retarget`]),
+//!   or kicked once the same owner answers or `orphan_max` passed (`relay`).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -25,9 +28,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use super::codec::{self, pack_session, unpack_session, FrameBuf, Reader, PREAMBLE};
+use self::places::Book;
+use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
 use crate::doorbell::Bell;
-use crate::msg::{remote_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
+use crate::msg::{local_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
+
+mod places;
+mod relay;
+
+use self::relay::Relay;
 
 /// How often a stopping or idle writer looks at the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -60,6 +69,20 @@ pub struct EdgeLink {
     pub loops: Arc<Vec<LoopOut>>,
     /// Set when the server stops.
     pub stop: Arc<AtomicBool>,
+    /// Set by the router when the owner died and another node took its queues: the
+    /// new owner's `advertise_link` (see [`Retarget`]).
+    pub retarget: Retarget,
+    /// Longest the link's waiting places are held, unanswered, after the connection
+    /// broke, waiting for the owner or a new owner; then they are kicked.
+    pub orphan_max: Duration,
+}
+
+/// The new owner a link dials instead of its dead owner (`None`: no change).
+pub type Retarget = Arc<Mutex<Option<String>>>;
+
+/// Locks the book.
+fn book(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Joins sent on a connection and not answered yet: packed session -> (seq, user).
@@ -96,10 +119,13 @@ impl EdgeLink {
         let mut last_try: Option<Instant> = None;
         let mut batch: Vec<CoreMsg> = Vec::new();
         let mut frame = FrameBuf::default();
+        let places = Arc::new(Mutex::new(Book::default()));
+        let mut addr = self.addr.clone();
+        let mut moved = false;
         while !self.stop.load(Ordering::Relaxed) {
             match self.inbox.recv_timeout(IDLE_POLL) {
                 Ok(msg) => batch.push(msg),
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             while batch.len() < BATCH_MAX {
@@ -108,20 +134,34 @@ impl EdgeLink {
                 };
                 batch.push(msg);
             }
+            moved |= self.follow(&mut addr);
             if conn
                 .as_ref()
                 .is_some_and(|c| c.broken.load(Ordering::SeqCst))
             {
                 conn = None;
             }
+            let orphaned = book(&places).orphaned_since;
+            if batch.is_empty() && orphaned.is_none() {
+                continue;
+            }
+            if orphaned.is_some_and(|t| t.elapsed() >= self.orphan_max) {
+                self.give_up(&places);
+            }
             // Only failed attempts are spaced out: a link that broke is re-dialled at once.
             if conn.is_none() && last_try.is_none_or(|t| t.elapsed() >= RECONNECT_MIN) {
-                conn = self.connect();
+                conn = self.connect(&addr, &places);
                 last_try = conn.is_none().then(Instant::now);
+                if conn.is_some() && book(&places).orphaned_since.is_some() {
+                    self.reattach(&places, std::mem::take(&mut moved), &mut batch);
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             let sent = conn
                 .as_mut()
-                .is_some_and(|c| self.write(c, &mut batch, &mut frame));
+                .is_some_and(|c| self.write(c, &places, &mut batch, &mut frame));
             if !sent {
                 if let Some(c) = conn.take() {
                     let _ = c.stream.shutdown(Shutdown::Both);
@@ -135,22 +175,57 @@ impl EdgeLink {
         }
     }
 
+    /// Takes the router's retarget: true when the link now dials another owner.
+    fn follow(&self, addr: &mut String) -> bool {
+        let next = self
+            .retarget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match next {
+            Some(next) if next != *addr => {
+                tracing::info!(node = %self.node, from = %addr, to = %next, "node link follows its queues to a new owner");
+                *addr = next;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Encodes `batch` as one frame and writes it; false when the link is broken, with
     /// `batch` left holding the joins nobody answered yet (for [`EdgeLink::refuse`]).
-    fn write(&self, conn: &mut Conn, batch: &mut Vec<CoreMsg>, frame: &mut FrameBuf) -> bool {
+    fn write(
+        &self,
+        conn: &mut Conn,
+        places: &Mutex<Book>,
+        batch: &mut Vec<CoreMsg>,
+        frame: &mut FrameBuf,
+    ) -> bool {
         frame.clear();
         let mut pending = lock(&conn.pending);
-        for msg in batch.iter() {
+        let mut book = book(places);
+        for msg in batch.iter_mut() {
             let conn_ref = match msg {
                 CoreMsg::Join { conn, .. }
                 | CoreMsg::Leave { conn, .. }
-                | CoreMsg::Disconnect { conn, .. } => conn,
+                | CoreMsg::Disconnect { conn, .. }
+                | CoreMsg::Resubmit { conn, .. } => *conn,
                 _ => continue,
             };
             match pack_session(conn_ref.loop_id, conn_ref.session) {
                 Some(session) => {
-                    if let CoreMsg::Join { seq, user, .. } = msg {
-                        pending.insert(session, (*seq, *user));
+                    match msg {
+                        CoreMsg::Join {
+                            seq, user, queue, ..
+                        } => {
+                            pending.insert(session, (*seq, *user));
+                            book.sent_join(session, queue.as_str());
+                        }
+                        CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
+                            book.ended(session);
+                            *queue = book.owner_queue(local_queue(*queue));
+                        }
+                        _ => {}
                     }
                     frame.put_core(msg, session);
                 }
@@ -160,6 +235,7 @@ impl EdgeLink {
                 ),
             }
         }
+        drop(book);
         drop(pending);
         if frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok() {
             return true;
@@ -195,10 +271,9 @@ impl EdgeLink {
     }
 
     /// Dials the owner, exchanges preambles, starts the reader.
-    fn connect(&self) -> Option<Conn> {
+    fn connect(&self, target: &str, places: &Arc<Mutex<Book>>) -> Option<Conn> {
         let attempt = || -> std::io::Result<Conn> {
-            let addr = self
-                .addr
+            let addr = target
                 .to_socket_addrs()?
                 .next()
                 .ok_or_else(|| std::io::Error::other("no address"))?;
@@ -221,6 +296,7 @@ impl EdgeLink {
                 stop: self.stop.clone(),
                 broken: broken.clone(),
                 pending: pending.clone(),
+                places: places.clone(),
             };
             let read = stream.try_clone()?;
             std::thread::Builder::new()
@@ -234,11 +310,11 @@ impl EdgeLink {
         };
         match attempt() {
             Ok(conn) => {
-                tracing::info!(node = %self.node, addr = %self.addr, "node link connected");
+                tracing::info!(node = %self.node, addr = %target, "node link connected");
                 Some(conn)
             }
             Err(e) => {
-                tracing::warn!(node = %self.node, addr = %self.addr, error = %e, "node link: owner unreachable");
+                tracing::warn!(node = %self.node, addr = %target, error = %e, "node link: owner unreachable");
                 None
             }
         }
@@ -250,130 +326,6 @@ impl EdgeLink {
 
     fn ring(&self, rung: &mut [bool]) {
         ring(&self.loops, rung);
-    }
-}
-
-/// The reader of one connection: owner events to the loops.
-struct Relay {
-    /// The link's index.
-    index: usize,
-    /// Every local loop.
-    loops: Arc<Vec<LoopOut>>,
-    /// Server stop.
-    stop: Arc<AtomicBool>,
-    /// Set when this connection ends.
-    broken: Arc<AtomicBool>,
-    /// Joins in flight on this connection.
-    pending: Pending,
-}
-
-impl Relay {
-    fn run(self, mut stream: TcpStream) {
-        let mut body = Vec::new();
-        let mut rung = vec![false; self.loops.len()];
-        let why = loop {
-            match codec::read_frame(&mut stream, &mut body) {
-                Ok(true) => {}
-                Ok(false) => break "closed by the owner".to_string(),
-                Err(e) => break e.to_string(),
-            }
-            if let Err(e) = self.frame(&body, &mut rung) {
-                break e.to_string();
-            }
-            ring(&self.loops, &mut rung);
-        };
-        tracing::info!(link = self.index, why, "node link closed");
-        self.broken.store(true, Ordering::SeqCst);
-        let _ = stream.shutdown(Shutdown::Both);
-        // Logins in flight get SHUTTING_DOWN (retry), not silence.
-        let lost: Vec<_> = lock(&self.pending).drain().collect();
-        for (packed, (seq, user)) in lost {
-            let (l, session) = unpack_session(packed);
-            let e = LoopEvent::Joined {
-                session,
-                seq,
-                user,
-                result: Err(JoinError::ShuttingDown),
-            };
-            relay(&self.loops, &self.stop, l as usize, e, &mut rung);
-        }
-        for loop_id in 0..self.loops.len() {
-            let lost = LoopEvent::LinkLost { link: self.index };
-            relay(&self.loops, &self.stop, loop_id, lost, &mut rung);
-        }
-        ring(&self.loops, &mut rung);
-    }
-
-    /// Relays one frame's events.
-    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<(), codec::CodecError> {
-        let index = self.index;
-        let mut r = Reader::new(body)?;
-        while r.more() {
-            let event = r.event(|q| remote_queue(index, q))?;
-            let one = |s: SessionId| unpack_session(s);
-            match event {
-                LoopEvent::Ranks(batch) => {
-                    for loop_id in 0..self.loops.len() {
-                        let e = LoopEvent::Ranks(batch.clone());
-                        relay(&self.loops, &self.stop, loop_id, e, rung);
-                    }
-                }
-                LoopEvent::Resync(list) => {
-                    let mut per_loop: Vec<Vec<(SessionId, u64)>> =
-                        vec![Vec::new(); self.loops.len()];
-                    for (s, position) in list {
-                        let (l, s) = one(s);
-                        if let Some(v) = per_loop.get_mut(l as usize) {
-                            v.push((s, position));
-                        }
-                    }
-                    for (l, v) in per_loop.into_iter().enumerate() {
-                        if !v.is_empty() {
-                            relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
-                        }
-                    }
-                }
-                LoopEvent::Joined {
-                    session,
-                    seq,
-                    user,
-                    result,
-                } => {
-                    if lock(&self.pending).remove(&session).is_none() {
-                        continue; // answered SHUTTING_DOWN already (write failed)
-                    }
-                    let (l, session) = one(session);
-                    let e = LoopEvent::Joined {
-                        session,
-                        seq,
-                        user,
-                        result,
-                    };
-                    relay(&self.loops, &self.stop, l as usize, e, rung);
-                }
-                LoopEvent::Admitted {
-                    session,
-                    token,
-                    expires_at,
-                } => {
-                    let (l, session) = one(session);
-                    let e = LoopEvent::Admitted {
-                        session,
-                        token,
-                        expires_at,
-                    };
-                    relay(&self.loops, &self.stop, l as usize, e, rung);
-                }
-                LoopEvent::Kick { session, reason } => {
-                    let (l, session) = one(session);
-                    let e = LoopEvent::Kick { session, reason };
-                    relay(&self.loops, &self.stop, l as usize, e, rung);
-                }
-                // The owner stopping is a closed link, not this node's shutdown.
-                LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
-            }
-        }
-        Ok(())
     }
 }
 

@@ -17,17 +17,26 @@
 //!
 //! A broken link (either side closes, a broken frame, a write stuck past
 //! `owner::LINK_IO_TIMEOUT`): the owner detaches the virtual loop and puts its places
-//! into reconnect grace; the edge answers its logins in flight SHUTTING_DOWN and kicks
-//! the link's sessions `shutdown` with a retry hint, so they log in again and resume;
-//! the next message re-dials the owner.
+//! into reconnect grace; the edge answers its logins in flight SHUTTING_DOWN and holds
+//! its waiting places (its book, `edge::places`) while it re-dials:
+//! - the same owner answers (a cut link): the link's sessions are kicked `shutdown`
+//!   with a retry hint, so they log in again and resume from grace;
+//! - the owner died and the router saw another node take its queue (failover): the
+//!   link follows the queue to the new owner (this node's own link port when it is
+//!   the new owner) and re-submits every waiting place there, one batch sorted by key
+//!   (`CoreMsg::Resubmit`); the players stay connected and never see it, and the new
+//!   owner's queue ids are mapped back onto the ids their sessions hold;
+//! - neither within `3 x lease TTL + 5 s`: the sessions are kicked as for a cut link.
 //!
 //! Back-pressure: a virtual loop has the io loops' bounded channel and core backlog;
 //! past `BACKLOG_MAX` the core waits for it like for an io loop, at most until the
 //! link's write times out (then the link closes and the core stops sending to it).
 //!
-//! Not here yet: the failover of places (re-submission to a new owner, place
-//! tickets), the ownership epoch on frames, fencing re-checked at flush, node-link
-//! metrics, sharing one encoded rank batch between links.
+//! Not here yet: place tickets (players of the dead node), the ownership epoch on
+//! frames, fencing re-checked at flush, node-link metrics, sharing one encoded rank
+//! batch between links. A link follows one new owner: when the dead node's queues went
+//! to several nodes, places of queues the followed node does not own are refused
+//! there and their players kicked with a retry hint (a new place at the end).
 
 pub mod codec;
 pub mod edge;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::edge::{EdgeLink, LoopOut};
+use super::edge::{EdgeLink, LoopOut, Retarget};
 use crate::cluster::routes::{RouteTable, Routes};
 use crate::cluster::ClusterHandle;
 
@@ -35,6 +35,20 @@ pub struct Router {
     pub inbox_capacity: usize,
     /// Set when the server stops.
     pub stop: Arc<AtomicBool>,
+    /// How long a link holds its places after its connection broke (see
+    /// `EdgeLink::orphan_max`).
+    pub orphan_max: Duration,
+}
+
+/// What the router remembers between polls.
+#[derive(Default)]
+struct Known {
+    /// The link client threads.
+    threads: Vec<JoinHandle<()>>,
+    /// Each link's retarget slot, by link index.
+    retargets: Vec<Retarget>,
+    /// Queue -> the link that last served it (kept while the queue has no owner).
+    served: HashMap<String, usize>,
 }
 
 impl Router {
@@ -47,7 +61,7 @@ impl Router {
 
     fn run(self) {
         let mut table = RouteTable::default();
-        let mut links: Vec<JoinHandle<()>> = Vec::new();
+        let mut links = Known::default();
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(next) = self.next_table(&table, &mut links) {
                 tracing::info!(
@@ -59,25 +73,23 @@ impl Router {
             }
             std::thread::sleep(ROUTER_POLL);
         }
-        for link in links {
+        for link in links.threads {
             let _ = link.join();
         }
     }
 
     /// The routing from the cluster's last listing; `None` when unchanged.
-    fn next_table(
-        &self,
-        current: &RouteTable,
-        links: &mut Vec<JoinHandle<()>>,
-    ) -> Option<RouteTable> {
+    fn next_table(&self, current: &RouteTable, links: &mut Known) -> Option<RouteTable> {
         let me = self.cluster.node_id();
         let members = self.cluster.members();
         let mut next = current.clone();
         next.remote = HashMap::new();
         for (queue, owner) in self.cluster.owners() {
+            self.follow(&queue, &owner.node_id, &next, links, &members);
             if owner.node_id == me {
                 continue;
             }
+            self.routes.saw_owned_elsewhere(&queue);
             let index = match next.nodes.iter().position(|n| *n == owner.node_id) {
                 Some(i) => i,
                 None => {
@@ -89,15 +101,47 @@ impl Router {
                         continue;
                     };
                     match self.start_link(&mut next, &owner.node_id, addr) {
-                        Some(handle) => links.push(handle),
+                        Some((handle, retarget)) => {
+                            links.threads.push(handle);
+                            links.retargets.push(retarget);
+                        }
                         None => continue,
                     }
                     next.nodes.len() - 1
                 }
             };
+            links.served.insert(queue.clone(), index);
             next.remote.insert(queue, index);
         }
         (next.remote != current.remote || next.nodes.len() != current.nodes.len()).then_some(next)
+    }
+
+    /// Failover: `queue` was served by a link whose node is no longer a live member and
+    /// is now owned by `owner`: that link follows it to `owner`'s `advertise_link`
+    /// (this node's own when it took the queue), re-submitting its places there.
+    fn follow(
+        &self,
+        queue: &str,
+        owner: &str,
+        table: &RouteTable,
+        links: &Known,
+        members: &[crate::cluster::membership::Member],
+    ) {
+        let Some(&k) = links.served.get(queue) else {
+            return;
+        };
+        let old = &table.nodes[k];
+        if old == owner || members.iter().any(|m| m.node_id == *old) {
+            return;
+        }
+        let Some(addr) = members
+            .iter()
+            .find(|m| m.node_id == owner && !m.advertise_link.is_empty())
+        else {
+            return;
+        };
+        *links.retargets[k].lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(addr.advertise_link.clone());
     }
 
     /// Starts the link client to `node`, appending it to `table`.
@@ -106,12 +150,13 @@ impl Router {
         table: &mut RouteTable,
         node: &str,
         addr: String,
-    ) -> Option<JoinHandle<()>> {
+    ) -> Option<(JoinHandle<()>, Retarget)> {
         if table.nodes.len() >= LINKS_MAX {
             tracing::error!(node, "node link not started: {LINKS_MAX} links already");
             return None;
         }
         let (tx, inbox) = crossbeam_channel::bounded(self.inbox_capacity);
+        let retarget = Retarget::default();
         let link = EdgeLink {
             index: table.nodes.len(),
             node: node.to_string(),
@@ -119,12 +164,14 @@ impl Router {
             inbox,
             loops: self.loops.clone(),
             stop: self.stop.clone(),
+            retarget: retarget.clone(),
+            orphan_max: self.orphan_max,
         };
         match link.spawn() {
             Ok(handle) => {
                 table.links.push(tx);
                 table.nodes.push(node.to_string());
-                Some(handle)
+                Some((handle, retarget))
             }
             Err(e) => {
                 tracing::error!(node, error = %e, "node link thread not started");

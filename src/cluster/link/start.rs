@@ -50,6 +50,10 @@ pub struct NodeLink {
     stop: Arc<AtomicBool>,
     /// The router thread.
     router: Option<JoinHandle<()>>,
+    /// The routes (which also remember queues owned elsewhere).
+    routes: Arc<Routes>,
+    /// `cluster.recovery_window_secs` in ms.
+    recovery_window_ms: u64,
 }
 
 /// Why the cluster pieces did not start.
@@ -97,10 +101,15 @@ impl NodeLink {
         let stop = Arc::new(AtomicBool::new(false));
         let router = Router {
             cluster: cluster.clone(),
-            routes: p.routes,
+            routes: p.routes.clone(),
             loops: Arc::new(p.loop_outs),
             inbox_capacity: p.inbox_capacity,
             stop: stop.clone(),
+            // The owner's lease runs out, a node takes the queue within a tick or a TTL
+            // more: the places wait that long, plus a margin, for the new owner.
+            orphan_max: std::time::Duration::from_secs(
+                p.config.lease_ttl_secs.saturating_mul(3).saturating_add(5),
+            ),
         }
         .spawn()
         .map_err(LinkStartError::Io)?;
@@ -109,13 +118,35 @@ impl NodeLink {
             acceptor,
             stop,
             router: Some(router),
+            routes: p.routes,
+            recovery_window_ms: p.config.recovery_window_secs.saturating_mul(1000),
         })
+    }
+
+    /// The routes (which remember queues owned elsewhere).
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
+    /// `cluster.recovery_window_secs` in ms.
+    pub fn recovery_window_ms(&self) -> u64 {
+        self.recovery_window_ms
     }
 
     /// Test hook: closes every node link accepted here (a network cut); edges reconnect.
     #[doc(hidden)]
     pub fn close_links_for_test(&self) {
         self.acceptor.close_links();
+    }
+
+    /// Test hook: what `kill -9` does to the cluster side of a node, in process: no
+    /// keep-alive, listing or revoke any more (the lease runs out), the link port
+    /// closed (every link breaks, dials are refused), the router and link clients
+    /// stopped. The core and io loops stay up but can never admit again.
+    #[doc(hidden)]
+    pub fn kill_for_test(&mut self) {
+        self.cluster.freeze_for_test();
+        self.stop();
     }
 
     /// Stops the router, the link clients and the acceptor (every link closes).

@@ -27,6 +27,59 @@ pub trait AdmitFence: Send {
     fn may_admit(&self, queue: &str) -> bool;
     /// The node that owns `queue`, as last listed (for the refusal's text).
     fn owner(&self, queue: &str) -> Option<String>;
+    /// This node's ownership epoch of `queue`, when it owns it (the seq floor of a new
+    /// owner, see `core::failover`).
+    fn epoch(&self, _queue: &str) -> Option<u64> {
+        None
+    }
+}
+
+/// The cluster's fence with the failover hold: after taking over a queue that another
+/// node owned (as this node's router saw it), admission waits `recovery_window_ms`
+/// from the winning campaign, so places re-submitted late are in before anyone is
+/// admitted. A queue never seen owned elsewhere (a cold start, the last owner back
+/// after an etcd outage) is not held.
+pub struct ClusterFence {
+    /// The cluster layer.
+    pub cluster: Arc<ClusterHandle>,
+    /// The routes, which remember queues owned elsewhere.
+    pub routes: Arc<crate::cluster::routes::Routes>,
+    /// `cluster.recovery_window_secs` in ms.
+    pub recovery_window_ms: u64,
+}
+
+impl ClusterFence {
+    /// The fence of a node's cluster pieces, for `Core::with_fence`.
+    pub fn boxed(link: &crate::cluster::link::start::NodeLink) -> Box<dyn AdmitFence> {
+        Box::new(ClusterFence {
+            cluster: link.cluster.clone(),
+            routes: link.routes(),
+            recovery_window_ms: link.recovery_window_ms(),
+        })
+    }
+}
+
+impl AdmitFence for ClusterFence {
+    fn may_admit(&self, queue: &str) -> bool {
+        if !self.cluster.may_admit(queue) {
+            return false;
+        }
+        if self.recovery_window_ms == 0 || !self.routes.was_owned_elsewhere(queue) {
+            return true;
+        }
+        self.cluster.ownership(queue).is_some_and(|o| {
+            crate::cluster::fence::now_ms()
+                >= o.campaign_sent_ms.saturating_add(self.recovery_window_ms)
+        })
+    }
+
+    fn owner(&self, queue: &str) -> Option<String> {
+        self.cluster.owner_of(queue).map(|o| o.node_id)
+    }
+
+    fn epoch(&self, queue: &str) -> Option<u64> {
+        self.cluster.ownership(queue).map(|o| o.epoch)
+    }
 }
 
 impl AdmitFence for Arc<ClusterHandle> {
@@ -42,7 +95,7 @@ impl AdmitFence for Arc<ClusterHandle> {
 /// The fence and the queues it holds paused.
 pub(super) struct FenceState {
     /// Who may admit.
-    fence: Box<dyn AdmitFence>,
+    pub(super) fence: Box<dyn AdmitFence>,
     /// Per queue id: `Some(operator's pause wish)` while the fence holds it paused.
     held: Vec<Option<bool>>,
 }

@@ -47,6 +47,12 @@ impl Core {
                     refused_in,
                 });
             }
+            CoreMsg::Resubmit {
+                conn,
+                user,
+                queue,
+                key,
+            } => self.resubmit_msg(conn, user, queue.as_str(), key, now_ms),
             CoreMsg::Disconnect { .. } | CoreMsg::Leave { .. } if self.degraded => {}
             CoreMsg::Disconnect {
                 conn,
@@ -93,6 +99,9 @@ impl Core {
     ) -> JoinOutcome {
         if self.degraded || self.draining.load(Ordering::Relaxed) {
             return Err(JoinError::ShuttingDown);
+        }
+        if self.fence.is_some() {
+            self.epoch_floor(name, now_ms);
         }
         let op = Op::Join {
             queue: name.to_string(),

@@ -558,3 +558,81 @@ fn a_detached_link_puts_its_places_in_grace() {
         "the detached link still gets events"
     );
 }
+
+/// A fence that owns "q" at epoch 3 (or nothing) and lets the core admit.
+struct EpochFence(Option<u64>);
+
+impl AdmitFence for EpochFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        true
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n1".into())
+    }
+    fn epoch(&self, _queue: &str) -> Option<u64> {
+        self.0
+    }
+}
+
+/// Failover in the core: a new owner (epoch 3) floors its seqs at 3 << 32 before the
+/// first join, takes re-submitted places at their old keys (ahead of that join) and
+/// answers each like a join with its position; a node that does not own the queue
+/// refuses re-submissions.
+#[test]
+fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
+    let (mut core, _rx, _bell) = core_with_loop(1024);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    let mut core = core.with_fence(Some(Box::new(EpochFence(Some(3)))));
+    let now = unix_ms();
+    let conn = |session| ConnRef {
+        loop_id: 0,
+        session,
+    };
+    let join = CoreMsg::Join {
+        conn: conn(1),
+        seq: 1,
+        user: 1,
+        queue: "q".into(),
+        prio: false,
+        peer: "127.0.0.1:1".parse().unwrap(),
+    };
+    assert!(core.handle(join, now));
+    let new_key = core.state.place(0, 1).expect("joined").key;
+    assert_eq!(new_key & !(1 << 63), 3 << 32, "the floor came first");
+    for (session, old) in [(2u64, 7u64), (3, 5)] {
+        let msg = CoreMsg::Resubmit {
+            conn: conn(session),
+            user: 10 + session,
+            queue: "q".into(),
+            key: (1 << 63) | old,
+        };
+        assert!(core.handle(msg, now));
+    }
+    let order: Vec<UserId> = core.state.queues()[0].iter().map(|(_, u)| u).collect();
+    assert_eq!(order, vec![13, 12, 1]);
+    assert!(core.joins.iter().all(|j| j.outcome.is_ok()));
+
+    let (mut core, _rx, _bell) = core_with_loop(1024);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    let mut other = core.with_fence(Some(Box::new(EpochFence(None))));
+    let msg = CoreMsg::Resubmit {
+        conn: conn(2),
+        user: 12,
+        queue: "q".into(),
+        key: 5,
+    };
+    assert!(other.handle(msg, now));
+    assert!(matches!(
+        other.joins[0].outcome,
+        Err(JoinError::ShuttingDown)
+    ));
+    assert!(other.state.place(0, 12).is_none());
+}

@@ -26,6 +26,9 @@
 //!   is a new tag. Payloads written before queues could expire contain neither, so they
 //!   decode unchanged; nothing else changed. [`Op::Remove`] (an operator's removal) is
 //!   a later new tag (12); older logs never contain it and decode unchanged.
+//!   [`Op::Resubmit`] (13: queue name, user, key, connection) and [`Op::SeqFloor`] (14:
+//!   queue id, floor) came with cluster failover: new tags, nothing else changed, so
+//!   older logs decode unchanged (a log with them cannot be read by an older build).
 
 pub use self::bytes::CodecError;
 use self::bytes::{Put, Reader};
@@ -46,6 +49,8 @@ const TAG_TICK: u8 = 9;
 const TAG_RESTART: u8 = 10;
 const TAG_EXPIRE_QUEUE: u8 = 11;
 const TAG_REMOVE: u8 = 12;
+const TAG_RESUBMIT: u8 = 13;
+const TAG_SEQ_FLOOR: u8 = 14;
 
 /// Appends the payload of a log record for `op` applied at `now_ms`.
 pub fn encode_op(op: &Op, now_ms: u64, out: &mut Vec<u8>) {
@@ -111,19 +116,62 @@ pub fn encode_op(op: &Op, now_ms: u64, out: &mut Vec<u8>) {
             out.u32(*queue);
         }
         Op::Restart => out.u8(TAG_RESTART),
+        Op::Remove { .. } | Op::Resubmit { .. } | Op::SeqFloor { .. } => encode_later_op(op, out),
+    }
+}
+
+/// The ops added later (tags 12, 13, 14).
+fn encode_later_op(op: &Op, out: &mut Vec<u8>) {
+    match op {
         Op::Remove { queue, user } => {
             out.u8(TAG_REMOVE);
             out.u32(*queue);
             out.u64(*user);
         }
+        Op::Resubmit {
+            queue,
+            user,
+            key,
+            conn,
+        } => {
+            out.u8(TAG_RESUBMIT);
+            out.str(queue);
+            out.u64(*user);
+            out.u64(*key);
+            out.conn(*conn);
+        }
+        Op::SeqFloor { queue, floor } => {
+            out.u8(TAG_SEQ_FLOOR);
+            out.u32(*queue);
+            out.u64(*floor);
+        }
+        _ => {}
     }
+}
+
+/// Decodes the failover ops; `None` for any other tag.
+fn decode_failover_op(tag: u8, r: &mut Reader<'_>) -> Result<Option<Op>, CodecError> {
+    Ok(Some(match tag {
+        TAG_RESUBMIT => Op::Resubmit {
+            queue: r.str()?.to_string(),
+            user: r.u64()?,
+            key: r.u64()?,
+            conn: r.conn()?,
+        },
+        TAG_SEQ_FLOOR => Op::SeqFloor {
+            queue: r.u32()?,
+            floor: r.u64()?,
+        },
+        _ => return Ok(None),
+    }))
 }
 
 /// The op and its time from a log record's payload.
 pub fn decode_op(payload: &[u8]) -> Result<(Op, u64), CodecError> {
     let mut r = Reader::new(payload);
     let now_ms = r.u64()?;
-    let op = match r.u8()? {
+    let tag = r.u8()?;
+    let op = match tag {
         TAG_JOIN => Op::Join {
             queue: r.str()?.to_string(),
             user: r.u64()?,
@@ -171,12 +219,15 @@ pub fn decode_op(payload: &[u8]) -> Result<(Op, u64), CodecError> {
             queue: r.u32()?,
             user: r.u64()?,
         },
-        _ => {
-            return Err(CodecError {
-                what: "unknown op tag",
-                at: 8,
-            })
-        }
+        _ => match decode_failover_op(tag, &mut r)? {
+            Some(op) => op,
+            None => {
+                return Err(CodecError {
+                    what: "unknown op tag",
+                    at: 8,
+                })
+            }
+        },
     };
     r.end()?;
     Ok((op, now_ms))

@@ -112,6 +112,28 @@ pub enum Op {
         /// Player.
         user: UserId,
     },
+    /// After a failover, a surviving edge node puts back a place its session held at
+    /// the previous owner, at the place's old key, so the order across all surviving
+    /// nodes is kept (design: `docs/cluster.md`). Newest connection wins as for a join.
+    Resubmit {
+        /// Queue name (auto-created when allowed).
+        queue: String,
+        /// The player.
+        user: UserId,
+        /// The place's key at the previous owner (the lane is its top bit).
+        key: PlaceKey,
+        /// The connection (edge link session) now holding the place.
+        conn: ConnRef,
+    },
+    /// This node took `queue` at a new ownership epoch: every later seq of both lanes
+    /// is at least `floor` (`epoch << 32`), so new arrivals sort after every place an
+    /// earlier owner handed out, re-submitted late or not.
+    SeqFloor {
+        /// Queue.
+        queue: QueueId,
+        /// Least seq handed out from now on.
+        floor: u64,
+    },
 }
 
 /// What an op did to the outside world; the core thread routes these.

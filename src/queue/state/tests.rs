@@ -1363,3 +1363,82 @@ fn remove_round_trips_through_the_log_and_replays() {
         "the removal of nothing is not logged"
     );
 }
+
+/// Failover: places re-submitted at their old keys, from several edges in any order,
+/// keep the previous owner's order; a floor puts new arrivals after all of them (late
+/// re-submissions included); the same user twice: newest connection wins; both ops go
+/// through the log codec (tags 13, 14) and replay to the same state.
+#[test]
+fn resubmitted_places_keep_their_order_and_new_arrivals_come_after() {
+    let mut old = state();
+    let mut out = Vec::new();
+    for user in 1..=6 {
+        let join = Op::Join {
+            queue: "q".into(),
+            user,
+            prio: user == 5,
+            conn: conn(user),
+        };
+        old.apply(&join, 10, &mut out);
+    }
+    let keys: Vec<(PlaceKey, UserId)> = old.queues()[0].iter().collect();
+    let mut live = state();
+    let mut ops = vec![Op::SeqFloor {
+        queue: 0,
+        floor: 9 << 32,
+    }];
+    // Two edges' batches interleaved, user 2 (the dead node's) missing; a new arrival
+    // between them; user 4 re-submitted twice.
+    for &(key, user) in keys.iter().rev().filter(|&&(_, u)| u != 2) {
+        ops.push(Op::Resubmit {
+            queue: "q".into(),
+            user,
+            key,
+            conn: conn(100 + user),
+        });
+        if user == 4 {
+            ops.push(Op::Join {
+                queue: "q".into(),
+                user: 7,
+                prio: false,
+                conn: conn(7),
+            });
+        }
+    }
+    let key4 = keys.iter().find(|k| k.1 == 4).unwrap().0;
+    ops.push(Op::Resubmit {
+        queue: "q".into(),
+        user: 4,
+        key: key4,
+        conn: conn(200),
+    });
+    let mut log = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        out.clear();
+        let applied = live.apply(op, 100 + i as u64, &mut out);
+        assert!(crate::queue::durability::logged(&applied));
+        let mut payload = Vec::new();
+        codec::encode_op(op, 100 + i as u64, &mut payload);
+        assert_eq!(codec::decode_op(&payload), Ok((op.clone(), 100 + i as u64)));
+        log.push(payload);
+    }
+    assert!(out.contains(&Event::Kick {
+        queue: 0,
+        user: 4,
+        conn: conn(104),
+        reason: KickReason::DuplicateLogin
+    }));
+    let order: Vec<UserId> = live.queues()[0].iter().map(|(_, u)| u).collect();
+    assert_eq!(order, vec![5, 1, 3, 4, 6, 7]);
+    assert_eq!(live.place(0, 4).unwrap().conn, Some(conn(200)));
+    assert!(live.place(0, 7).unwrap().key > keys.iter().map(|k| k.0).max().unwrap());
+    let mut tags: Vec<u8> = log.iter().map(|p| p[8]).collect();
+    tags.dedup();
+    assert!(tags.contains(&13) && tags.contains(&14));
+    let mut replayed = state();
+    for payload in &log {
+        let (op, at) = codec::decode_op(payload).expect("decodes");
+        replayed.apply(&op, at, &mut out);
+    }
+    assert_eq!(replayed.dump(), live.dump());
+}

@@ -174,6 +174,17 @@ impl<'a> Reader<'a> {
                     },
                 }
             }
+            RESUBMIT => {
+                let user = self.u64()?;
+                let key = self.u64()?;
+                let len = self.u16()? as usize;
+                CoreMsg::Resubmit {
+                    conn,
+                    user,
+                    key,
+                    queue: self.str(len)?.into(),
+                }
+            }
             t => return Err(CodecError::BadValue(t)),
         })
     }

@@ -316,3 +316,33 @@ fn broken_frames_are_refused() {
     assert!(read_frame(&mut &huge[..], &mut Vec::new()).is_err());
     assert!(!read_frame(&mut &[][..], &mut Vec::new()).unwrap());
 }
+
+/// A failover re-submission crosses with its user, key and queue name.
+#[test]
+fn resubmit_round_trips() {
+    let msg = CoreMsg::Resubmit {
+        conn: ConnRef {
+            loop_id: 1,
+            session: 5,
+        },
+        user: 77,
+        key: (1 << 63) | (3 << 32) | 12,
+        queue: "world-1".into(),
+    };
+    let out = core_round_trip(&[msg], 0x0100_0005);
+    match &out[..] {
+        [CoreMsg::Resubmit {
+            conn,
+            user,
+            key,
+            queue,
+        }] => {
+            assert_eq!(conn.loop_id, 9);
+            assert_eq!(conn.session, 0x0100_0005);
+            assert_eq!(*user, 77);
+            assert_eq!(*key, (1 << 63) | (3 << 32) | 12);
+            assert_eq!(queue.as_str(), "world-1");
+        }
+        other => panic!("{other:?}"),
+    }
+}

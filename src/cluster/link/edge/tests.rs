@@ -1,15 +1,18 @@
 //! The edge's link client against a fake owner on a real socket: answers and rank
 //! batches reach the right loop (ids unpacked, queue ids mapped into the link's
 //! range); a login in flight when the link breaks, or sent while the owner is
-//! unreachable, is answered SHUTTING_DOWN instead of hanging.
+//! unreachable, is answered SHUTTING_DOWN instead of hanging; after a failover the
+//! waiting places are re-submitted to the new owner (sorted by key, ids mapped back),
+//! and a cut link to the same owner kicks them as before.
 
 use std::net::TcpListener;
 
 use crossbeam_channel::Receiver;
 
+use super::codec::{unpack_session, Reader};
 use super::*;
 use crate::doorbell;
-use crate::msg::{ConnRef, JoinOk, QueueDelta, RankBatch};
+use crate::msg::{remote_queue, ConnRef, JoinOk, QueueDelta, RankBatch};
 
 /// Two loops' ends (the doorbells' read ends are kept alive with them).
 type Loops = (
@@ -45,6 +48,10 @@ impl Drop for Edge {
 }
 
 fn start(addr: String) -> Edge {
+    start_with(addr, Retarget::default())
+}
+
+fn start_with(addr: String, retarget: Retarget) -> Edge {
     let (loops, rxs, bells) = loops();
     let (tx, inbox) = crossbeam_channel::bounded(64);
     let stop = Arc::new(AtomicBool::new(false));
@@ -55,6 +62,8 @@ fn start(addr: String) -> Edge {
         inbox,
         loops,
         stop: stop.clone(),
+        retarget,
+        orphan_max: Duration::from_secs(30),
     }
     .spawn()
     .unwrap();
@@ -174,10 +183,6 @@ fn a_login_in_flight_when_the_link_breaks_is_answered_shutting_down() {
         } => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        next(&edge.rxs[0]),
-        LoopEvent::LinkLost { link: 3 }
-    ));
 }
 
 #[test]
@@ -195,5 +200,136 @@ fn a_login_to_an_unreachable_owner_is_answered_shutting_down() {
             result: Err(JoinError::ShuttingDown),
             ..
         }
+    ));
+}
+
+/// Joined answers for `sessions` (packed), each waiting at `key = 100 - i`, queue 2.
+fn answer_joins(owner: &mut TcpStream, sessions: &[SessionId]) {
+    let mut f = FrameBuf::default();
+    for (i, &packed) in sessions.iter().enumerate() {
+        f.put_event(&LoopEvent::Joined {
+            session: packed,
+            seq: 4,
+            user: 40 + unpack_session(packed).1,
+            result: Ok(JoinOk {
+                queue: 2,
+                key: 100 - i as u64,
+                position: 1 + i as u64,
+                queue_len: 2,
+                rate_per_s: 0.0,
+                resumed: false,
+                admitted: None,
+            }),
+        });
+    }
+    owner.write_all(f.finish()).unwrap();
+}
+
+/// Two waiting places behind a link whose owner dies; the router names a new owner:
+/// the link dials it and re-submits both, sorted by key, without a kick; the new
+/// owner's answer (its own queue id 6) reaches the loop as a resync of the position,
+/// and a later `leave` carries the new owner's queue id.
+#[test]
+fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
+    let old = TcpListener::bind("127.0.0.1:0").unwrap();
+    let new = TcpListener::bind("127.0.0.1:0").unwrap();
+    let retarget = Retarget::default();
+    let edge = start_with(old.local_addr().unwrap().to_string(), retarget.clone());
+    edge.tx.send(join(0, 1)).unwrap();
+    edge.tx.send(join(1, 2)).unwrap();
+    let mut owner = accept(&old);
+    let mut packed = Vec::new();
+    while packed.len() < 2 {
+        for m in read_msgs(&mut owner) {
+            let CoreMsg::Join { conn, .. } = m else {
+                panic!("{m:?}")
+            };
+            packed.push(conn.session);
+        }
+    }
+    answer_joins(&mut owner, &packed);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    assert!(matches!(next(&edge.rxs[1]), LoopEvent::Joined { .. }));
+    drop(owner);
+    drop(old); // dead: nothing listens there any more
+    *retarget.lock().unwrap() = Some(new.local_addr().unwrap().to_string());
+    let mut owner = accept(&new);
+    let msgs = read_msgs(&mut owner);
+    let keys: Vec<(u64, u64)> = msgs
+        .iter()
+        .map(|m| match m {
+            CoreMsg::Resubmit {
+                user, key, queue, ..
+            } => {
+                assert_eq!(queue.as_str(), "q");
+                (*key, *user)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, vec![(99, 42), (100, 41)], "sorted by key");
+    let mut f = FrameBuf::default();
+    for (i, m) in msgs.iter().enumerate() {
+        let CoreMsg::Resubmit {
+            conn, user, key, ..
+        } = m
+        else {
+            unreachable!()
+        };
+        f.put_event(&LoopEvent::Joined {
+            session: conn.session,
+            seq: 0,
+            user: *user,
+            result: Ok(JoinOk {
+                queue: 6,
+                key: *key,
+                position: 1 + i as u64,
+                queue_len: 2,
+                rate_per_s: 0.0,
+                resumed: true,
+                admitted: None,
+            }),
+        });
+    }
+    owner.write_all(f.finish()).unwrap();
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(1, 2)]));
+    assert!(matches!(next(&edge.rxs[1]), LoopEvent::Resync(v) if v == vec![(2, 1)]));
+    edge.tx
+        .send(CoreMsg::Leave {
+            conn: ConnRef {
+                loop_id: 0,
+                session: 1,
+            },
+            queue: remote_queue(3, 2),
+            user: 41,
+        })
+        .unwrap();
+    match &read_msgs(&mut owner)[..] {
+        [CoreMsg::Leave {
+            queue: 6, user: 41, ..
+        }] => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A cut link to an owner that is still there: the waiting places are kicked (their
+/// places wait in grace at the owner; logging in again resumes them), not re-submitted.
+#[test]
+fn a_cut_link_to_the_same_owner_kicks_its_places() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let edge = start(listener.local_addr().unwrap().to_string());
+    edge.tx.send(join(0, 1)).unwrap();
+    let mut owner = accept(&listener);
+    let msgs = read_msgs(&mut owner);
+    let CoreMsg::Join { conn, .. } = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    answer_joins(&mut owner, &[conn.session]);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    drop(owner);
+    let _again = accept(&listener);
+    assert!(matches!(
+        next(&edge.rxs[0]),
+        LoopEvent::LinkLost { link: 3 }
     ));
 }

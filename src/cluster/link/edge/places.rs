@@ -1,0 +1,141 @@
+//! The book an edge link keeps of the places behind it, for failover: which sessions
+//! wait in which queue at which key, so that when the queue's owner dies they can be
+//! re-submitted to the new owner (`CoreMsg::Resubmit`) without the players noticing,
+//! and how the new owner's queue ids map onto the ids the sessions already hold.
+//!
+//! Invariants:
+//! - `live` holds exactly the link's sessions that wait (joined, not admitted, not
+//!   left, not kicked, not closed); locked once per frame by the link's two threads,
+//!   never by an io loop;
+//! - queue ids held by sessions never change: after a re-submission the owner's new id
+//!   is mapped onto the old one (`to_edge`, `to_owner`), per connection.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::msg::{local_queue, PlaceKey, QueueId, SessionId, UserId};
+
+/// One waiting place behind the link.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    /// The player.
+    pub user: UserId,
+    /// The queue's name.
+    pub queue: Box<str>,
+    /// The place's key at the owner.
+    pub key: PlaceKey,
+    /// The queue id the session holds (the link bits cleared).
+    pub edge_queue: QueueId,
+}
+
+/// The link's book (see the module doc).
+#[derive(Debug, Default)]
+pub(super) struct Book {
+    /// Joins in flight: packed session -> queue name.
+    joining: HashMap<SessionId, Box<str>>,
+    /// Waiting places: packed session -> place.
+    pub live: HashMap<SessionId, Live>,
+    /// Re-submissions sent on this connection, not answered: packed session.
+    resubmitting: HashMap<SessionId, QueueId>,
+    /// Owner's queue id -> the id sessions hold (absent: the same).
+    to_edge: HashMap<QueueId, QueueId>,
+    /// The id sessions hold -> the owner's (absent: the same).
+    to_owner: HashMap<QueueId, QueueId>,
+    /// When the connection broke with places behind it (until they are re-submitted
+    /// or given up).
+    pub orphaned_since: Option<Instant>,
+}
+
+/// What the reader does with a join answer.
+pub(super) enum Answer {
+    /// A login's answer: relay it.
+    Relay,
+    /// A re-submission's answer: not a login; `Some(position)` to resync the session,
+    /// `None` to kick it (the new owner could not keep the place).
+    Resubmitted(Option<u64>),
+}
+
+impl Book {
+    /// A `Join` for `queue` left on `packed`.
+    pub fn sent_join(&mut self, packed: SessionId, queue: &str) {
+        self.joining.insert(packed, queue.into());
+    }
+
+    /// The session's place ended (leave, disconnect, admitted, kicked).
+    pub fn ended(&mut self, packed: SessionId) {
+        self.live.remove(&packed);
+        self.joining.remove(&packed);
+    }
+
+    /// The owner's id of the queue a session holds as `edge` (link bits cleared).
+    pub fn owner_queue(&self, edge: QueueId) -> QueueId {
+        self.to_owner.get(&edge).copied().unwrap_or(edge)
+    }
+
+    /// The owner-id -> session-id map to decode a frame with (a copy: empty, and so
+    /// free, unless a failover happened on this link).
+    pub fn edge_map(&self) -> HashMap<QueueId, QueueId> {
+        self.to_edge.clone()
+    }
+
+    /// A join answer for `packed`: `mapped` is its queue id as decoded (through the
+    /// map), `admitted` whether the player was admitted at once.
+    pub fn answered(
+        &mut self,
+        packed: SessionId,
+        user: UserId,
+        ok: Option<(QueueId, PlaceKey, u64, bool)>,
+    ) -> Answer {
+        if let Some(edge) = self.resubmitting.remove(&packed) {
+            return match ok {
+                Some((mapped, _, position, false)) => {
+                    let owner = local_queue(mapped);
+                    self.to_edge.insert(owner, edge);
+                    self.to_owner.insert(edge, owner);
+                    Answer::Resubmitted(Some(position))
+                }
+                _ => {
+                    self.live.remove(&packed);
+                    Answer::Resubmitted(None)
+                }
+            };
+        }
+        let name = self.joining.remove(&packed);
+        if let (Some(queue), Some((mapped, key, _, false))) = (name, ok) {
+            let edge_queue = local_queue(mapped);
+            self.live.insert(
+                packed,
+                Live {
+                    user,
+                    queue,
+                    key,
+                    edge_queue,
+                },
+            );
+        }
+        Answer::Relay
+    }
+
+    /// A new connection to a new owner: forgets the old owner's id maps and returns
+    /// every waiting place to re-submit, sorted by key, each marked as re-submitted.
+    pub fn take_resubmissions(&mut self) -> Vec<(SessionId, Live)> {
+        self.to_edge.clear();
+        self.to_owner.clear();
+        self.resubmitting.clear();
+        self.orphaned_since = None;
+        let mut all: Vec<(SessionId, Live)> =
+            self.live.iter().map(|(s, l)| (*s, l.clone())).collect();
+        all.sort_by_key(|(_, l)| l.key);
+        for (s, l) in &all {
+            self.resubmitting.insert(*s, l.edge_queue);
+        }
+        all
+    }
+
+    /// Forgets every place (they are kicked).
+    pub fn give_up(&mut self) {
+        self.live.clear();
+        self.resubmitting.clear();
+        self.orphaned_since = None;
+    }
+}

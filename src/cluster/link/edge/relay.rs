@@ -1,0 +1,210 @@
+//! The reader side of an edge link ([`Relay`]: the owner's events to the loops, the
+//! book of places kept up to date) and what the writer does with the places when the
+//! connection comes back ([`EdgeLink::reattach`]: re-submit to a new owner, or kick).
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::places::{Answer, Book};
+use super::{book, lock, relay, ring, EdgeLink, LoopOut, Pending};
+use crate::cluster::link::codec::{self, unpack_session, Reader};
+use crate::msg::{
+    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
+};
+
+impl EdgeLink {
+    /// Connected again while places wait behind the link: to a new owner (`moved`),
+    /// they are re-submitted first, in one batch sorted by key, and the players notice
+    /// nothing; to the same owner (a cut link), they are kicked as before (their places
+    /// wait in grace there: logging in again resumes them).
+    pub(super) fn reattach(&self, places: &Mutex<Book>, moved: bool, batch: &mut Vec<CoreMsg>) {
+        if !moved {
+            self.give_up(places);
+            return;
+        }
+        let all = book(places).take_resubmissions();
+        tracing::info!(node = %self.node, places = all.len(), "re-submitting places to the new owner");
+        let resubmits = all.into_iter().map(|(packed, live)| {
+            let (loop_id, session) = unpack_session(packed);
+            CoreMsg::Resubmit {
+                conn: ConnRef { loop_id, session },
+                user: live.user,
+                queue: (&*live.queue).into(),
+                key: live.key,
+            }
+        });
+        batch.splice(0..0, resubmits);
+    }
+
+    /// Kicks every session whose place is behind this link (`shutdown`, retry hint).
+    pub(super) fn give_up(&self, places: &Mutex<Book>) {
+        book(places).give_up();
+        let mut rung = vec![false; self.loops.len()];
+        for loop_id in 0..self.loops.len() {
+            let lost = LoopEvent::LinkLost { link: self.index };
+            self.relay(loop_id, lost, &mut rung);
+        }
+        self.ring(&mut rung);
+    }
+}
+
+/// The reader of one connection: owner events to the loops.
+pub(super) struct Relay {
+    /// The link's index.
+    pub(super) index: usize,
+    /// Every local loop.
+    pub(super) loops: Arc<Vec<LoopOut>>,
+    /// Server stop.
+    pub(super) stop: Arc<AtomicBool>,
+    /// Set when this connection ends.
+    pub(super) broken: Arc<AtomicBool>,
+    /// Joins in flight on this connection.
+    pub(super) pending: Pending,
+    /// The link's places (kept across connections).
+    pub(super) places: Arc<Mutex<Book>>,
+}
+
+impl Relay {
+    pub(super) fn run(self, mut stream: TcpStream) {
+        let mut body = Vec::new();
+        let mut rung = vec![false; self.loops.len()];
+        let why = loop {
+            match codec::read_frame(&mut stream, &mut body) {
+                Ok(true) => {}
+                Ok(false) => break "closed by the owner".to_string(),
+                Err(e) => break e.to_string(),
+            }
+            if let Err(e) = self.frame(&body, &mut rung) {
+                break e.to_string();
+            }
+            ring(&self.loops, &mut rung);
+        };
+        tracing::info!(link = self.index, why, "node link closed");
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        // Logins in flight get SHUTTING_DOWN (retry), not silence.
+        let lost: Vec<_> = lock(&self.pending).drain().collect();
+        for (packed, (seq, user)) in lost {
+            let (l, session) = unpack_session(packed);
+            let e = LoopEvent::Joined {
+                session,
+                seq,
+                user,
+                result: Err(JoinError::ShuttingDown),
+            };
+            relay(&self.loops, &self.stop, l as usize, e, &mut rung);
+        }
+        // The waiting places are held: the writer re-dials, and re-submits them to a
+        // new owner or kicks them (see `EdgeLink::reattach`).
+        let mut places = book(&self.places);
+        if !places.live.is_empty() {
+            places.orphaned_since = Some(Instant::now());
+        }
+        drop(places);
+        ring(&self.loops, &mut rung);
+    }
+
+    /// A join answer: a login's goes to its loop (unless answered already); a
+    /// re-submission's becomes a resync of the position, or a kick when refused.
+    fn joined(
+        &self,
+        session: SessionId,
+        seq: u32,
+        user: UserId,
+        result: Result<JoinOk, JoinError>,
+        rung: &mut [bool],
+    ) {
+        let ok = result
+            .as_ref()
+            .ok()
+            .map(|ok| (ok.queue, ok.key, ok.position, ok.admitted.is_some()));
+        let answer = book(&self.places).answered(session, user, ok);
+        let (l, s) = unpack_session(session);
+        if let Answer::Resubmitted(position) = answer {
+            let e = match position {
+                Some(p) => LoopEvent::Resync(vec![(s, p)]),
+                None => LoopEvent::Kick {
+                    session: s,
+                    reason: KickReason::Shutdown,
+                },
+            };
+            relay(&self.loops, &self.stop, l as usize, e, rung);
+            return;
+        }
+        if lock(&self.pending).remove(&session).is_none() {
+            return; // answered SHUTTING_DOWN already (write failed)
+        }
+        let e = LoopEvent::Joined {
+            session: s,
+            seq,
+            user,
+            result,
+        };
+        relay(&self.loops, &self.stop, l as usize, e, rung);
+    }
+
+    /// Relays one frame's events.
+    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<(), codec::CodecError> {
+        let index = self.index;
+        let map = book(&self.places).edge_map();
+        let mut r = Reader::new(body)?;
+        while r.more() {
+            let event = r.event(|q| remote_queue(index, map.get(&q).copied().unwrap_or(q)))?;
+            let one = |s: SessionId| unpack_session(s);
+            match event {
+                LoopEvent::Ranks(batch) => {
+                    for loop_id in 0..self.loops.len() {
+                        let e = LoopEvent::Ranks(batch.clone());
+                        relay(&self.loops, &self.stop, loop_id, e, rung);
+                    }
+                }
+                LoopEvent::Resync(list) => {
+                    let mut per_loop: Vec<Vec<(SessionId, u64)>> =
+                        vec![Vec::new(); self.loops.len()];
+                    for (s, position) in list {
+                        let (l, s) = one(s);
+                        if let Some(v) = per_loop.get_mut(l as usize) {
+                            v.push((s, position));
+                        }
+                    }
+                    for (l, v) in per_loop.into_iter().enumerate() {
+                        if !v.is_empty() {
+                            relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
+                        }
+                    }
+                }
+                LoopEvent::Joined {
+                    session,
+                    seq,
+                    user,
+                    result,
+                } => self.joined(session, seq, user, result, rung),
+                LoopEvent::Admitted {
+                    session,
+                    token,
+                    expires_at,
+                } => {
+                    book(&self.places).ended(session);
+                    let (l, session) = one(session);
+                    let e = LoopEvent::Admitted {
+                        session,
+                        token,
+                        expires_at,
+                    };
+                    relay(&self.loops, &self.stop, l as usize, e, rung);
+                }
+                LoopEvent::Kick { session, reason } => {
+                    book(&self.places).ended(session);
+                    let (l, session) = one(session);
+                    let e = LoopEvent::Kick { session, reason };
+                    relay(&self.loops, &self.stop, l as usize, e, rung);
+                }
+                // The owner stopping is a closed link, not this node's shutdown.
+                LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! Failover in the state machine: [`Op::Resubmit`] (a surviving edge puts a place back
+//! at its old key at the new owner) and [`Op::SeqFloor`] (a new owner's arrivals sort
+//! after every place of earlier owners).
+//!
+//! Invariants (with those of `state`):
+//! - a re-submitted place keeps its key, so relative order across every surviving node
+//!   is the previous owner's; it is inserted whatever `max_waiting` (it held a place);
+//! - the same user re-submitted twice, or re-submitted while it holds a place here:
+//!   newest connection wins (the older connection is kicked `duplicate_login`), and the
+//!   place keeps the lower of the two keys only by staying where it is (no move);
+//! - an insertion reports `Inserted` (it moves the places behind it), like a priority
+//!   join.
+
+use super::{newest_connection_wins, QueueState};
+use crate::msg::{ConnRef, JoinError, PlaceKey, QueueId, UserId};
+use crate::queue::rank::split_key;
+use crate::queue::state::{Applied, Event, Place};
+
+impl QueueState {
+    /// [`Op::Resubmit`].
+    pub(super) fn resubmit(
+        &mut self,
+        name: &str,
+        user: UserId,
+        key: PlaceKey,
+        conn: ConnRef,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+    ) -> Applied {
+        let created = match self.queue_id(name) {
+            Some(id) => Some(id),
+            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
+                self.auto_create(name, now_ms)
+            }
+            None => None,
+        };
+        let Some(queue) = created else {
+            return Applied::JoinFailed(JoinError::UnknownQueue);
+        };
+        self.queues[queue as usize].active_ms = now_ms;
+        if let Some(grant) = self.grants.get_mut(&(queue, user)) {
+            newest_connection_wins(&mut grant.conn, conn, queue, user, out);
+            return Applied::Joined {
+                queue,
+                resumed: true,
+            };
+        }
+        if let Some(place) = self.places.get_mut(&(queue, user)) {
+            newest_connection_wins(&mut place.conn, conn, queue, user, out);
+            return Applied::Joined {
+                queue,
+                resumed: true,
+            };
+        }
+        let (prio, seq) = split_key(key);
+        let q = &mut self.queues[queue as usize];
+        let lane = if prio { &mut q.prio } else { &mut q.normal };
+        if !lane.insert_at(seq, user) {
+            // The key is another player's here: cannot be kept; the player logs in again.
+            return Applied::JoinFailed(JoinError::Gone);
+        }
+        out.push(Event::Inserted { queue, key });
+        self.places.insert(
+            (queue, user),
+            Place {
+                key,
+                conn: Some(conn),
+                grace_deadline_ms: 0,
+            },
+        );
+        Applied::Joined {
+            queue,
+            resumed: true,
+        }
+    }
+
+    /// [`Op::SeqFloor`].
+    pub(super) fn seq_floor(&mut self, queue: QueueId, floor: u64) -> Applied {
+        let Some(q) = self.queues.get_mut(queue as usize) else {
+            return Applied::UnknownQueue;
+        };
+        q.prio.raise_floor(floor);
+        q.normal.raise_floor(floor);
+        Applied::Ok
+    }
+
+    /// The least next seq of `queue`'s two lanes (0 for an unknown queue).
+    pub fn seq_floor_of(&self, queue: QueueId) -> u64 {
+        self.queues
+            .get(queue as usize)
+            .map_or(0, |q| q.prio.next_seq().min(q.normal.next_seq()))
+    }
+}
