@@ -91,8 +91,13 @@ async fn accept(l: std::net::TcpListener, stop: Arc<AtomicBool>) {
         return;
     };
     while !stop.load(Ordering::SeqCst) {
-        if let Ok((stream, _)) = listener.accept().await {
-            monoio::spawn(echo(stream));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                monoio::spawn(echo(stream));
+            }
+            // Out of descriptors (or another transient error): retrying at once would
+            // spin this thread; wait for connections to close.
+            Err(_) => monoio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
     }
 }

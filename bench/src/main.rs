@@ -89,15 +89,60 @@ fn echo_run(
                 .into(),
         ));
     }
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-    let echo = EchoServer::start(listen, t.echo_cores, &t.echo_cpus)
-        .map_err(|e| BenchError::Setup(format!("echo server: {e}")))?;
+    let echo = EchoChild::start(t.echo_cores, &t.echo_cpus)?;
     let mut c = t.common(t.user_base.unwrap_or_else(clock_user_base))?;
     c.player = echo.addr;
     c.control = None;
-    let out = run(&c, users);
-    echo.stop();
-    out
+    run(&c, users)
+}
+
+/// The echo server of `--compare-echo`, in a child process (`queue-bench echo-server`):
+/// in this process its accepted sockets would share the open-file limit with the
+/// bench's own, and 10,000 users need 20,000 descriptors (past the usual 20,000 limit,
+/// the echo server's accepts failed and the run never finished). Killed on drop.
+struct EchoChild {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// The child process.
+    child: std::process::Child,
+}
+
+impl EchoChild {
+    fn start(cores: usize, cpus: &[usize]) -> Result<EchoChild, BenchError> {
+        let setup = |e: std::io::Error| BenchError::Setup(format!("echo server: {e}"));
+        // A free loopback port: bound here and released for the child to take.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let addr = addr.map_err(setup)?;
+        let mut cmd = std::process::Command::new(std::env::current_exe().map_err(setup)?);
+        cmd.args(["echo-server", "--listen", &addr.to_string()]);
+        cmd.args(["--cores", &cores.max(1).to_string()]);
+        if !cpus.is_empty() {
+            let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+            cmd.args(["--cpus", &list.join(",")]);
+        }
+        let child = cmd
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(setup)?;
+        let echo = EchoChild { addr, child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(BenchError::Setup(format!(
+                    "echo server did not listen on {addr}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(echo)
+    }
+}
+
+impl Drop for EchoChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs a socket scenario (and its echo twin with `--compare-echo`) and makes the
