@@ -158,7 +158,8 @@ if c:
     v = c["values"]
     md.append(f"- core ({c['params']['users']} players): {v['joins_per_s']:.0f} joins/s; one tick p50 {c['rtt']['p50_us']:.0f} us, "
               f"one broadcast pass per loop p50 {c['latencies']['broadcast_pass_per_loop']['p50_us']:.0f} us / p99 {c['latencies']['broadcast_pass_per_loop']['p99_us']:.0f} us; "
-              f"{v['core_bytes_per_player_rss']:.0f} B/player in the core; resync {v['resync_ms']:.0f} ms")
+              f"{v['core_bytes_per_player_rss']:.0f} B/player in the core; incremental resync: {v['resync_slices']:.0f} slices, "
+              f"p50 {v['resync_slice_ms_p50']:.2f} / p99 {v['resync_slice_ms_p99']:.2f} / max {v['resync_slice_ms_max']:.2f} ms each")
 md += ["", "Commands: see `command` of each run in the JSON; reproduce with `scripts/bench.sh`. "
        f"Per-second series (rate, p50, p99, max) are in the JSON (`series`); full spectra in `{date}-hgrm/`."]
 open(f"{out}/{date}.md", "w").write("\n".join(md) + "\n")
