@@ -181,9 +181,9 @@ for ttl in 5 2; do
 done
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$RUN" "$OUT" "$DATE" "$LOAD0" "$LOAD1" <<'PY'
+python3 - "$RUN" "$OUT" "$DATE" "$LOAD0" "$LOAD1" "$FEED" <<'PY'
 import glob, json, os, subprocess, sys
-run, out, date, load0, load1 = sys.argv[1:6]
+run, out, date, load0, load1, feed = sys.argv[1:7]
 sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
 runs = {}
 for f in sorted(glob.glob(run + "/*-storm.json") + glob.glob(run + "/*-steady.json") + glob.glob(run + "/*-drain.json") + glob.glob(run + "/*-drainmax.json")):
@@ -250,7 +250,7 @@ md += ["", "Why the cluster can beat one node here: the single node runs `--core
        "through the control port of a node that does not own `default`, and kill -9's the owner's process 4 s in. "
        "A success = answer 200 naming at least one admitted player; times are the probe's monotonic clock when the answer arrived. "
        "**gap = first success after the kill - last success before it.** "
-       f"Meanwhile a feeder (`queue-bench storm --rate N --no-leave --no-control --threads 1` through the two surviving nodes) "
+       f"Meanwhile a feeder (`queue-bench storm --rate {feed} --no-leave --no-control --threads 1` through the two surviving nodes) "
        "logs in fresh players all along: on main the new owner starts with an empty queue (places are not failed over yet; "
        "players on survivors are kicked `shutdown` and must log in again), so the first admission after the kill needs a "
        "player who logged in after the new owner took the queue. The gap therefore = lease expiry (TTL + keep-alive phase) + "
