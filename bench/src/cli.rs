@@ -27,10 +27,12 @@ pub struct Cli {
 /// Flags of every socket scenario.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// Player port of the server.
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    pub target: SocketAddr,
-    /// Control port (allocation counters; admissions for `drain`).
+    /// Player port of the server; several (`--target A,B,C` or repeated) spread the
+    /// users round-robin over them (the nodes of a cluster).
+    #[arg(long, default_value = "127.0.0.1:7000", value_delimiter = ',')]
+    pub target: Vec<SocketAddr>,
+    /// Control port (allocation counters; admissions for `drain`); in a cluster any
+    /// node's (it forwards to the queue's owner).
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub control: SocketAddr,
     /// Do not touch the control port (e.g. against `echo-server`).
@@ -238,8 +240,13 @@ pub fn clock_user_base() -> u64 {
 impl Target {
     pub fn common(&self, user_base: u64) -> Result<Common, BenchError> {
         let cpus_allowed = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
+        if self.target.is_empty() {
+            return Err(BenchError::Setup(
+                "--target: give at least one address".into(),
+            ));
+        }
         Ok(Common {
-            player: self.target,
+            players: self.target.clone(),
             control: (!self.no_control).then_some(self.control),
             bearer: self.api_key.clone(),
             queue: self.queue.clone(),

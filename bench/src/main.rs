@@ -91,7 +91,7 @@ fn echo_run(
     }
     let echo = EchoChild::start(t.echo_cores, &t.echo_cpus)?;
     let mut c = t.common(t.user_base.unwrap_or_else(clock_user_base))?;
-    c.player = echo.addr;
+    c.players = vec![echo.addr];
     c.control = None;
     run(&c, users)
 }
@@ -158,6 +158,9 @@ fn measured(
     };
     let tally = out.tally.clone();
     let mut report = finish(out);
+    if t.target.len() > 1 {
+        report.param("targets", join_addrs(&t.target));
+    }
     let mut echo = None;
     if t.compare_echo {
         let began = std::time::Instant::now();
@@ -178,6 +181,15 @@ fn measured(
         tally,
         echo,
     }))
+}
+
+/// Player addresses as the report shows them (`A,B,C`).
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A report from a merged outcome.
@@ -266,7 +278,7 @@ fn pingpong(t: &Target, o: PingpongOpts) -> Result<Option<Measured>, BenchError>
         r.param("duration_s", o.duration.as_secs_f64());
         r.param("warmup_s", o.warmup.as_secs_f64());
         r.param("cmd", &o.cmd);
-        r.param("target", t.target.to_string());
+        r.param("target", join_addrs(&t.target));
         r.param("procs", t.procs);
         r.notes
             .push("closed loop: rtt is from the actual send (no schedule, no send lag)".into());

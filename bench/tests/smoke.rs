@@ -23,7 +23,7 @@ fn server() -> ServerHandle {
 
 fn common(player: SocketAddr, control: Option<SocketAddr>) -> Common {
     Common {
-        player,
+        players: vec![player],
         control,
         bearer: None,
         queue: None,
@@ -289,4 +289,44 @@ fn binary_refuses_more_users_than_one_process_can_open() {
         err.contains("ulimit -n") && err.contains("--procs"),
         "{err}"
     );
+}
+
+/// `waiting` of queue `default` on one server, from `GET /v1/stats`.
+fn waiting(control: SocketAddr) -> u64 {
+    let mut c = queue_bench::http::Control::new(control, None);
+    let stats: serde_json::Value = serde_json::from_str(&c.get("/v1/stats").unwrap()).unwrap();
+    stats["queues"]["default"]["waiting"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn binary_spreads_users_round_robin_over_several_targets() {
+    let (a, b) = (server(), server());
+    let targets = format!("{},{}", a.player_addr, b.player_addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_queue-bench"))
+        .args(["storm", "--users", "12", "--threads", "1", "--no-leave"])
+        .args(["--target", &targets, "--no-control"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&targets),
+        "the report names both targets: {text}"
+    );
+    // Places outlive the connections (reconnect grace): each server keeps its half.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = (waiting(a.control_addr), waiting(b.control_addr));
+        if counts == (6, 6) || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(counts, (6, 6), "12 users over two targets, round-robin");
+    a.shutdown();
+    b.shutdown();
 }

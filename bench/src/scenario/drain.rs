@@ -408,7 +408,7 @@ async fn player(c: &Common, shared: &Shared, seen: &RefCell<Seen>, i: u64) {
             s.tally.error(format!("login: {e}"));
         }
     };
-    let mut stream = match client::connect(c.player, c.source(i)).await {
+    let mut stream = match client::connect(c.player(i), c.source(i)).await {
         Ok(s) => s,
         Err(e) => return settle(Some(format!("connect {:?}", e.kind()))),
     };

@@ -11,6 +11,9 @@
 //! Invariants:
 //! - the main thread does all blocking control-port calls (allocation probes, admits);
 //!   client threads only wait on [`Phase`]s, polling between short sleeps;
+//! - user `i` always connects to the same player port ([`Common::player`]), so a
+//!   cluster run spreads users round-robin over its nodes and a re-login lands where
+//!   the first login did;
 //! - an allocation window opens after setup (logins) and closes before teardown
 //!   (`leave`), so it holds only the traffic being measured.
 
@@ -71,8 +74,9 @@ impl From<HttpError> for BenchError {
 /// What every socket scenario needs to know about its target.
 #[derive(Clone, Debug)]
 pub struct Common {
-    /// Player port.
-    pub player: SocketAddr,
+    /// Player ports (one server, or several nodes of a cluster): user `i` connects to
+    /// `players[i % len]`, so a cluster gets its players spread round-robin. Never empty.
+    pub players: Vec<SocketAddr>,
     /// Control port (allocation probes; required by `drain`).
     pub control: Option<SocketAddr>,
     /// Bearer key of the control API.
@@ -92,6 +96,11 @@ pub struct Common {
 }
 
 impl Common {
+    /// The player port user `i` connects to (round-robin over [`Common::players`]).
+    pub fn player(&self, i: u64) -> SocketAddr {
+        self.players[(i % self.players.len() as u64) as usize]
+    }
+
     /// The source address of user `i`.
     pub fn source(&self, i: u64) -> Option<IpAddr> {
         (!self.sources.is_empty()).then(|| self.sources[(i % self.sources.len() as u64) as usize])
@@ -168,7 +177,7 @@ impl Common {
         crate::client::FrameReader,
         bytes::BytesMut,
     )> {
-        let mut s = match crate::client::connect(self.player, self.source(i)).await {
+        let mut s = match crate::client::connect(self.player(i), self.source(i)).await {
             Ok(s) => s,
             Err(e) => {
                 tally

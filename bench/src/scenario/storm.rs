@@ -112,7 +112,7 @@ async fn player(c: &Common, shared: &Shared, tally: &RefCell<Tally>, i: u64) -> 
         .borrow_mut()
         .hist("send_lag")
         .record(Instant::now() - intended);
-    let mut stream = match client::connect(c.player, c.source(i)).await {
+    let mut stream = match client::connect(c.player(i), c.source(i)).await {
         Ok(s) => s,
         Err(e) => {
             tally.borrow_mut().error(format!("connect: {:?}", e.kind()));
