@@ -5,8 +5,10 @@
 //! admitted players get a signed token. The map:
 //!
 //! - [`config`]: the embedded default config, file overlay, validation;
-//! - [`cluster`]: etcd coordination (membership, queue ownership, fencing, used tokens);
-//!   a library layer, not yet on the data path;
+//! - [`cluster`]: several nodes on etcd (docs/cluster.md): membership, queue ownership,
+//!   fencing and used tokens in etcd; the node link ([`cluster::link`]: a remote node is
+//!   one more loop of the owner's core; failover re-submits places) and the routes
+//!   loops use for logins; started by [`server`] only with `[cluster]`;
 //! - [`server`]: binds listeners, wires channels, starts and stops every thread;
 //! - [`io_loop`]: one pinned monoio runtime per core; owns its session table and tasks,
 //!   applies the core's events, rank batches and resync slices;
@@ -27,7 +29,8 @@
 //! - [`token`]: admission tokens (JWT EdDSA/HS256, JWKS) and login ticket checks;
 //! - [`control`]: the HTTP control API thread (hyper + axum on a tokio current-thread
 //!   runtime: routes, limits, `/readyz`, the dashboard and its event stream, the player
-//!   journal and removal, CPU profiles, the audit trail); [`metrics`]: Prometheus text;
+//!   journal and removal, CPU profiles, the audit trail, forwarding to a queue's owner in
+//!   a cluster); [`metrics`]: Prometheus text;
 //! - [`limits`]: open-connection limits (total, per IP) shared by the loops;
 //! - [`stats`]: per-loop counters, histograms, the per-minute history and process
 //!   figures; [`alloc_count`]: the counting allocator.
