@@ -32,6 +32,11 @@ pub trait AdmitFence: Send {
     fn epoch(&self, _queue: &str) -> Option<u64> {
         None
     }
+    /// While this node owns `queue` but holds its admission after a takeover (the
+    /// recovery window): the ms left, for the refusal's text.
+    fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// The cluster's fence with the failover hold: after taking over a queue that another
@@ -80,6 +85,16 @@ impl AdmitFence for ClusterFence {
     fn epoch(&self, queue: &str) -> Option<u64> {
         self.cluster.ownership(queue).map(|o| o.epoch)
     }
+
+    fn recovery_left_ms(&self, queue: &str) -> Option<u64> {
+        if !self.cluster.may_admit(queue) || !self.routes.was_owned_elsewhere(queue) {
+            return None;
+        }
+        let o = self.cluster.ownership(queue)?;
+        let end = o.campaign_sent_ms.saturating_add(self.recovery_window_ms);
+        end.checked_sub(crate::cluster::fence::now_ms())
+            .filter(|left| *left > 0)
+    }
 }
 
 impl AdmitFence for Arc<ClusterHandle> {
@@ -115,6 +130,14 @@ impl Core {
         let f = self.fence.as_ref()?;
         if f.fence.may_admit(name) {
             return None;
+        }
+        if let Some(left_ms) = f.fence.recovery_left_ms(name) {
+            return Some(ControlReply::Unavailable(format!(
+                "queue {name} was just taken over from a failed node: admission waits out \
+                 the recovery window ({:.1} s left) so that players whose places are being \
+                 restored are not overtaken",
+                left_ms as f64 / 1000.0
+            )));
         }
         let owner = f.fence.owner(name).unwrap_or_else(|| "none yet".into());
         Some(ControlReply::Unavailable(format!(

@@ -430,6 +430,47 @@ impl AdmitFence for TestFence {
     }
 }
 
+/// A fence of a node that owns the queue but holds it for the recovery window.
+struct HoldingFence;
+
+impl AdmitFence for HoldingFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        false
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("me".into())
+    }
+    fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
+        Some(1_500)
+    }
+}
+
+/// During the hold after a takeover the refusal says why (the recovery window), not
+/// "not the owner" (which named this very node).
+#[test]
+fn an_admit_during_the_recovery_hold_says_so() {
+    let (mut core, _rx, _bell) = core_with_loop(1024);
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 100.0)],
+        1,
+    );
+    let mut core = core.with_fence(Some(Box::new(HoldingFence)));
+    let admit = ControlReq::Admit {
+        queue: "q".into(),
+        count: 1,
+    };
+    match core.control(admit, unix_ms()) {
+        ControlReply::Unavailable(why) => assert!(
+            why.contains("recovery window")
+                && why.contains("1.5 s left")
+                && !why.contains("not the owner"),
+            "{why}"
+        ),
+        other => panic!("admitted during the hold: {other:?}"),
+    }
+}
+
 /// Cluster mode: a node that may not admit for a queue makes no admission, neither by
 /// hand (503 naming the owner) nor by its rate in the tick; once it may, it does, and
 /// an operator's pause given meanwhile is kept.
