@@ -357,6 +357,43 @@ impl QueueState {
         }
     }
 
+    /// The first steps of a join and of a re-submitted place: the queue by name
+    /// (auto-created when allowed), marked active; `Err` with the answer when the queue
+    /// is unknown or the player already holds a place or an admission there (newest
+    /// connection wins, answered `resumed`).
+    pub(super) fn queue_for_join(
+        &mut self,
+        name: &str,
+        user: UserId,
+        conn: ConnRef,
+        now_ms: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<QueueId, Applied> {
+        let created = match self.queue_id(name) {
+            Some(id) => Some(id),
+            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
+                self.auto_create(name, now_ms)
+            }
+            None => None,
+        };
+        let Some(queue) = created else {
+            return Err(Applied::JoinFailed(JoinError::UnknownQueue));
+        };
+        self.queues[queue as usize].active_ms = now_ms;
+        let held = match self.grants.get_mut(&(queue, user)) {
+            Some(grant) => Some(&mut grant.conn),
+            None => self.places.get_mut(&(queue, user)).map(|p| &mut p.conn),
+        };
+        if let Some(held) = held {
+            newest_connection_wins(held, conn, queue, user, out);
+            return Err(Applied::Joined {
+                queue,
+                resumed: true,
+            });
+        }
+        Ok(queue)
+    }
+
     fn join(
         &mut self,
         name: &str,
@@ -366,31 +403,10 @@ impl QueueState {
         now_ms: u64,
         out: &mut Vec<Event>,
     ) -> Applied {
-        let created = match self.queue_id(name) {
-            Some(id) => Some(id),
-            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
-                self.auto_create(name, now_ms)
-            }
-            None => None,
+        let queue = match self.queue_for_join(name, user, conn, now_ms, out) {
+            Ok(queue) => queue,
+            Err(answered) => return answered,
         };
-        let Some(queue) = created else {
-            return Applied::JoinFailed(JoinError::UnknownQueue);
-        };
-        self.queues[queue as usize].active_ms = now_ms;
-        if let Some(grant) = self.grants.get_mut(&(queue, user)) {
-            newest_connection_wins(&mut grant.conn, conn, queue, user, out);
-            return Applied::Joined {
-                queue,
-                resumed: true,
-            };
-        }
-        if let Some(place) = self.places.get_mut(&(queue, user)) {
-            newest_connection_wins(&mut place.conn, conn, queue, user, out);
-            return Applied::Joined {
-                queue,
-                resumed: true,
-            };
-        }
         let q = &mut self.queues[queue as usize];
         if q.waiting() >= q.max_waiting {
             return Applied::JoinFailed(JoinError::QueueFull);

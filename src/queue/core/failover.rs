@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Core, JoinOutcome, PendingJoin};
 use crate::msg::{ConnRef, JoinError, PlaceKey, UserId};
-use crate::queue::state::{Applied, Op};
+use crate::queue::state::Op;
 
 /// Bits a seq floor is shifted by from the ownership epoch.
 pub const EPOCH_SEQ_SHIFT: u32 = 32;
@@ -76,15 +76,7 @@ impl Core {
             key,
             conn,
         };
-        match self.apply(&op, now_ms) {
-            Applied::Joined { queue, resumed } => {
-                self.touch(queue);
-                let grant = self.state.grant(queue, user);
-                Ok((queue, user, resumed, grant))
-            }
-            Applied::JoinFailed(e) => Err(e),
-            other => unreachable!("resubmit applied as {other:?}"),
-        }
+        self.apply_join(&op, user, now_ms)
     }
 
     /// Raises the seq floor of `name` to this node's ownership epoch of it, if it owns

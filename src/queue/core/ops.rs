@@ -109,7 +109,12 @@ impl Core {
             prio,
             conn,
         };
-        match self.apply(&op, now_ms) {
+        self.apply_join(&op, user, now_ms)
+    }
+
+    /// Applies a join-like op (`Join`, `Resubmit`) of `user` and makes its answer.
+    pub(super) fn apply_join(&mut self, op: &Op, user: UserId, now_ms: u64) -> JoinOutcome {
+        match self.apply(op, now_ms) {
             Applied::Joined { queue, resumed } => {
                 self.touch(queue);
                 // Kept for the answer: a token use later in this round must not turn

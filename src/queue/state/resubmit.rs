@@ -11,7 +11,7 @@
 //! - an insertion reports `Inserted` (it moves the places behind it), like a priority
 //!   join.
 
-use super::{newest_connection_wins, QueueState};
+use super::QueueState;
 use crate::msg::{ConnRef, JoinError, PlaceKey, QueueId, UserId};
 use crate::queue::rank::split_key;
 use crate::queue::state::{Applied, Event, Place};
@@ -27,31 +27,10 @@ impl QueueState {
         now_ms: u64,
         out: &mut Vec<Event>,
     ) -> Applied {
-        let created = match self.queue_id(name) {
-            Some(id) => Some(id),
-            None if self.limits.auto_create && crate::config::valid_queue_name(name) => {
-                self.auto_create(name, now_ms)
-            }
-            None => None,
+        let queue = match self.queue_for_join(name, user, conn, now_ms, out) {
+            Ok(queue) => queue,
+            Err(answered) => return answered,
         };
-        let Some(queue) = created else {
-            return Applied::JoinFailed(JoinError::UnknownQueue);
-        };
-        self.queues[queue as usize].active_ms = now_ms;
-        if let Some(grant) = self.grants.get_mut(&(queue, user)) {
-            newest_connection_wins(&mut grant.conn, conn, queue, user, out);
-            return Applied::Joined {
-                queue,
-                resumed: true,
-            };
-        }
-        if let Some(place) = self.places.get_mut(&(queue, user)) {
-            newest_connection_wins(&mut place.conn, conn, queue, user, out);
-            return Applied::Joined {
-                queue,
-                resumed: true,
-            };
-        }
         let (prio, seq) = split_key(key);
         let q = &mut self.queues[queue as usize];
         let lane = if prio { &mut q.prio } else { &mut q.normal };
