@@ -14,10 +14,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{http, TestServer, WAIT};
+use common::{http, start_node, TestServer, WAIT};
 use etcd_support::{free_port, Etcd};
 use queue_server::config::Config;
-use queue_server::server::ServerHandle;
 use serde_json::{json, Value};
 
 /// 32 zero bytes, base64url: the Ed25519 seed every node shares.
@@ -30,33 +29,24 @@ fn node(etcd_url: &str, id: &str) -> TestServer {
 
 /// [`node`] with `control.api_key` = `api_key`.
 fn node_keyed(etcd_url: &str, id: &str, api_key: &str) -> TestServer {
-    let (player_port, control_port, link_port) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        r#"
-        [control]
-        api_key = "{api_key}"
-        [tokens]
-        key = "{KEY}"
-        [cluster]
-        etcd = ["{etcd_url}"]
-        node_id = "{id}"
-        advertise_player = "127.0.0.1:{player_port}"
-        advertise_control = "127.0.0.1:{control_port}"
-        advertise_link = "127.0.0.1:{link_port}"
-        lease_ttl_secs = 2
-        prefix = "/qs-control"
-        "#
-    );
-    let mut config = Config::from_toml_str(&toml).expect("cluster test config");
-    config.server.listen = format!("127.0.0.1:{player_port}").parse().unwrap();
-    config.control.listen = format!("127.0.0.1:{control_port}").parse().unwrap();
-    config.server.cores = 1;
-    let handle = ServerHandle::start(&config).expect("node starts");
-    TestServer {
-        player: handle.player_addr,
-        control: handle.control_addr,
-        handle: Some(handle),
-    }
+    start_node(|player_port, control_port, link_port| {
+        format!(
+            r#"
+            [control]
+            api_key = "{api_key}"
+            [tokens]
+            key = "{KEY}"
+            [cluster]
+            etcd = ["{etcd_url}"]
+            node_id = "{id}"
+            advertise_player = "127.0.0.1:{player_port}"
+            advertise_control = "127.0.0.1:{control_port}"
+            advertise_link = "127.0.0.1:{link_port}"
+            lease_ttl_secs = 2
+            prefix = "/qs-control"
+            "#
+        )
+    })
 }
 
 /// Polls `check` until it gives a value; fails naming `what` after [`WAIT`].

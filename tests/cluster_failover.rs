@@ -12,9 +12,8 @@ mod etcd_support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer};
-use etcd_support::{free_port, Etcd};
-use queue_server::config::Config;
+use common::{start_node, Client, TestServer};
+use etcd_support::Etcd;
 use queue_server::server::ServerHandle;
 use serde_json::json;
 
@@ -26,26 +25,17 @@ const QUEUE: &str = "default";
 const IDS: [&str; 3] = ["f1", "f2", "f3"];
 
 fn node(etcd: &Etcd, id: &str) -> TestServer {
-    let (player, control, link) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        "[server]\npush_interval_ms = 20\n\
-         [tokens]\nkey = \"{KEY}\"\n\
-         [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-         advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-         advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-         recovery_window_secs = 1\nprefix = \"/qs-failover\"\n",
-        etcd.url,
-    );
-    let mut config = Config::from_toml_str(&toml).expect("cluster test config");
-    config.server.listen = format!("127.0.0.1:{player}").parse().unwrap();
-    config.control.listen = format!("127.0.0.1:{control}").parse().unwrap();
-    config.server.cores = 1;
-    let handle = ServerHandle::start(&config).expect("node starts");
-    TestServer {
-        player: handle.player_addr,
-        control: handle.control_addr,
-        handle: Some(handle),
-    }
+    start_node(|player, control, link| {
+        format!(
+            "[server]\npush_interval_ms = 20\n\
+             [tokens]\nkey = \"{KEY}\"\n\
+             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
+             recovery_window_secs = 1\nprefix = \"/qs-failover\"\n",
+            etcd.url,
+        )
+    })
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {

@@ -7,10 +7,8 @@ mod etcd_support;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer};
-use etcd_support::{free_port, Etcd};
-use queue_server::config::Config;
-use queue_server::server::ServerHandle;
+use common::{start_node, Client, TestServer};
+use etcd_support::Etcd;
 use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url): with `[cluster]`
@@ -24,25 +22,16 @@ const QUEUE: &str = "default";
 /// Node `id` as a full server whose player, control and link addresses are the ones it
 /// advertises (the control API forwards to a queue's owner at its `advertise_control`).
 fn node(etcd: &Etcd, id: &str) -> TestServer {
-    let (player, control, link) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        "[server]\npush_interval_ms = 20\n\
-         [tokens]\nkey = \"{KEY}\"\n\
-         [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-         advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-         advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\nprefix = \"/qs-link\"\n",
-        etcd.url,
-    );
-    let mut config = Config::from_toml_str(&toml).expect("cluster test config");
-    config.server.listen = format!("127.0.0.1:{player}").parse().unwrap();
-    config.control.listen = format!("127.0.0.1:{control}").parse().unwrap();
-    config.server.cores = 1;
-    let handle = ServerHandle::start(&config).expect("node starts");
-    TestServer {
-        player: handle.player_addr,
-        control: handle.control_addr,
-        handle: Some(handle),
-    }
+    start_node(|player, control, link| {
+        format!(
+            "[server]\npush_interval_ms = 20\n\
+             [tokens]\nkey = \"{KEY}\"\n\
+             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\nprefix = \"/qs-link\"\n",
+            etcd.url,
+        )
+    })
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {

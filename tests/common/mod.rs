@@ -43,6 +43,29 @@ pub fn start_cores(toml: &str, cores: usize) -> TestServer {
     }
 }
 
+/// A cluster node: a full server (one io loop) whose player and control ports are the
+/// ones its `[cluster]` table advertises (the control API forwards to a queue's owner at
+/// its `advertise_control`); `toml(player, control, link)` writes its config.
+pub fn start_node(toml: impl FnOnce(u16, u16, u16) -> String) -> TestServer {
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    };
+    let (player, control, link) = (port(), port(), port());
+    let mut config = Config::from_toml_str(&toml(player, control, link)).expect("node config");
+    config.server.listen = format!("127.0.0.1:{player}").parse().unwrap();
+    config.control.listen = format!("127.0.0.1:{control}").parse().unwrap();
+    config.server.cores = 1;
+    let handle = ServerHandle::start(&config).expect("node starts");
+    TestServer {
+        player: handle.player_addr,
+        control: handle.control_addr,
+        handle: Some(handle),
+    }
+}
+
 impl TestServer {
     /// A new player connection.
     pub fn client(&self) -> Client {
