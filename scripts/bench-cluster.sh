@@ -5,6 +5,9 @@
 #   scripts/bench-cluster.sh               # ~6 minutes
 #   QUICK=1 scripts/bench-cluster.sh       # tiny sizes, one round, one failover run per TTL
 #   ROUNDS=3 RUNS=3 (defaults): rounds of the ratio work, failover runs per TTL
+#   FAILOVER_ONLY=1: skip the ratio rounds (writes cluster-failover-<date>.md)
+#   TTLS="5 2" WINDOW=30 (defaults): lease_ttl_secs values and recovery_window_secs of
+#     the failover runs
 #
 # (a) single: one queue-server `--cores 1`, no [cluster];
 # (b) cluster: etcd on loopback (fresh data dir) + 3 queue-servers `--cores 1`, players
@@ -14,8 +17,8 @@
 # (position every 1 s per player: p50/p99 at a fixed offered rate), drain at a fixed
 # rate (admit -> push lag) and drainmax (admit as fast as the calls go: delivered
 # admitted/s, the only drain throughput figure).
-# Failover: fresh cluster with lease_ttl_secs = 5 and 2 (recovery_window_secs = 30, the
-# default; main does not use it yet). A feeder (queue-bench storm at a fixed rate,
+# Failover: fresh cluster with lease_ttl_secs = 5 and 2 (recovery_window_secs = WINDOW,
+# 30 by default: the new owner holds admission that long after a takeover). A feeder (queue-bench storm at a fixed rate,
 # through the two non-owner nodes) keeps logging in fresh players; scripts/failover_probe.py
 # admits 1 every 50 ms through a non-owner's control port, kill -9's the owner and
 # prints the gap (first admission after the kill - last before, answer times).
@@ -107,7 +110,7 @@ advertise_player = "127.0.0.1:181${i}0"
 advertise_control = "127.0.0.1:181${i}1"
 advertise_link = "127.0.0.1:181${i}2"
 lease_ttl_secs = $1
-recovery_window_secs = 30
+recovery_window_secs = ${2:-30}
 TOML
     "$SERVER" --config "$RUN/node$i.toml" >>"$RUN/node$i.log" 2>&1 &
     PIDS+=($!); NODE_PIDS+=($!)
@@ -156,16 +159,19 @@ cluster_up() {
 }
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 # Rounds alternate single and cluster, so a change in the box's load hits both.
-for k in $(seq "$ROUNDS"); do
-  work "single-r$k" single_up
-  work "cluster-r$k" cluster_up
-done
-stop
+if [ "${FAILOVER_ONLY:-0}" != 1 ]; then
+  for k in $(seq "$ROUNDS"); do
+    work "single-r$k" single_up
+    work "cluster-r$k" cluster_up
+  done
+  stop
+fi
+WINDOW=${WINDOW:-30}
 
 # Failover: ttl T, run r.
-for ttl in 5 2; do
+for ttl in ${TTLS:-5 2}; do
   for r in $(seq "$RUNS"); do
-    start_cluster "$ttl"
+    start_cluster "$ttl" "$WINDOW"
     a=${OTHERS[0]}; b=${OTHERS[1]}
     pid=${NODE_PIDS[$((OWNER_I - 1))]}
     "$BENCH" storm --users $((FEED * 90)) --rate "$FEED" --no-leave --no-control --threads 1 \
@@ -173,7 +179,7 @@ for ttl in 5 2; do
     FEEDER=$!
     sleep 1
     echo "+ failover ttl=$ttl run=$r: owner $OWNER (pid $pid), admits through node$a"
-    python3 scripts/failover_probe.py "127.0.0.1:181${a}1" "$pid" --pre 4 --period 0.05 --max 60 |
+    python3 scripts/failover_probe.py "127.0.0.1:181${a}1" "$pid" --pre 4 --period 0.05 --max $((WINDOW + 60)) |
       tee "$RUN/failover-$ttl-$r.json"
     kill -TERM "$FEEDER" 2>/dev/null || true; wait "$FEEDER" 2>/dev/null || true
     stop
@@ -181,9 +187,11 @@ for ttl in 5 2; do
 done
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$RUN" "$OUT" "$DATE" "$LOAD0" "$LOAD1" "$FEED" <<'PY'
+NAME=cluster-$DATE
+[ "${FAILOVER_ONLY:-0}" = 1 ] && NAME=cluster-failover-w$WINDOW-$DATE
+python3 - "$RUN" "$OUT" "$DATE" "$LOAD0" "$LOAD1" "$FEED" "$NAME" "$WINDOW" <<'PY'
 import glob, json, os, subprocess, sys
-run, out, date, load0, load1, feed = sys.argv[1:7]
+run, out, date, load0, load1, feed, outname, window = sys.argv[1:9]
 sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
 runs = {}
 for f in sorted(glob.glob(run + "/*-storm.json") + glob.glob(run + "/*-steady.json") + glob.glob(run + "/*-drain.json") + glob.glob(run + "/*-drainmax.json")):
@@ -214,49 +222,51 @@ md = [f"# A 3-node cluster against one node, and the failover gap ({date})", "",
       f"Machine: {os.cpu_count()} cores ({cpu}), "
       f"kernel {sh('uname -r')}, commit {sh('git rev-parse --short HEAD')}, release build. "
       f"Load average (1/5/15 min) before: {load0}; after: {load1} (the box is shared with other helpers compiling).", "",
-      "**Read this first:** this box has 2 cores. The 3 nodes (`--cores 1` each: an io loop and a core thread per node), "
-      "etcd and the bench all share those 2 cores, against 1 node + bench for `single`. "
-      "So the ratio cluster/single measures the **overhead of the node link and forwarding** "
-      "(2 of 3 players' joins, pushes and every admit cross a second process) together with the single node's "
-      "one-loop limit (see below), **not scale-out**: "
-      "on 3 real boxes each node would have its own cores. Compare ratios within this run only. "
-      "steady and drain run at a fixed offered rate, so their rates are 1.00 by construction: read their latencies; "
-      "storm (all at once) and drainmax (admit calls as fast as they go) are the throughput figures.", "",
-      f"Each cell lists the {len(rounds)} rounds in order (each round: single then cluster, every scenario on fresh processes).", "",
-      "| metric | single | cluster | cluster / single | median ratio |", "|---|---|---|---|---|"]
-fmt = lambda v: "-" if v is None else f"{v:.0f}"
-for label, sc, what in rows:
-    ss = [metric(runs.get(f"single-r{k}-{sc}"), what) for k in rounds]
-    cs = [metric(runs.get(f"cluster-r{k}-{sc}"), what) for k in rounds]
-    rs = [c / s if s and c is not None else None for s, c in zip(ss, cs)]
-    ok = sorted(r for r in rs if r is not None)
-    med = f"**{ok[len(ok) // 2]:.2f}**" if ok else "-"
-    md.append(f"| {label} | {', '.join(map(fmt, ss))} | {', '.join(map(fmt, cs))} | "
-              f"{', '.join('-' if r is None else f'{r:.2f}' for r in rs)} | {med} |")
-md += ["", "Errors and checks per run:", ""]
-for name, r in runs.items():
-    ch = r.get("checks") or {}
-    md.append(f"- {name}: errors {r['errors'] or 'none'}" + (f"; checks {'all ok' if all(ch.values()) else ch}" if ch else ""))
-md += ["", "Commands (`RUN/` = the run's temporary dir; single = 127.0.0.1:18400/18401, cluster nodes 127.0.0.1:181{1,2,3}0, "
-       "control 181{1,2,3}1; drain's `--control` is a node that does not own `default`):", ""]
-for name, r in runs.items():
-    if name.startswith(("single-r1-", "cluster-r1-")):  # the other rounds run the same commands
-        md.append(f"- {name}: `{r['command']}`")
-md += ["", "Why the cluster can beat one node here: the single node runs `--cores 1` (one io loop thread + one core thread), "
-       "so its player-side work can use about one of the 2 cores; the 3 nodes have 3 io loops and can use both cores. "
-       "A ratio above 1 is this box's second core, not scale-out; below 1 is the link's cost.", "",
+      ]
+if runs:
+    md += ["**Read this first:** this box has 2 cores. The 3 nodes (`--cores 1` each: an io loop and a core thread per node), "
+          "etcd and the bench all share those 2 cores, against 1 node + bench for `single`. "
+          "So the ratio cluster/single measures the **overhead of the node link and forwarding** "
+          "(2 of 3 players' joins, pushes and every admit cross a second process) together with the single node's "
+          "one-loop limit (see below), **not scale-out**: "
+          "on 3 real boxes each node would have its own cores. Compare ratios within this run only. "
+          "steady and drain run at a fixed offered rate, so their rates are 1.00 by construction: read their latencies; "
+          "storm (all at once) and drainmax (admit calls as fast as they go) are the throughput figures.", "",
+          f"Each cell lists the {len(rounds)} rounds in order (each round: single then cluster, every scenario on fresh processes).", "",
+          "| metric | single | cluster | cluster / single | median ratio |", "|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"
+    for label, sc, what in rows:
+        ss = [metric(runs.get(f"single-r{k}-{sc}"), what) for k in rounds]
+        cs = [metric(runs.get(f"cluster-r{k}-{sc}"), what) for k in rounds]
+        rs = [c / s if s and c is not None else None for s, c in zip(ss, cs)]
+        ok = sorted(r for r in rs if r is not None)
+        med = f"**{ok[len(ok) // 2]:.2f}**" if ok else "-"
+        md.append(f"| {label} | {', '.join(map(fmt, ss))} | {', '.join(map(fmt, cs))} | "
+                  f"{', '.join('-' if r is None else f'{r:.2f}' for r in rs)} | {med} |")
+    md += ["", "Errors and checks per run:", ""]
+    for name, r in runs.items():
+        ch = r.get("checks") or {}
+        md.append(f"- {name}: errors {r['errors'] or 'none'}" + (f"; checks {'all ok' if all(ch.values()) else ch}" if ch else ""))
+    md += ["", "Commands (`RUN/` = the run's temporary dir; single = 127.0.0.1:18400/18401, cluster nodes 127.0.0.1:181{1,2,3}0, "
+           "control 181{1,2,3}1; drain's `--control` is a node that does not own `default`):", ""]
+    for name, r in runs.items():
+        if name.startswith(("single-r1-", "cluster-r1-")):  # the other rounds run the same commands
+            md.append(f"- {name}: `{r['command']}`")
+    md += ["", "Why the cluster can beat one node here: the single node runs `--cores 1` (one io loop thread + one core thread), "
+           "so its player-side work can use about one of the 2 cores; the 3 nodes have 3 io loops and can use both cores. "
+           "A ratio above 1 is this box's second core, not scale-out; below 1 is the link's cost.", ""]
+md += [
        "## Failover gap", "",
        "What is measured: `scripts/failover_probe.py` calls `POST /v1/queues/default/admit {\"count\":1}` every 50 ms "
        "through the control port of a node that does not own `default`, and kill -9's the owner's process 4 s in. "
        "A success = answer 200 naming at least one admitted player; times are the probe's monotonic clock when the answer arrived. "
        "**gap = first success after the kill - last success before it.** "
        f"Meanwhile a feeder (`queue-bench storm --rate {feed} --no-leave --no-control --threads 1` through the two surviving nodes) "
-       "logs in fresh players all along: on main the new owner starts with an empty queue (places are not failed over yet; "
-       "players on survivors are kicked `shutdown` and must log in again), so the first admission after the kill needs a "
-       "player who logged in after the new owner took the queue. The gap therefore = lease expiry (TTL + keep-alive phase) + "
-       "the new owner's campaign tick + the survivor's view of the new owner (at most TTL/3 old) + the next feeder login (1/rate) "
-       "+ the next probe call (50 ms). `recovery_window_secs = 30` (the default) was configured; main does not use it yet: "
-       "once failover of places lands and admission waits out the window, the gap grows by up to that window.", "",
+       "logs in fresh players all along. Players on the surviving nodes keep their places (their links re-submit them "
+       "to the new owner), and the new owner holds admission for the recovery window after taking over, so "
+       "the gap = lease expiry (TTL + keep-alive phase) + the new owner's campaign tick + the recovery window "
+       f"(`recovery_window_secs = {window}` in this run) + the survivor's view of the new owner (at most TTL/3 old) "
+       "+ the next probe call (50 ms). Answers during the hold are 503 (\"admission waits out the recovery window\").", "",
        "| lease_ttl_secs | runs | gap s (each) | kill -> first admission s (each) | answers after the kill, before the first success |", "|---|---|---|---|---|"]
 for ttl in sorted(fail, reverse=True):
     rs = fail[ttl]
@@ -264,10 +274,11 @@ for ttl in sorted(fail, reverse=True):
     k = ", ".join(str(r.get("kill_to_first_s")) for r in rs)
     ans = "; ".join(json.dumps(r.get("answers_after_kill")) for r in rs)
     md.append(f"| {ttl} | {len(rs)} | {gaps} | {k} | {ans} |")
-md += ["", "Reproduce: `scripts/bench-cluster.sh` (`QUICK=1` for tiny sizes)."]
-open(f"{out}/cluster-{date}.md", "w").write("\n".join(md) + "\n")
+envs = " ".join(f"{k}={os.environ[k]!r}" if " " in os.environ[k] else f"{k}={os.environ[k]}" for k in ("FAILOVER_ONLY", "TTLS", "WINDOW", "RUNS", "ROUNDS") if os.environ.get(k))
+md += ["", f"Reproduce: `{envs + ' ' if envs else ''}scripts/bench-cluster.sh` (`QUICK=1` for tiny sizes)."]
+open(f"{out}/{outname}.md", "w").write("\n".join(md) + "\n")
 json.dump({"runs": runs, "failover": fail, "load_before": load0, "load_after": load1},
-          open(f"{out}/cluster-{date}.json", "w"), indent=1)
+          open(f"{out}/{outname}.json", "w"), indent=1)
 print("\n".join(md))
 PY
-echo "wrote $OUT/cluster-$DATE.md and .json (raw runs and logs in $RUN)"
+echo "wrote $OUT/$NAME.md and .json (raw runs and logs in $RUN)"
