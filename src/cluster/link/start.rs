@@ -98,8 +98,16 @@ impl NodeLink {
         let cluster = Cluster::start(p.config, p.queues)
             .map_err(|e| LinkStartError::Cluster(e.to_string()))?;
         let cluster = Arc::new(cluster);
+        // Until the router's first listing, every configured queue is ownerless: a
+        // login is answered SHUTTING_DOWN (retry), never queued in a core that may not
+        // own its queue.
+        p.routes.publish(crate::cluster::routes::RouteTable {
+            unowned: p.queues.iter().map(|q| q.to_string()).collect(),
+            ..Default::default()
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let router = Router {
+            queues: p.queues.iter().map(|q| q.to_string()).collect(),
             cluster: cluster.clone(),
             routes: p.routes.clone(),
             loops: Arc::new(p.loop_outs),

@@ -1,0 +1,189 @@
+//! The node link's gaps on a real etcd (`etcd_support`), two full servers in one
+//! process: a login whose queue has no reachable owner is answered SHUTTING_DOWN (9)
+//! with `retry_after_secs`, never queued in the local core (a place in a queue this
+//! node does not own: never admitted, split from the real queue); once an owner is in
+//! place the same login succeeds and the player is admitted through any node. With
+//! `queues.auto_create`, a queue nobody has seen gets an owner the same way. Every wait
+//! polls with a deadline.
+
+mod common;
+mod etcd_support;
+
+use std::time::{Duration, Instant};
+
+use common::{start_node, TestServer};
+use etcd_support::Etcd;
+use serde_json::{json, Value};
+
+/// The cluster's shared token key (32-byte Ed25519 seed, base64url).
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn node(etcd: &Etcd, id: &str, prefix: &str, extra: &str) -> TestServer {
+    start_node(|player, control, link| {
+        format!(
+            "[server]\npush_interval_ms = 20\n\
+             [tokens]\nkey = \"{KEY}\"\n{extra}\n\
+             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
+             recovery_window_secs = 1\nprefix = \"{prefix}\"\n",
+            etcd.url,
+        )
+    })
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn owner_seen_by(n: &TestServer, queue: &str) -> Option<String> {
+    let cluster = n.handle.as_ref().unwrap().cluster.as_ref().unwrap();
+    cluster.owner_of(queue).map(|o| o.node_id)
+}
+
+/// One login of `user` to `queue` on a new connection of `n`.
+fn login(n: &TestServer, user: u64, queue: &str) -> Value {
+    let mut c = n.client();
+    c.request("login", 1, json!({"user_id": user, "queue": queue}))
+}
+
+/// Asserts `answer` is the "no owner yet, retry" answer.
+fn assert_retry(answer: &Value) {
+    assert_eq!(answer["code"], 9, "{answer}");
+    assert!(
+        answer["data"]["retry_after_secs"].as_u64().unwrap_or(0) >= 1,
+        "{answer}"
+    );
+}
+
+/// Logs `user` in to `queue` on `n`, retrying while the answer is 9 (with a retry
+/// hint); returns the client and its position.
+fn login_when_owned(n: &TestServer, user: u64, queue: &str) -> (common::Client, u64) {
+    let mut out = None;
+    wait_until("a login once the queue has an owner", || {
+        let mut c = n.client();
+        let answer = c.request("login", 1, json!({"user_id": user, "queue": queue}));
+        if answer["code"] == 9 {
+            assert_retry(&answer);
+            return false;
+        }
+        assert_eq!(answer["code"], 0, "{answer}");
+        out = Some((c, answer["data"]["position"].as_u64().unwrap()));
+        true
+    });
+    out.unwrap()
+}
+
+/// Admits `count` of `queue` through `n`, retrying while the queue is between owners
+/// or held for the recovery window (503); returns the admitted user ids.
+fn admit(n: &TestServer, queue: &str, count: u64) -> Vec<u64> {
+    let mut admitted = Vec::new();
+    wait_until("an admission", || {
+        let path = format!("/v1/queues/{queue}/admit");
+        let (status, body) = n.http("POST", &path, Some(json!({ "count": count })));
+        if status != 200 {
+            assert_eq!(status, 503, "{body}");
+            return false;
+        }
+        admitted = body["admitted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["user_id"].as_u64().unwrap())
+            .collect();
+        true
+    });
+    admitted
+}
+
+/// Runs `f` on a throw-away etcd client.
+fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        f(&mut client).await
+    })
+}
+
+/// The queue's owner key names a node that is no member (a dead owner whose key has
+/// not run out, or views that disagree): no node may queue a login locally. The key is
+/// written by the test under its own lease, so the gap lasts until the test ends it:
+/// then a node takes the queue and the same logins succeed, one queue, admitted
+/// through either node in order.
+#[test]
+fn a_login_while_the_queue_has_no_reachable_owner_is_answered_retry() {
+    let etcd = Etcd::start();
+    let prefix = "/qs-gap-owner";
+    let lease = with_etcd(&etcd, async |c| {
+        let lease = c.lease_grant(60, None).await.unwrap().id();
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        c.put(format!("{prefix}/owners/default"), "ghost", Some(opts))
+            .await
+            .unwrap();
+        lease
+    });
+    let nodes = [node(&etcd, "g1", prefix, ""), node(&etcd, "g2", prefix, "")];
+    for n in &nodes {
+        wait_until("the ghost owner is listed", || {
+            owner_seen_by(n, "default").as_deref() == Some("ghost")
+        });
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        assert_retry(&login(n, 10 + i as u64, "default"));
+    }
+
+    with_etcd(&etcd, async |c| c.lease_revoke(lease).await.unwrap());
+    let (_c1, p1) = login_when_owned(&nodes[0], 1, "default");
+    let (_c2, p2) = login_when_owned(&nodes[1], 2, "default");
+    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
+    for n in &nodes {
+        wait_until("every node lists the owner", || {
+            owner_seen_by(n, "default").is_some()
+        });
+    }
+    let owner = owner_seen_by(&nodes[0], "default").unwrap();
+    let other = if owner == "g1" { 1 } else { 0 };
+    assert_eq!(admit(&nodes[other], "default", 10), vec![1, 2]);
+}
+
+/// `queues.auto_create` in a cluster: the first login for a name nobody has seen is
+/// answered 9 (retry) while the cluster gets the queue an owner; then logins on both
+/// nodes wait in the owner's one queue and are admitted through either node.
+#[test]
+fn an_auto_created_queue_gets_one_owner_in_the_cluster() {
+    let etcd = Etcd::start();
+    let prefix = "/qs-gap-auto";
+    let extra = "[queues]\nauto_create = true\n";
+    let nodes = [
+        node(&etcd, "h1", prefix, extra),
+        node(&etcd, "h2", prefix, extra),
+    ];
+    for n in &nodes {
+        wait_until("the configured queue is owned", || {
+            owner_seen_by(n, "default").is_some()
+        });
+    }
+    assert_retry(&login(&nodes[0], 1, "world-7"));
+    let (_c1, p1) = login_when_owned(&nodes[0], 1, "world-7");
+    let (_c2, p2) = login_when_owned(&nodes[1], 2, "world-7");
+    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
+    for n in &nodes {
+        wait_until("every node lists the owner", || {
+            owner_seen_by(n, "world-7").is_some()
+        });
+    }
+    let owner = owner_seen_by(&nodes[0], "world-7").unwrap();
+    let other = if owner == "h1" { 1 } else { 0 };
+    assert_eq!(admit(&nodes[other], "world-7", 10), vec![1, 2]);
+}
