@@ -187,3 +187,35 @@ fn an_auto_created_queue_gets_one_owner_in_the_cluster() {
     let other = if owner == "h1" { 1 } else { 0 };
     assert_eq!(admit(&nodes[other], "world-7", 10), vec![1, 2]);
 }
+
+/// The queue's owner dies as with `kill -9` (`kill_node_for_test`: no keep-alive, no
+/// revoke, its link port closed): logins on the survivors during the failover are
+/// answered 9 with a retry hint (link down, then no owner) until a survivor owns the
+/// queue; then they succeed, and the players are in the new owner's one queue (both
+/// admitted, in order, through a survivor), never in a survivor's own fenced queue.
+#[test]
+fn logins_during_a_failover_wait_for_the_new_owner() {
+    let etcd = Etcd::start();
+    let prefix = "/qs-gap-kill";
+    let ids = ["k1", "k2", "k3"];
+    let mut nodes: Vec<TestServer> = ids.iter().map(|id| node(&etcd, id, prefix, "")).collect();
+    let mut owner = String::new();
+    wait_until("one owner every node routes to", || {
+        let Some(o) = owner_seen_by(&nodes[0], "default") else {
+            return false;
+        };
+        owner = o;
+        nodes.iter().zip(ids).all(|(n, id)| {
+            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
+            let routed = routed.remote_owner("default");
+            routed.as_deref() == (id != owner).then_some(owner.as_str())
+        })
+    });
+    let dead = ids.iter().position(|id| *id == owner).unwrap();
+    nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    let (_c1, p1) = login_when_owned(&nodes[alive[0]], 1, "default");
+    let (_c2, p2) = login_when_owned(&nodes[alive[1]], 2, "default");
+    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
+    assert_eq!(admit(&nodes[alive[0]], "default", 10), vec![1, 2]);
+}
