@@ -302,6 +302,7 @@ fn start_cluster(
         loop_outs,
         loop_channel_capacity: config.core.loop_channel_capacity,
         inbox_capacity: config.core.inbox_capacity,
+        auto_create: config.queues.auto_create,
     })
     .map(Some)
     .map_err(|e| StartError::Cluster(e.to_string()))
@@ -379,16 +380,13 @@ impl ServerHandle {
         let stats = shared.stats.clone();
         let server_stats = Arc::new(ServerStats::default());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
-        let routes = config
-            .cluster
-            .as_ref()
-            .map(|_| Arc::new(Routes::new(config.queues.auto_create)));
+        let routes = config.cluster.as_ref().map(|_| Arc::new(Routes::default()));
         let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement, &routes)?;
         let link = start_cluster(config, &routes, &core_tx, &wiring.loop_links)?;
 
         let cluster_control = link
             .as_ref()
-            .map(|l| ClusterControl::new(l.cluster.clone()));
+            .map(|l| ClusterControl::new(l.cluster.clone(), l.link_stats()));
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
         let ctx = ControlContext {

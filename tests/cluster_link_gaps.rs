@@ -219,3 +219,80 @@ fn logins_during_a_failover_wait_for_the_new_owner() {
     assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
     assert_eq!(admit(&nodes[alive[0]], "default", 10), vec![1, 2]);
 }
+
+/// The value of `name{peer="peer",side="side"}` on `n`'s `/metrics` (None: no series).
+fn link_metric(n: &TestServer, name: &str, peer: &str, side: &str) -> Option<u64> {
+    let (status, text) = common::http_text(n.control, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{text}");
+    let series = format!("{name}{{peer=\"{peer}\",side=\"{side}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Node-link metrics on two nodes: after players joined over the link, each side's
+/// counters name the other node (`peer`) and its side, are above 0, and the link is
+/// connected; a cut link is re-dialled (`reconnects` grows on both sides); the owner
+/// dying leaves the edge's link disconnected (`connected` 0).
+#[test]
+fn node_link_metrics_name_the_peer_and_follow_cuts() {
+    let etcd = Etcd::start();
+    let prefix = "/qs-gap-metrics";
+    let ids = ["m1", "m2"];
+    let mut nodes: Vec<TestServer> = ids.iter().map(|id| node(&etcd, id, prefix, "")).collect();
+    let mut owner = String::new();
+    wait_until("one owner every node routes to", || {
+        let Some(o) = owner_seen_by(&nodes[0], "default") else {
+            return false;
+        };
+        owner = o;
+        nodes.iter().zip(ids).all(|(n, id)| {
+            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
+            let routed = routed.remote_owner("default");
+            routed.as_deref() == (id != owner).then_some(owner.as_str())
+        })
+    });
+    let o = ids.iter().position(|id| *id == owner).unwrap();
+    let e = 1 - o;
+    let (o_id, e_id) = (ids[o], ids[e]);
+    let (_p1, _) = login_when_owned(&nodes[e], 1, "default");
+    let (_p2, _) = login_when_owned(&nodes[e], 2, "default");
+
+    for (n, peer, side) in [(&nodes[e], o_id, "edge"), (&nodes[o], e_id, "owner")] {
+        for name in [
+            "queue_cluster_link_frames_sent_total",
+            "queue_cluster_link_frames_received_total",
+            "queue_cluster_link_bytes_sent_total",
+            "queue_cluster_link_bytes_received_total",
+            "queue_cluster_link_messages_relayed_total",
+        ] {
+            let v = link_metric(n, name, peer, side);
+            assert!(v.unwrap_or(0) > 0, "{name} {peer} {side}: {v:?}");
+        }
+        assert_eq!(
+            link_metric(n, "queue_cluster_link_connected", peer, side),
+            Some(1)
+        );
+        let reconnects = "queue_cluster_link_reconnects_total";
+        assert_eq!(link_metric(n, reconnects, peer, side), Some(0));
+    }
+
+    // A cut: the edge's waiting places make it re-dial at once.
+    nodes[o]
+        .handle
+        .as_ref()
+        .unwrap()
+        .close_node_links_for_test();
+    for (n, peer, side) in [(&nodes[e], o_id, "edge"), (&nodes[o], e_id, "owner")] {
+        wait_until("a reconnect counted", || {
+            let r = link_metric(n, "queue_cluster_link_reconnects_total", peer, side);
+            r.unwrap_or(0) >= 1
+        });
+    }
+
+    // The owner dies: nothing answers the edge's dials any more.
+    nodes[o].handle.as_mut().unwrap().kill_node_for_test();
+    wait_until("the edge's link is down", || {
+        link_metric(&nodes[e], "queue_cluster_link_connected", o_id, "edge") == Some(0)
+    });
+}

@@ -18,7 +18,7 @@
 //! `links[k]` is the inbox of link `k`'s client, which acts as a core for its sessions.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
@@ -76,7 +76,7 @@ pub struct Routes {
     elsewhere: Mutex<HashSet<String>>,
     /// `queues.auto_create`: a login for a queue the cluster does not know asks the
     /// router to track it instead of going to this node's core.
-    auto_create: bool,
+    auto_create: AtomicBool,
     /// Queue names the loops asked the router to track (bounded, never blocks).
     wanted_tx: crossbeam_channel::Sender<QueueName>,
     /// The router's end.
@@ -85,22 +85,22 @@ pub struct Routes {
 
 impl Default for Routes {
     fn default() -> Routes {
-        Routes::new(false)
-    }
-}
-
-impl Routes {
-    /// Empty routes; `auto_create` as `queues.auto_create`.
-    pub fn new(auto_create: bool) -> Routes {
         let (wanted_tx, wanted_rx) = crossbeam_channel::bounded(WANTED_MAX);
         Routes {
             generation: AtomicU64::default(),
             table: Mutex::default(),
             elsewhere: Mutex::default(),
-            auto_create,
+            auto_create: AtomicBool::new(false),
             wanted_tx,
             wanted_rx,
         }
+    }
+}
+
+impl Routes {
+    /// Sets `queues.auto_create` (once, at start).
+    pub fn set_auto_create(&self, on: bool) {
+        self.auto_create.store(on, Ordering::Relaxed);
     }
 
     /// The source of a login to `queue` by `table` (see [`RouteTable::source_of`]); a
@@ -112,7 +112,7 @@ impl Routes {
     pub fn source_in(&self, table: &RouteTable, queue: &str) -> usize {
         match table.source_of(queue) {
             Some(source) => source,
-            None if self.auto_create && trackable(queue) => {
+            None if self.auto_create.load(Ordering::Relaxed) && trackable(queue) => {
                 let _ = self.wanted_tx.try_send(QueueName::from(queue));
                 NO_OWNER
             }

@@ -30,6 +30,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 
 use self::places::Book;
 use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
+use super::hello::write_hello;
+use super::stats::LinkStats;
 use crate::doorbell::Bell;
 use crate::msg::{local_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
 
@@ -59,6 +61,10 @@ pub struct LoopOut {
 pub struct EdgeLink {
     /// The link's index (its queue id range, see `msg::remote_queue`).
     pub index: usize,
+    /// This node's id (sent in the hello after the preambles).
+    pub me: String,
+    /// The link's counters (`/metrics`).
+    pub stats: Arc<LinkStats>,
     /// The owner node's id (for logs).
     pub node: String,
     /// The owner's `advertise_link`.
@@ -237,7 +243,12 @@ impl EdgeLink {
         }
         drop(book);
         drop(pending);
-        if frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok() {
+        if frame.is_empty() {
+            return true;
+        }
+        let bytes = frame.finish();
+        if conn.stream.write_all(bytes).is_ok() {
+            self.stats.sent(bytes.len());
             return true;
         }
         // Not sent: the joins the reader has not answered yet are answered by `refuse`.
@@ -287,6 +298,7 @@ impl EdgeLink {
             if &preamble != PREAMBLE {
                 return Err(std::io::Error::other(codec::CodecError::BadPreamble));
             }
+            write_hello(&mut stream, &self.me)?;
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
             let pending = Pending::default();
@@ -297,8 +309,11 @@ impl EdgeLink {
                 broken: broken.clone(),
                 pending: pending.clone(),
                 places: places.clone(),
+                stats: self.stats.clone(),
             };
             let read = stream.try_clone()?;
+            // Counted closed by the reader when the connection ends.
+            self.stats.opened();
             std::thread::Builder::new()
                 .name(format!("link-from-{}", self.node))
                 .spawn(move || reader.run(read))?;

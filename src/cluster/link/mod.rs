@@ -8,7 +8,10 @@
 //! - [`edge`]: one client per remote owner, acting as a core for the sessions whose
 //!   queue that node owns;
 //! - [`router`]: which queue goes where (publishes `cluster::routes`), and starts the
-//!   clients.
+//!   clients;
+//! - [`hello`]: the edge names itself after the preambles;
+//! - [`stats`]: per peer link and side, the counters `/metrics` shows
+//!   (`queue_cluster_link_*`), plain atomics bumped per frame.
 //!
 //! Ids: a virtual loop's `LoopId` is above the owner's io loops (never reused); an edge
 //! session crosses as (edge loop << 24 | session) ([`codec::pack_session`]); the owner's
@@ -33,13 +36,14 @@
 //! link's write times out (then the link closes and the core stops sending to it).
 //!
 //! Not here yet: place tickets (players of the dead node), the ownership epoch on
-//! frames, fencing re-checked at flush, node-link metrics, sharing one encoded rank
-//! batch between links. A link follows one new owner: when the dead node's queues went
+//! frames, fencing re-checked at flush, sharing one encoded rank batch between links. A link follows one new owner: when the dead node's queues went
 //! to several nodes, places of queues the followed node does not own are refused
 //! there and their players kicked with a retry hint (a new place at the end).
 
 pub mod codec;
 pub mod edge;
+pub mod hello;
 pub mod owner;
 pub mod router;
 pub mod start;
+pub mod stats;

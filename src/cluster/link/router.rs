@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::edge::{EdgeLink, LoopOut, Retarget};
+use super::stats::{LinkRegistry, Side};
 use crate::cluster::membership::Member;
 use crate::cluster::node::Owner;
 use crate::cluster::routes::{RouteTable, Routes};
@@ -45,6 +46,8 @@ pub struct Router {
     pub orphan_max: Duration,
     /// The configured queues (the cluster layer tracks them from the start).
     pub queues: Vec<String>,
+    /// Every peer link's counters (each link client gets its peer's).
+    pub link_stats: Arc<LinkRegistry>,
 }
 
 /// What the router remembers between polls.
@@ -223,6 +226,8 @@ impl Router {
         let retarget = Retarget::default();
         let link = EdgeLink {
             index: table.nodes.len(),
+            me: self.cluster.node_id().to_string(),
+            stats: self.link_stats.get(node, Side::Edge),
             node: node.to_string(),
             addr,
             inbox,

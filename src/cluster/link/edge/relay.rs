@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::places::{Answer, Book};
-use super::{book, lock, relay, ring, EdgeLink, LoopOut, Pending};
+use super::{book, lock, relay, ring, EdgeLink, LinkStats, LoopOut, Pending};
 use crate::cluster::link::codec::{self, unpack_session, Reader};
 use crate::msg::{
     remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
@@ -25,6 +25,7 @@ impl EdgeLink {
             return;
         }
         let all = book(places).take_resubmissions();
+        self.stats.resubmitted(all.len() as u64);
         tracing::info!(node = %self.node, places = all.len(), "re-submitting places to the new owner");
         let resubmits = all.into_iter().map(|(packed, live)| {
             let (loop_id, session) = unpack_session(packed);
@@ -64,6 +65,8 @@ pub(super) struct Relay {
     pub(super) pending: Pending,
     /// The link's places (kept across connections).
     pub(super) places: Arc<Mutex<Book>>,
+    /// The link's counters.
+    pub(super) stats: Arc<LinkStats>,
 }
 
 impl Relay {
@@ -76,12 +79,14 @@ impl Relay {
                 Ok(false) => break "closed by the owner".to_string(),
                 Err(e) => break e.to_string(),
             }
-            if let Err(e) = self.frame(&body, &mut rung) {
-                break e.to_string();
+            match self.frame(&body, &mut rung) {
+                Ok(events) => self.stats.received(body.len() + 4, events),
+                Err(e) => break e.to_string(),
             }
             ring(&self.loops, &mut rung);
         };
         tracing::info!(link = self.index, why, "node link closed");
+        self.stats.closed();
         self.broken.store(true, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
         // Logins in flight get SHUTTING_DOWN (retry), not silence.
@@ -145,12 +150,14 @@ impl Relay {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 
-    /// Relays one frame's events.
-    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<(), codec::CodecError> {
+    /// Relays one frame's events; returns how many.
+    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<u64, codec::CodecError> {
         let index = self.index;
         let map = book(&self.places).edge_map();
         let mut r = Reader::new(body)?;
+        let mut events = 0;
         while r.more() {
+            events += 1;
             let event = r.event(|q| remote_queue(index, map.get(&q).copied().unwrap_or(q)))?;
             let one = |s: SessionId| unpack_session(s);
             match event {
@@ -205,6 +212,6 @@ impl Relay {
                 LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
             }
         }
-        Ok(())
+        Ok(events)
     }
 }

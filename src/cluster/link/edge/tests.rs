@@ -57,6 +57,8 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
     let stop = Arc::new(AtomicBool::new(false));
     EdgeLink {
         index: 3,
+        me: "edge-1".into(),
+        stats: Arc::default(),
         node: "owner".into(),
         addr,
         inbox,
@@ -98,6 +100,10 @@ fn accept(listener: &TcpListener) -> TcpStream {
     s.read_exact(&mut p).unwrap();
     assert_eq!(&p, PREAMBLE);
     s.write_all(PREAMBLE).unwrap();
+    assert_eq!(
+        crate::cluster::link::hello::read_hello(&mut s).unwrap(),
+        "edge-1"
+    );
     s
 }
 
