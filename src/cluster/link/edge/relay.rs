@@ -2,16 +2,18 @@
 //! book of places kept up to date) and what the writer does with the places when the
 //! connection comes back ([`EdgeLink::reattach`]: re-submit to a new owner, or kick).
 
+use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::places::{Answer, Book};
 use super::{book, lock, relay, ring, EdgeLink, LinkStats, LoopOut, Pending};
 use crate::cluster::link::codec::{self, unpack_session, Reader};
 use crate::msg::{
-    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
+    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, QueueId, SessionId,
+    UserId,
 };
 
 impl EdgeLink {
@@ -49,6 +51,14 @@ impl EdgeLink {
         }
         self.ring(&mut rung);
     }
+}
+
+/// The link's two locks, held for one frame.
+struct Locked<'a> {
+    /// Joins in flight on the connection.
+    pending: MutexGuard<'a, HashMap<SessionId, (u32, UserId)>>,
+    /// The link's book of places.
+    places: MutexGuard<'a, Book>,
 }
 
 /// The reader of one connection: owner events to the loops.
@@ -115,17 +125,18 @@ impl Relay {
     /// re-submission's becomes a resync of the position, or a kick when refused.
     fn joined(
         &self,
-        session: SessionId,
+        locked: &mut Locked<'_>,
+        (session, wire_queue): (SessionId, QueueId),
         seq: u32,
         user: UserId,
         result: Result<JoinOk, JoinError>,
         rung: &mut [bool],
     ) {
-        let ok = result
-            .as_ref()
-            .ok()
-            .map(|ok| (ok.queue, ok.key, ok.position, ok.admitted.is_some()));
-        let answer = book(&self.places).answered(session, user, ok);
+        let ok = result.as_ref().ok().map(|ok| {
+            let admitted = ok.admitted.is_some();
+            (ok.queue, wire_queue, ok.key, ok.position, admitted)
+        });
+        let answer = locked.places.answered(session, user, ok);
         let (l, s) = unpack_session(session);
         if let Answer::Resubmitted(position) = answer {
             let e = match position {
@@ -138,7 +149,7 @@ impl Relay {
             relay(&self.loops, &self.stop, l as usize, e, rung);
             return;
         }
-        if lock(&self.pending).remove(&session).is_none() {
+        if locked.pending.remove(&session).is_none() {
             return; // answered SHUTTING_DOWN already (write failed)
         }
         let e = LoopEvent::Joined {
@@ -150,15 +161,26 @@ impl Relay {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 
-    /// Relays one frame's events; returns how many.
+    /// Relays one frame's events; returns how many. The joins in flight and the book
+    /// are locked once for the frame (in the writer's order: pending, then book); a
+    /// loop never takes them, so waiting here for a full loop channel cannot deadlock.
     fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<u64, codec::CodecError> {
         let index = self.index;
-        let map = book(&self.places).edge_map();
+        let mut locked = Locked {
+            pending: lock(&self.pending),
+            places: book(&self.places),
+        };
         let mut r = Reader::new(body)?;
         let mut events = 0;
         while r.more() {
             events += 1;
-            let event = r.event(|q| remote_queue(index, map.get(&q).copied().unwrap_or(q)))?;
+            let places = &locked.places;
+            // The owner's own id of the (last) queue decoded: a join answer's.
+            let wire_queue = std::cell::Cell::new(0);
+            let event = r.event(|q| {
+                wire_queue.set(q);
+                remote_queue(index, places.edge_queue_of(q))
+            })?;
             let one = |s: SessionId| unpack_session(s);
             match event {
                 LoopEvent::Ranks(batch) => {
@@ -187,13 +209,16 @@ impl Relay {
                     seq,
                     user,
                     result,
-                } => self.joined(session, seq, user, result, rung),
+                } => {
+                    let ids = (session, wire_queue.get());
+                    self.joined(&mut locked, ids, seq, user, result, rung)
+                }
                 LoopEvent::Admitted {
                     session,
                     token,
                     expires_at,
                 } => {
-                    book(&self.places).ended(session);
+                    locked.places.ended(session);
                     let (l, session) = one(session);
                     let e = LoopEvent::Admitted {
                         session,
@@ -203,7 +228,7 @@ impl Relay {
                     relay(&self.loops, &self.stop, l as usize, e, rung);
                 }
                 LoopEvent::Kick { session, reason } => {
-                    book(&self.places).ended(session);
+                    locked.places.ended(session);
                     let (l, session) = one(session);
                     let e = LoopEvent::Kick { session, reason };
                     relay(&self.loops, &self.stop, l as usize, e, rung);

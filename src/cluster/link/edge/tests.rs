@@ -237,6 +237,18 @@ fn answer_joins(owner: &mut TcpStream, sessions: &[SessionId]) {
 /// and a later `leave` carries the new owner's queue id.
 #[test]
 fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
+    resubmit_and_leave(false);
+}
+
+/// As above with the new owner's answers in two frames (two core flushes, or a frame
+/// split): the second answer decodes through the mapping the first one made, and the
+/// mapping must still name the new owner's id (a `leave` carried the old id before).
+#[test]
+fn resubmission_answers_over_several_frames_keep_the_new_owners_ids() {
+    resubmit_and_leave(true);
+}
+
+fn resubmit_and_leave(split: bool) {
     let old = TcpListener::bind("127.0.0.1:0").unwrap();
     let new = TcpListener::bind("127.0.0.1:0").unwrap();
     let retarget = Retarget::default();
@@ -296,8 +308,14 @@ fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
                 admitted: None,
             }),
         });
+        if split {
+            owner.write_all(f.finish()).unwrap();
+            f.clear();
+        }
     }
-    owner.write_all(f.finish()).unwrap();
+    if !f.is_empty() {
+        owner.write_all(f.finish()).unwrap();
+    }
     assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(1, 2)]));
     assert!(matches!(next(&edge.rxs[1]), LoopEvent::Resync(v) if v == vec![(2, 1)]));
     edge.tx
