@@ -161,6 +161,22 @@ impl Relay {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 
+    /// A resync of positions: split by loop, ids unpacked.
+    fn resync(&self, list: Vec<(SessionId, u64)>, rung: &mut [bool]) {
+        let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
+        for (s, position) in list {
+            let (l, s) = unpack_session(s);
+            if let Some(v) = per_loop.get_mut(l as usize) {
+                v.push((s, position));
+            }
+        }
+        for (l, v) in per_loop.into_iter().enumerate() {
+            if !v.is_empty() {
+                relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
+            }
+        }
+    }
+
     /// Relays one frame's events; returns how many. The joins in flight and the book
     /// are locked once for the frame (in the writer's order: pending, then book); a
     /// loop never takes them, so waiting here for a full loop channel cannot deadlock.
@@ -189,21 +205,7 @@ impl Relay {
                         relay(&self.loops, &self.stop, loop_id, e, rung);
                     }
                 }
-                LoopEvent::Resync(list) => {
-                    let mut per_loop: Vec<Vec<(SessionId, u64)>> =
-                        vec![Vec::new(); self.loops.len()];
-                    for (s, position) in list {
-                        let (l, s) = one(s);
-                        if let Some(v) = per_loop.get_mut(l as usize) {
-                            v.push((s, position));
-                        }
-                    }
-                    for (l, v) in per_loop.into_iter().enumerate() {
-                        if !v.is_empty() {
-                            relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
-                        }
-                    }
-                }
+                LoopEvent::Resync(list) => self.resync(list, rung),
                 LoopEvent::Joined {
                     session,
                     seq,
