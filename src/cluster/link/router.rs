@@ -184,8 +184,9 @@ impl Router {
     }
 
     /// Failover: `queue` was served by a link whose node is no longer a live member and
-    /// is now owned by `owner`: that link follows it to `owner`'s `advertise_link`
-    /// (this node's own when it took the queue), re-submitting its places there.
+    /// is now owned by `owner`: that link re-submits the queue's places to `owner`'s
+    /// `advertise_link` (this node's own when it took the queue); each queue to its own
+    /// new owner (see `edge::follow`).
     fn follow(
         &self,
         queue: &str,
@@ -207,8 +208,10 @@ impl Router {
         else {
             return;
         };
-        *links.retargets[k].lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(addr.advertise_link.clone());
+        links.retargets[k]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_string(), addr.advertise_link.clone());
     }
 
     /// Starts the link client to `node`, appending it to `table`.

@@ -4,6 +4,9 @@
 //! and how the new owner's queue ids map onto the ids the sessions already hold.
 //!
 //! Invariants:
+//! - `held` (a subset of `live`) are the places behind no connection since the link
+//!   broke; each goes to its queue's new owner once the router names it (this link's
+//!   connection, or another link that takes them with [`Book::split_off`]);
 //! - `live` holds exactly the link's sessions that wait (joined, not admitted, not
 //!   left, not kicked, not closed); locked once per frame by the link's two threads,
 //!   never by an io loop;
@@ -51,8 +54,11 @@ pub(super) struct Book {
     to_edge: HashMap<QueueId, QueueId>,
     /// The id sessions hold -> the owner's (absent: the same).
     to_owner: HashMap<QueueId, QueueId>,
-    /// When the connection broke with places behind it (until they are re-submitted
-    /// or given up).
+    /// Places behind no connection (it broke): re-submitted when their queue's new
+    /// owner is known, or given up.
+    held: HashSet<SessionId>,
+    /// When the connection broke with places behind it (until every held place is
+    /// re-submitted or given up).
     pub orphaned_since: Option<Instant>,
 }
 
@@ -89,6 +95,7 @@ impl Book {
     pub fn ended(&mut self, packed: SessionId) {
         self.live.remove(&packed);
         self.joining.remove(&packed);
+        self.held.remove(&packed);
     }
 
     /// The owner's id of the queue a session holds as `edge` (link bits cleared).
@@ -141,27 +148,97 @@ impl Book {
         Answer::Relay
     }
 
-    /// A new connection to a new owner: forgets the old owner's id maps and returns
-    /// every waiting place to re-submit, sorted by key, each marked as re-submitted.
-    pub fn take_resubmissions(&mut self) -> Vec<(SessionId, Live)> {
-        self.to_edge.clear();
-        self.to_owner.clear();
-        self.resubmitting.clear();
-        self.orphaned_since = None;
-        let mut all: Vec<(SessionId, Live)> =
-            self.live.iter().map(|(s, l)| (*s, l.clone())).collect();
+    /// The connection broke: every waiting place is held (not behind any connection)
+    /// until it is re-submitted or given up.
+    pub fn hold_all(&mut self) {
+        self.held.extend(self.live.keys().copied());
+        if !self.held.is_empty() && self.orphaned_since.is_none() {
+            self.orphaned_since = Some(Instant::now());
+        }
+    }
+
+    /// The held places whose queue `wanted` names, to re-submit on the connection (to
+    /// a new owner), sorted by key, each marked as re-submitted; the others stay held.
+    /// `fresh`: a new connection (the old owner's id maps are forgotten).
+    pub fn take_resubmissions(
+        &mut self,
+        fresh: bool,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<(SessionId, Live)> {
+        if fresh {
+            self.to_edge.clear();
+            self.to_owner.clear();
+            self.resubmitting.clear();
+        }
+        let mut all: Vec<(SessionId, Live)> = Vec::new();
+        for s in &self.held {
+            if let Some(l) = self.live.get(s).filter(|l| wanted(&l.queue)) {
+                all.push((*s, l.clone()));
+            }
+        }
         all.sort_by_key(|(_, l)| l.key);
         for (s, l) in &all {
+            self.held.remove(s);
             self.resubmitting.insert(*s, l.edge_queue);
         }
+        if self.held.is_empty() {
+            self.orphaned_since = None;
+        }
         all
+    }
+
+    /// Moves the held places of `queues` into a new book (for a link to their new
+    /// owner: another node than the one this link follows), held there.
+    pub fn split_off(&mut self, queues: &HashSet<String>) -> Book {
+        let mut out = Book {
+            orphaned_since: self.orphaned_since,
+            ..Book::default()
+        };
+        let moving: Vec<SessionId> = self
+            .held
+            .iter()
+            .copied()
+            .filter(|s| self.live.get(s).is_some_and(|l| queues.contains(&*l.queue)))
+            .collect();
+        for s in moving {
+            self.held.remove(&s);
+            if let Some(l) = self.live.remove(&s) {
+                out.held.insert(s);
+                out.live.insert(s, l);
+            }
+        }
+        if self.held.is_empty() {
+            self.orphaned_since = None;
+        }
+        out
+    }
+
+    /// The queue ids (link bits cleared) sessions hold for the places here.
+    pub fn edge_queues(&self) -> HashSet<QueueId> {
+        self.live.values().map(|l| l.edge_queue).collect()
+    }
+
+    /// True while `packed`'s place is held (behind no connection).
+    pub fn is_held(&self, packed: SessionId) -> bool {
+        self.held.contains(&packed)
     }
 
     /// Forgets every place (they are kicked).
     pub fn give_up(&mut self) {
         self.live.clear();
+        self.held.clear();
         self.resubmitting.clear();
         self.orphaned_since = None;
+    }
+
+    /// Forgets the held places; returns their sessions (to kick one by one).
+    pub fn give_up_held(&mut self) -> Vec<SessionId> {
+        let held: Vec<SessionId> = self.held.drain().collect();
+        for s in &held {
+            self.live.remove(s);
+        }
+        self.orphaned_since = None;
+        held
     }
 }
 

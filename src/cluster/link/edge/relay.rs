@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
+use super::follow::Follow;
 use super::places::{Answer, Book};
 use super::{book, lock, relay, ring, EdgeLink, LinkStats, LoopOut, Pending};
 use crate::cluster::link::codec::{self, unpack_session, Reader};
@@ -18,15 +18,37 @@ use crate::msg::{
 
 impl EdgeLink {
     /// Connected again while places wait behind the link: to a new owner (`moved`),
-    /// they are re-submitted first, in one batch sorted by key, and the players notice
-    /// nothing; to the same owner (a cut link), they are kicked as before (their places
-    /// wait in grace there: logging in again resumes them).
-    pub(super) fn reattach(&self, places: &Mutex<Book>, moved: bool, batch: &mut Vec<CoreMsg>) {
+    /// the places of the queues it owns are re-submitted first, in one batch sorted by
+    /// key, and the players notice nothing; to the same owner (a cut link), they are
+    /// kicked as before (their places wait in grace there: logging in again resumes
+    /// them).
+    pub(super) fn reattach(
+        &self,
+        places: &Mutex<Book>,
+        moved: bool,
+        f: &Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
         if !moved {
-            self.give_up(places);
+            self.give_up(places, f.moved);
             return;
         }
-        let all = book(places).take_resubmissions();
+        self.resubmit(places, true, f, batch);
+    }
+
+    /// Puts re-submissions of the held places whose queue's new owner is the one this
+    /// link dials in front of `batch` (`fresh`: a new connection).
+    pub(super) fn resubmit(
+        &self,
+        places: &Mutex<Book>,
+        fresh: bool,
+        f: &Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
+        let all = book(places).take_resubmissions(fresh, |q| f.here(q));
+        if all.is_empty() {
+            return;
+        }
         self.stats.resubmitted(all.len() as u64);
         tracing::info!(node = %self.node, places = all.len(), "re-submitting places to the new owner");
         let resubmits = all.into_iter().map(|(packed, live)| {
@@ -41,13 +63,26 @@ impl EdgeLink {
         batch.splice(0..0, resubmits);
     }
 
-    /// Kicks every session whose place is behind this link (`shutdown`, retry hint).
-    pub(super) fn give_up(&self, places: &Mutex<Book>) {
-        book(places).give_up();
+    /// Gives the held places up: after a failover (`moved`) each held session is
+    /// kicked `shutdown` (the others wait at their new owner); otherwise every session
+    /// behind the link is (`LinkLost`, with a retry hint).
+    pub(super) fn give_up(&self, places: &Mutex<Book>, moved: bool) {
         let mut rung = vec![false; self.loops.len()];
-        for loop_id in 0..self.loops.len() {
-            let lost = LoopEvent::LinkLost { link: self.index };
-            self.relay(loop_id, lost, &mut rung);
+        if moved {
+            for packed in book(places).give_up_held() {
+                let (l, session) = unpack_session(packed);
+                let kick = LoopEvent::Kick {
+                    session,
+                    reason: KickReason::Shutdown,
+                };
+                self.relay(l as usize, kick, &mut rung);
+            }
+        } else {
+            book(places).give_up();
+            for loop_id in 0..self.loops.len() {
+                let lost = LoopEvent::LinkLost { link: self.index };
+                self.relay(loop_id, lost, &mut rung);
+            }
         }
         self.ring(&mut rung);
     }
@@ -113,11 +148,7 @@ impl Relay {
         }
         // The waiting places are held: the writer re-dials, and re-submits them to a
         // new owner or kicks them (see `EdgeLink::reattach`).
-        let mut places = book(&self.places);
-        if !places.live.is_empty() {
-            places.orphaned_since = Some(Instant::now());
-        }
-        drop(places);
+        book(&self.places).hold_all();
         ring(&self.loops, &mut rung);
     }
 
