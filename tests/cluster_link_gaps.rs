@@ -296,3 +296,81 @@ fn node_link_metrics_name_the_peer_and_follow_cuts() {
         link_metric(&nodes[e], "queue_cluster_link_connected", o_id, "edge") == Some(0)
     });
 }
+
+/// The player's position by a `position` request on its connection; any push but a
+/// `position` on the way (a `kicked`) fails.
+fn position(c: &mut common::Client, user: u64) -> u64 {
+    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
+    loop {
+        let v = c.next();
+        if v["seq"] == 7 {
+            assert_eq!(v["code"], 0, "player {user}: {v}");
+            return v["data"]["position"].as_u64().unwrap();
+        }
+        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
+    }
+}
+
+/// The dead owner held two queues, and rendezvous gives them to two different
+/// survivors: every survivor's players keep their connection and their place, each in
+/// its own queue's new owner (each survivor's link to the dead node re-submits to both
+/// new owners, one of them itself), and are admitted there in their old order.
+#[test]
+fn each_queue_of_a_dead_owner_follows_its_own_new_owner() {
+    use queue_server::cluster::ownership::preferred_owner;
+    let etcd = Etcd::start();
+    let prefix = "/qs-gap-split";
+    let (d, b, c) = ("s-d", "s-b", "s-c");
+    let name = |wanted: &str| {
+        (0..)
+            .map(|i| format!("w{i}"))
+            .find(|q| preferred_owner(q, [b, c].into_iter()) == Some(wanted))
+            .unwrap()
+    };
+    let (qb, qc) = (name(b), name(c));
+    let extra = format!("[[queues.list]]\nname = \"{qb}\"\n[[queues.list]]\nname = \"{qc}\"\n");
+    // d starts alone and owns both; a live owner is never displaced by b or c.
+    let mut nodes = vec![node(&etcd, d, prefix, &extra)];
+    wait_until("d owns both queues", || {
+        [&qb, &qc]
+            .iter()
+            .all(|q| owner_seen_by(&nodes[0], q).as_deref() == Some(d))
+    });
+    nodes.push(node(&etcd, b, prefix, &extra));
+    nodes.push(node(&etcd, c, prefix, &extra));
+    wait_until("b and c route both queues to d", || {
+        nodes[1..].iter().all(|n| {
+            let routes = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
+            [&qb, &qc]
+                .iter()
+                .all(|q| routes.remote_owner(q).as_deref() == Some(d))
+        })
+    });
+    // (user, node, queue): each survivor has a player in each queue.
+    let plan = [(1, 1, &qb), (2, 1, &qc), (3, 2, &qb), (4, 2, &qc)];
+    let mut players = Vec::new();
+    for (user, n, q) in plan {
+        let (client, pos) = login_when_owned(&nodes[n], user, q);
+        assert_eq!(pos, if user <= 2 { 1 } else { 2 }, "user {user}");
+        players.push((user, client, pos));
+    }
+
+    nodes[0].handle.as_mut().unwrap().kill_node_for_test();
+    for n in &nodes[1..] {
+        wait_until("each queue owned by its preferred survivor", || {
+            owner_seen_by(n, &qb).as_deref() == Some(b)
+                && owner_seen_by(n, &qc).as_deref() == Some(c)
+        });
+    }
+    for (user, client, pos) in players.iter_mut() {
+        wait_until("a survivor's place at its queue's new owner", || {
+            position(client, *user) == *pos
+        });
+    }
+    assert_eq!(admit(&nodes[1], &qb, 10), vec![1, 3]);
+    assert_eq!(admit(&nodes[1], &qc, 10), vec![2, 4], "forwarded to c");
+    for (user, client, _) in players.iter_mut() {
+        let push = client.next_cmd("admitted");
+        assert!(push["data"]["token"].is_string(), "player {user}: {push}");
+    }
+}
