@@ -324,7 +324,7 @@ fn each_queue_of_a_dead_owner_follows_its_own_new_owner() {
     let name = |wanted: &str| {
         (0..)
             .map(|i| format!("w{i}"))
-            .find(|q| preferred_owner(q, [b, c].into_iter()) == Some(wanted))
+            .find(|q| preferred_owner(q, [b, c]) == Some(wanted))
             .unwrap()
     };
     let (qb, qc) = (name(b), name(c));
