@@ -325,9 +325,11 @@ impl EdgeLink {
             let read = stream.try_clone()?;
             // Counted closed by the reader when the connection ends.
             self.stats.opened();
+            let stats = self.stats.clone();
             std::thread::Builder::new()
                 .name(format!("link-from-{}", self.node))
-                .spawn(move || reader.run(read))?;
+                .spawn(move || reader.run(read))
+                .inspect_err(|_| stats.closed())?;
             Ok(Conn {
                 stream,
                 broken,

@@ -192,9 +192,11 @@ fn open_link(mut stream: TcpStream, wiring: &Wiring, loop_id: LoopId) -> std::io
     let stats = wiring.stats.get(&node, Side::Owner);
     let out_stats = stats.clone();
     stats.opened();
+    let unopened = stats.clone();
     std::thread::Builder::new()
         .name(format!("link-in-{loop_id}"))
-        .spawn(move || read_link(reader, &core, loop_id, &stats))?;
+        .spawn(move || read_link(reader, &core, loop_id, &stats))
+        .inspect_err(|_| unopened.closed())?;
     std::thread::Builder::new()
         .name(format!("link-out-{loop_id}"))
         .spawn(move || write_link(writer, &rx, bell_rx, loop_id, &out_stats))?;
