@@ -41,7 +41,7 @@ use crate::stats::{LoopStats, ServerStats, KICK_REASONS};
 
 mod cluster;
 
-pub use cluster::ClusterGauges;
+pub use cluster::{ClusterGauges, LinkFigures};
 
 /// What `/metrics` shows beyond the loops, the queues and durability.
 pub struct Extra<'a> {

@@ -302,6 +302,7 @@ fn start_cluster(
         loop_outs,
         loop_channel_capacity: config.core.loop_channel_capacity,
         inbox_capacity: config.core.inbox_capacity,
+        auto_create: config.queues.auto_create,
     })
     .map(Some)
     .map_err(|e| StartError::Cluster(e.to_string()))
@@ -385,7 +386,7 @@ impl ServerHandle {
 
         let cluster_control = link
             .as_ref()
-            .map(|l| ClusterControl::new(l.cluster.clone()));
+            .map(|l| ClusterControl::new(l.cluster.clone(), l.link_stats()));
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
         let ctx = ControlContext {

@@ -46,14 +46,20 @@ pub struct ClusterControl {
     forwarded: AtomicU64,
     /// One permit per consume on the blocking pool ([`CONSUMES_MAX`]).
     consumes: Arc<Semaphore>,
+    /// The node link's counters (`/metrics`).
+    links: Arc<crate::cluster::link::stats::LinkRegistry>,
 }
 
 impl ClusterControl {
     /// The control side of the cluster layer that `server::start_cluster` started (the
     /// same handle the node link and the core's fence use).
-    pub fn new(handle: Arc<ClusterHandle>) -> ClusterControl {
+    pub fn new(
+        handle: Arc<ClusterHandle>,
+        links: Arc<crate::cluster::link::stats::LinkRegistry>,
+    ) -> ClusterControl {
         ClusterControl {
             handle,
+            links,
             forwarded: AtomicU64::new(0),
             consumes: Arc::new(Semaphore::new(CONSUMES_MAX)),
         }
@@ -83,6 +89,7 @@ impl ClusterControl {
             fenced: self.handle.fenced(),
             etcd_errors: self.handle.etcd_errors_total(),
             forwarded: self.forwarded_total(),
+            links: self.links.figures(),
         }
     }
 }

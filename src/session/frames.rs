@@ -132,6 +132,9 @@ fn login(answer: &Answer<'_>, req: &Request<'_>) {
     // A full backlog into the core refuses logins like a spent budget (see
     // `shard::core_link`): the client retries later.
     let source = shard.join_source(&data.queue);
+    if source == crate::cluster::routes::NO_OWNER {
+        return reply_shutting_down(shard, session, "login", req.seq); // no owner yet: retry
+    }
     if !shard.room_for_join(source) || !shard.logins.take(Instant::now()) {
         return answer.error(Code::RateLimited, "too many logins, retry later");
     }

@@ -150,8 +150,8 @@ impl Shard {
         }
     }
 
-    /// The core a login to `queue` goes to: 0 = this node's, `k + 1` = node link `k`
-    /// (single node: always 0, one branch).
+    /// The core a login to `queue` goes to: 0 = this node's, `k + 1` = node link `k`,
+    /// `cluster::routes::NO_OWNER` = no owner now (single node: always 0, one branch).
     #[inline]
     pub fn join_source(&self, queue: &str) -> usize {
         match &self.remote {

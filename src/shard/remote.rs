@@ -52,10 +52,11 @@ impl Remote {
         self.seen.set(generation);
     }
 
-    /// The core a login to `queue` goes to: 0 = this node's, `k + 1` = link `k`.
+    /// The core a login to `queue` goes to: 0 = this node's, `k + 1` = link `k`,
+    /// `routes::NO_OWNER` = none now (answered SHUTTING_DOWN, retry).
     pub fn source_of(&self, queue: &str) -> usize {
         self.refresh();
-        self.table.borrow().remote.get(queue).map_or(0, |&k| k + 1)
+        self.routes.source_in(&self.table.borrow(), queue)
     }
 
     /// Sends over link `link` (no-op for an unknown link).

@@ -12,11 +12,13 @@
 //! - per loop, events keep the owner's order (one reader thread, FIFO channels; a full
 //!   loop channel makes the reader wait, ringing the loop, never reorder);
 //! - while the owner is unreachable a `Join` is answered SHUTTING_DOWN at once (the
-//!   client retries later), never left waiting; `Leave`/`Disconnect` are dropped (the
-//!   owner's places of a broken link are not released: see the module `link`);
+//!   client retries later), never left waiting; `Leave`/`Disconnect` are not sent
+//!   (the owner's places of a broken link are not released: see the module `link`)
+//!   but end the place in the book, so it is never re-submitted;
 //! - the book (`places`) knows every waiting place behind the link; after a broken
 //!   connection they are re-submitted to a new owner the router names ([`Retarget`]),
-//!   or kicked once the same owner answers or `orphan_max` passed (`relay`).
+//!   each queue's to its own new owner (`follow`), or kicked once the same owner
+//!   answers or `orphan_max` passed (`relay`).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -30,12 +32,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 
 use self::places::Book;
 use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
+use super::hello::write_hello;
+use super::stats::LinkStats;
 use crate::doorbell::Bell;
 use crate::msg::{local_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
 
+mod follow;
 mod places;
 mod relay;
 
+use self::follow::Follow;
 use self::relay::Relay;
 
 /// How often a stopping or idle writer looks at the stop flag.
@@ -59,6 +65,10 @@ pub struct LoopOut {
 pub struct EdgeLink {
     /// The link's index (its queue id range, see `msg::remote_queue`).
     pub index: usize,
+    /// This node's id (sent in the hello after the preambles).
+    pub me: String,
+    /// The link's counters (`/metrics`).
+    pub stats: Arc<LinkStats>,
     /// The owner node's id (for logs).
     pub node: String,
     /// The owner's `advertise_link`.
@@ -77,8 +87,9 @@ pub struct EdgeLink {
     pub orphan_max: Duration,
 }
 
-/// The new owner a link dials instead of its dead owner (`None`: no change).
-pub type Retarget = Arc<Mutex<Option<String>>>;
+/// The new owners the router named for the dead owner's queues: queue name -> the new
+/// owner's `advertise_link` (see `follow`).
+pub type Retarget = Arc<Mutex<HashMap<String, String>>>;
 
 /// Locks the book.
 fn book(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -115,13 +126,18 @@ impl EdgeLink {
     }
 
     fn run(self) {
+        let follow = Follow::new(self.addr.clone(), &Default::default());
+        self.run_with(Book::default(), follow);
+    }
+
+    /// The writer's loop, from `places` and `f` (a child link starts with held places).
+    fn run_with(self, places: Book, mut f: Follow) {
         let mut conn: Option<Conn> = None;
         let mut last_try: Option<Instant> = None;
-        let mut batch: Vec<CoreMsg> = Vec::new();
+        let (mut batch, mut kept) = (Vec::new(), Vec::new());
         let mut frame = FrameBuf::default();
-        let places = Arc::new(Mutex::new(Book::default()));
-        let mut addr = self.addr.clone();
-        let mut moved = false;
+        let places = Arc::new(Mutex::new(places));
+        let mut moved = f.moved;
         while !self.stop.load(Ordering::Relaxed) {
             match self.inbox.recv_timeout(IDLE_POLL) {
                 Ok(msg) => batch.push(msg),
@@ -134,7 +150,11 @@ impl EdgeLink {
                 };
                 batch.push(msg);
             }
-            moved |= self.follow(&mut addr);
+            if !f.children.is_empty() {
+                kept.extend(batch.drain(..).filter_map(|m| f.forward(m)));
+                std::mem::swap(&mut batch, &mut kept);
+            }
+            moved |= self.follow(&mut f, &places);
             if conn
                 .as_ref()
                 .is_some_and(|c| c.broken.load(Ordering::SeqCst))
@@ -146,15 +166,19 @@ impl EdgeLink {
                 continue;
             }
             if orphaned.is_some_and(|t| t.elapsed() >= self.orphan_max) {
-                self.give_up(&places);
+                self.give_up(&places, f.moved);
             }
             // Only failed attempts are spaced out: a link that broke is re-dialled at once.
             if conn.is_none() && last_try.is_none_or(|t| t.elapsed() >= RECONNECT_MIN) {
-                conn = self.connect(&addr, &places);
+                conn = self.connect(&f.addr, &places);
                 last_try = conn.is_none().then(Instant::now);
                 if conn.is_some() && book(&places).orphaned_since.is_some() {
-                    self.reattach(&places, std::mem::take(&mut moved), &mut batch);
+                    let fresh = std::mem::take(&mut moved);
+                    self.reattach(&places, fresh, &f, &mut batch);
                 }
+            } else if conn.is_some() && f.moved && orphaned.is_some() {
+                // A queue's new owner named since: it may be the one this link follows.
+                self.resubmit(&places, false, &f, &mut batch);
             }
             if batch.is_empty() {
                 continue;
@@ -166,29 +190,12 @@ impl EdgeLink {
                 if let Some(c) = conn.take() {
                     let _ = c.stream.shutdown(Shutdown::Both);
                 }
-                self.refuse(&mut batch);
+                self.refuse(&places, &mut batch);
             }
             batch.clear();
         }
         if let Some(c) = conn {
             let _ = c.stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Takes the router's retarget: true when the link now dials another owner.
-    fn follow(&self, addr: &mut String) -> bool {
-        let next = self
-            .retarget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match next {
-            Some(next) if next != *addr => {
-                tracing::info!(node = %self.node, from = %addr, to = %next, "node link follows its queues to a new owner");
-                *addr = next;
-                true
-            }
-            _ => false,
         }
     }
 
@@ -222,7 +229,11 @@ impl EdgeLink {
                             book.sent_join(session, queue.as_str());
                         }
                         CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
+                            let held = book.is_held(session);
                             book.ended(session);
+                            if held {
+                                continue; // behind no owner yet: nothing to tell
+                            }
                             *queue = book.owner_queue(local_queue(*queue));
                         }
                         _ => {}
@@ -237,7 +248,12 @@ impl EdgeLink {
         }
         drop(book);
         drop(pending);
-        if frame.is_empty() || conn.stream.write_all(frame.finish()).is_ok() {
+        if frame.is_empty() {
+            return true;
+        }
+        let bytes = frame.finish();
+        if conn.stream.write_all(bytes).is_ok() {
+            self.stats.sent(bytes.len());
             return true;
         }
         // Not sent: the joins the reader has not answered yet are answered by `refuse`.
@@ -250,10 +266,16 @@ impl EdgeLink {
         false
     }
 
-    /// The owner is unreachable: answers the batch's joins SHUTTING_DOWN.
-    fn refuse(&self, batch: &mut Vec<CoreMsg>) {
+    /// The owner is unreachable: answers the batch's joins SHUTTING_DOWN; a leave or
+    /// a disconnect ends its place in the book (never re-submitted later).
+    fn refuse(&self, places: &Mutex<Book>, batch: &mut Vec<CoreMsg>) {
         let mut rung = vec![false; self.loops.len()];
         for msg in batch.drain(..) {
+            if let CoreMsg::Leave { conn, .. } | CoreMsg::Disconnect { conn, .. } = &msg {
+                if let Some(packed) = pack_session(conn.loop_id, conn.session) {
+                    book(places).ended(packed);
+                }
+            }
             if let CoreMsg::Join {
                 conn, seq, user, ..
             } = msg
@@ -287,6 +309,7 @@ impl EdgeLink {
             if &preamble != PREAMBLE {
                 return Err(std::io::Error::other(codec::CodecError::BadPreamble));
             }
+            write_hello(&mut stream, &self.me)?;
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
             let pending = Pending::default();
@@ -297,11 +320,16 @@ impl EdgeLink {
                 broken: broken.clone(),
                 pending: pending.clone(),
                 places: places.clone(),
+                stats: self.stats.clone(),
             };
             let read = stream.try_clone()?;
+            // Counted closed by the reader when the connection ends.
+            self.stats.opened();
+            let stats = self.stats.clone();
             std::thread::Builder::new()
                 .name(format!("link-from-{}", self.node))
-                .spawn(move || reader.run(read))?;
+                .spawn(move || reader.run(read))
+                .inspect_err(|_| stats.closed())?;
             Ok(Conn {
                 stream,
                 broken,

@@ -8,7 +8,10 @@
 //! - [`edge`]: one client per remote owner, acting as a core for the sessions whose
 //!   queue that node owns;
 //! - [`router`]: which queue goes where (publishes `cluster::routes`), and starts the
-//!   clients.
+//!   clients;
+//! - [`hello`]: the edge names itself after the preambles;
+//! - [`stats`]: per peer link and side, the counters `/metrics` shows
+//!   (`queue_cluster_link_*`), plain atomics bumped per frame.
 //!
 //! Ids: a virtual loop's `LoopId` is above the owner's io loops (never reused); an edge
 //! session crosses as (edge loop << 24 | session) ([`codec::pack_session`]); the owner's
@@ -21,11 +24,14 @@
 //! its waiting places (its book, `edge::places`) while it re-dials:
 //! - the same owner answers (a cut link): the link's sessions are kicked `shutdown`
 //!   with a retry hint, so they log in again and resume from grace;
-//! - the owner died and the router saw another node take its queue (failover): the
-//!   link follows the queue to the new owner (this node's own link port when it is
-//!   the new owner) and re-submits every waiting place there, one batch sorted by key
-//!   (`CoreMsg::Resubmit`); the players stay connected and never see it, and the new
-//!   owner's queue ids are mapped back onto the ids their sessions hold;
+//! - the owner died and the router saw other nodes take its queues (failover): each
+//!   queue's waiting places are re-submitted to that queue's new owner (this node's
+//!   own link port when it is the new owner), one batch sorted by key
+//!   (`CoreMsg::Resubmit`): the link follows the first new owner named, and hands the
+//!   places of queues another node took to a child link to that node (`edge::follow`);
+//!   places whose queue has no new owner yet stay held; the players stay connected
+//!   and never see it, and each new owner's queue ids are mapped back onto the ids
+//!   their sessions hold;
 //! - neither within `3 x lease TTL + 5 s`: the sessions are kicked as for a cut link.
 //!
 //! Back-pressure: a virtual loop has the io loops' bounded channel and core backlog;
@@ -33,13 +39,12 @@
 //! link's write times out (then the link closes and the core stops sending to it).
 //!
 //! Not here yet: place tickets (players of the dead node), the ownership epoch on
-//! frames, fencing re-checked at flush, node-link metrics, sharing one encoded rank
-//! batch between links. A link follows one new owner: when the dead node's queues went
-//! to several nodes, places of queues the followed node does not own are refused
-//! there and their players kicked with a retry hint (a new place at the end).
+//! frames, fencing re-checked at flush, sharing one encoded rank batch between links.
 
 pub mod codec;
 pub mod edge;
+pub mod hello;
 pub mod owner;
 pub mod router;
 pub mod start;
+pub mod stats;

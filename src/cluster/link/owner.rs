@@ -1,7 +1,8 @@
 //! The owner's side of the node link: an acceptor on `cluster.advertise_link`; each
 //! accepted edge connection becomes a *virtual loop* of this node's core.
 //!
-//! Per connection, two threads:
+//! After the preambles the edge names itself (`hello`): the link's counters (`stats`)
+//! are labelled with that node id. Per connection, two threads:
 //! - the reader decodes each frame's `Join`/`Leave`/`Disconnect` (as from the virtual
 //!   loop) and puts them into the core's inbox like an io loop does;
 //! - the writer sleeps on the virtual loop's doorbell (the same [`crate::doorbell`] pair
@@ -28,6 +29,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::codec::{self, FrameBuf, Reader, PREAMBLE};
+use super::hello::read_hello;
+use super::stats::{LinkRegistry, LinkStats, Side};
 use crate::doorbell::{self, BellRx};
 use crate::msg::{CoreMsg, LoopEvent, LoopId};
 
@@ -43,6 +46,8 @@ struct Wiring {
     channel_capacity: usize,
     /// Open link sockets, shut on stop.
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// Every peer link's counters.
+    stats: Arc<LinkRegistry>,
 }
 
 /// The running acceptor; stops (and shuts every link) on [`LinkAcceptor::stop`] or drop.
@@ -64,6 +69,7 @@ impl LinkAcceptor {
         core: Sender<CoreMsg>,
         first_loop: LoopId,
         channel_capacity: usize,
+        stats: Arc<LinkRegistry>,
     ) -> std::io::Result<LinkAcceptor> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(false)?;
@@ -72,6 +78,7 @@ impl LinkAcceptor {
             core,
             channel_capacity,
             open: Arc::default(),
+            stats,
         };
         let open = wiring.open.clone();
         let flag = stop.clone();
@@ -161,6 +168,7 @@ fn open_link(mut stream: TcpStream, wiring: &Wiring, loop_id: LoopId) -> std::io
         return Err(std::io::Error::other(codec::CodecError::BadPreamble));
     }
     stream.write_all(PREAMBLE)?;
+    let node = read_hello(&mut stream)?;
     // Frames may be far apart (an idle queue): only writes keep a timeout.
     stream.set_read_timeout(None)?;
     let (events, rx) = crossbeam_channel::bounded(wiring.channel_capacity);
@@ -181,57 +189,77 @@ fn open_link(mut stream: TcpStream, wiring: &Wiring, loop_id: LoopId) -> std::io
         .unwrap_or_else(|e| e.into_inner())
         .push(stream);
     let core = wiring.core.clone();
+    let stats = wiring.stats.get(&node, Side::Owner);
+    let out_stats = stats.clone();
+    stats.opened();
+    let unopened = stats.clone();
     std::thread::Builder::new()
         .name(format!("link-in-{loop_id}"))
-        .spawn(move || read_link(reader, &core, loop_id))?;
+        .spawn(move || read_link(reader, &core, loop_id, &stats))
+        .inspect_err(|_| unopened.closed())?;
     std::thread::Builder::new()
         .name(format!("link-out-{loop_id}"))
-        .spawn(move || write_link(writer, &rx, bell_rx, loop_id))?;
-    tracing::info!(%peer, loop_id, "node link opened");
+        .spawn(move || write_link(writer, &rx, bell_rx, loop_id, &out_stats))?;
+    tracing::info!(%peer, node, loop_id, "node link opened");
     Ok(())
 }
 
 /// Decodes the edge's frames into the core's inbox until the link ends.
-fn read_link(mut stream: TcpStream, core: &Sender<CoreMsg>, loop_id: LoopId) {
-    let mut body = Vec::new();
-    let why = loop {
-        match codec::read_frame(&mut stream, &mut body) {
-            Ok(true) => {}
-            Ok(false) => break "closed by the edge".to_string(),
-            Err(e) => break e.to_string(),
-        }
-        let mut r = match Reader::new(&body) {
-            Ok(r) => r,
-            Err(e) => break e.to_string(),
-        };
-        let mut failed = None;
-        while r.more() {
-            match r.core_msg(loop_id) {
-                // Blocking is fine here: this thread serves only this link.
-                Ok(msg) => {
-                    if core.send(msg).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            break e;
-        }
-    };
+fn read_link(mut stream: TcpStream, core: &Sender<CoreMsg>, loop_id: LoopId, stats: &LinkStats) {
+    let why = read_frames(&mut stream, core, loop_id, stats);
     tracing::info!(loop_id, why, "node link closed");
+    stats.closed();
     let _ = stream.shutdown(Shutdown::Both);
     // Its players' places go into grace: they resume by logging in again anywhere.
     let _ = core.send(CoreMsg::DetachLoop { loop_id });
 }
 
+/// Puts each frame's messages into the core until the link ends; returns why it ended.
+fn read_frames(
+    stream: &mut TcpStream,
+    core: &Sender<CoreMsg>,
+    loop_id: LoopId,
+    stats: &LinkStats,
+) -> String {
+    let mut body = Vec::new();
+    loop {
+        match codec::read_frame(stream, &mut body) {
+            Ok(true) => {}
+            Ok(false) => return "closed by the edge".to_string(),
+            Err(e) => return e.to_string(),
+        }
+        let mut r = match Reader::new(&body) {
+            Ok(r) => r,
+            Err(e) => return e.to_string(),
+        };
+        let (mut messages, mut resubmitted) = (0, 0);
+        while r.more() {
+            match r.core_msg(loop_id) {
+                // Blocking is fine here: this thread serves only this link.
+                Ok(msg) => {
+                    messages += 1;
+                    resubmitted += u64::from(matches!(msg, CoreMsg::Resubmit { .. }));
+                    if core.send(msg).is_err() {
+                        return "the queue core stopped".to_string();
+                    }
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+        stats.received(body.len() + 4, messages);
+        stats.resubmitted(resubmitted);
+    }
+}
+
 /// Writes everything the core sent the virtual loop, one frame per ring, until the
 /// link or the core ends.
-fn write_link(mut stream: TcpStream, rx: &Receiver<LoopEvent>, bell: BellRx, loop_id: LoopId) {
+fn write_link(
+    mut stream: TcpStream,
+    rx: &Receiver<LoopEvent>,
+    bell: BellRx,
+    loop_id: LoopId,
+    stats: &LinkStats,
+) {
     let (armed, mut bell) = bell.into_parts();
     if bell.set_nonblocking(false).is_err() {
         return;
@@ -249,11 +277,11 @@ fn write_link(mut stream: TcpStream, rx: &Receiver<LoopEvent>, bell: BellRx, loo
                     break;
                 }
             }
-            if frame.len() >= codec::FRAME_SPLIT_BYTES && !send(&mut stream, &mut frame) {
+            if frame.len() >= codec::FRAME_SPLIT_BYTES && !send(&mut stream, &mut frame, stats) {
                 return;
             }
         }
-        if !frame.is_empty() && !send(&mut stream, &mut frame) {
+        if !frame.is_empty() && !send(&mut stream, &mut frame, stats) {
             return;
         }
         if gone {
@@ -277,8 +305,12 @@ fn write_link(mut stream: TcpStream, rx: &Receiver<LoopEvent>, bell: BellRx, loo
 }
 
 /// Writes the frame; false (and the socket shut) when the link is broken or too slow.
-fn send(stream: &mut TcpStream, frame: &mut FrameBuf) -> bool {
-    let ok = stream.write_all(frame.finish()).is_ok();
+fn send(stream: &mut TcpStream, frame: &mut FrameBuf, stats: &LinkStats) -> bool {
+    let bytes = frame.finish();
+    let ok = stream.write_all(bytes).is_ok();
+    if ok {
+        stats.sent(bytes.len());
+    }
     frame.clear();
     if !ok {
         let _ = stream.shutdown(Shutdown::Both);

@@ -5,16 +5,22 @@
 //! the io loops only read the published table.
 //!
 //! Routing rule: a queue owned by another live member goes to that member's link; a
-//! queue owned here, with no owner listed, or whose owner has no `advertise_link`,
-//! stays on this node's core.
+//! queue owned here stays on this node's core; a queue the cluster knows (tracked or
+//! listed) with no owner, or whose owner is no live member with an `advertise_link`,
+//! is answered SHUTTING_DOWN with a retry hint (`routes::NO_OWNER`). Every queue listed
+//! as owned, and every name a login asked for (`queues.auto_create`), is tracked by the
+//! cluster layer, so this node can campaign for it and take it over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::edge::{EdgeLink, LoopOut, Retarget};
+use super::stats::{LinkRegistry, Side};
+use crate::cluster::membership::Member;
+use crate::cluster::node::Owner;
 use crate::cluster::routes::{RouteTable, Routes};
 use crate::cluster::ClusterHandle;
 
@@ -38,6 +44,10 @@ pub struct Router {
     /// How long a link holds its places after its connection broke (see
     /// `EdgeLink::orphan_max`).
     pub orphan_max: Duration,
+    /// The configured queues (the cluster layer tracks them from the start).
+    pub queues: Vec<String>,
+    /// Every peer link's counters (each link client gets its peer's).
+    pub link_stats: Arc<LinkRegistry>,
 }
 
 /// What the router remembers between polls.
@@ -49,6 +59,8 @@ struct Known {
     retargets: Vec<Retarget>,
     /// Queue -> the link that last served it (kept while the queue has no owner).
     served: HashMap<String, usize>,
+    /// Queues the cluster layer tracks (configured, listed, or asked for by a login).
+    tracked: HashSet<String>,
 }
 
 impl Router {
@@ -61,7 +73,10 @@ impl Router {
 
     fn run(self) {
         let mut table = RouteTable::default();
-        let mut links = Known::default();
+        let mut links = Known {
+            tracked: self.queues.iter().cloned().collect(),
+            ..Known::default()
+        };
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(next) = self.next_table(&table, &mut links) {
                 tracing::info!(
@@ -82,50 +97,103 @@ impl Router {
     fn next_table(&self, current: &RouteTable, links: &mut Known) -> Option<RouteTable> {
         let me = self.cluster.node_id();
         let members = self.cluster.members();
+        let owners = self.cluster.owners();
+        self.track(&owners, links);
         let mut next = current.clone();
         next.remote = HashMap::new();
-        for (queue, owner) in self.cluster.owners() {
-            self.follow(&queue, &owner.node_id, &next, links, &members);
+        next.local = HashSet::new();
+        next.unowned = HashSet::new();
+        for (queue, owner) in &owners {
+            self.follow(queue, &owner.node_id, &next, links, &members);
             if owner.node_id == me {
                 continue;
             }
-            self.routes.saw_owned_elsewhere(&queue);
-            let index = match next.nodes.iter().position(|n| *n == owner.node_id) {
-                Some(i) => i,
-                None => {
-                    let Some(addr) = members
-                        .iter()
-                        .find(|m| m.node_id == owner.node_id && !m.advertise_link.is_empty())
-                        .map(|m| m.advertise_link.clone())
-                    else {
-                        continue;
-                    };
-                    match self.start_link(&mut next, &owner.node_id, addr) {
-                        Some((handle, retarget)) => {
-                            links.threads.push(handle);
-                            links.retargets.push(retarget);
-                        }
-                        None => continue,
-                    }
-                    next.nodes.len() - 1
-                }
+            self.routes.saw_owned_elsewhere(queue);
+            let Some(index) = self.link_index(&mut next, &owner.node_id, links, &members) else {
+                continue;
             };
             links.served.insert(queue.clone(), index);
-            next.remote.insert(queue, index);
+            next.remote.insert(queue.clone(), index);
         }
-        (next.remote != current.remote || next.nodes.len() != current.nodes.len()).then_some(next)
+        for queue in owners.keys().chain(links.tracked.iter()) {
+            if next.remote.contains_key(queue) {
+                continue;
+            }
+            // Ours by the listing, or by a campaign won since (listed next tick).
+            let mine = owners.get(queue).is_some_and(|o| o.node_id == me)
+                || self.cluster.ownership(queue).is_some();
+            if mine {
+                next.local.insert(queue.clone());
+            } else {
+                next.unowned.insert(queue.clone());
+            }
+        }
+        let changed = next.remote != current.remote
+            || next.local != current.local
+            || next.unowned != current.unowned
+            || next.nodes.len() != current.nodes.len();
+        changed.then_some(next)
+    }
+
+    /// Tracks (campaigns for, can take over) every queue listed as owned anywhere, and
+    /// every queue name the loops asked for (auto-created queues): new names only.
+    fn track(&self, owners: &HashMap<String, Owner>, links: &mut Known) {
+        let listed = owners.keys().map(|q| q.to_string());
+        let wanted: Vec<String> = self
+            .routes
+            .take_wanted()
+            .map(|q| q.as_str().to_string())
+            .collect();
+        for queue in listed.chain(wanted) {
+            if links.tracked.contains(&queue) || !crate::cluster::routes::trackable(&queue) {
+                continue;
+            }
+            match self.cluster.add_queue(&queue) {
+                Ok(()) => {
+                    tracing::info!(
+                        queue,
+                        "cluster: tracking a queue created elsewhere or on a login"
+                    );
+                    links.tracked.insert(queue);
+                }
+                Err(e) => tracing::warn!(queue, error = %e, "cluster: queue not tracked"),
+            }
+        }
+    }
+
+    /// The index of the link to `node`, started when it has none yet; `None` when the
+    /// node is no live member with a link address (or no link could be started).
+    fn link_index(
+        &self,
+        table: &mut RouteTable,
+        node: &str,
+        links: &mut Known,
+        members: &[Member],
+    ) -> Option<usize> {
+        if let Some(i) = table.nodes.iter().position(|n| n == node) {
+            return Some(i);
+        }
+        let addr = members
+            .iter()
+            .find(|m| m.node_id == node && !m.advertise_link.is_empty())
+            .map(|m| m.advertise_link.clone())?;
+        let (handle, retarget) = self.start_link(table, node, addr)?;
+        links.threads.push(handle);
+        links.retargets.push(retarget);
+        Some(table.nodes.len() - 1)
     }
 
     /// Failover: `queue` was served by a link whose node is no longer a live member and
-    /// is now owned by `owner`: that link follows it to `owner`'s `advertise_link`
-    /// (this node's own when it took the queue), re-submitting its places there.
+    /// is now owned by `owner`: that link re-submits the queue's places to `owner`'s
+    /// `advertise_link` (this node's own when it took the queue); each queue to its own
+    /// new owner (see `edge::follow`).
     fn follow(
         &self,
         queue: &str,
         owner: &str,
         table: &RouteTable,
         links: &Known,
-        members: &[crate::cluster::membership::Member],
+        members: &[Member],
     ) {
         let Some(&k) = links.served.get(queue) else {
             return;
@@ -140,8 +208,10 @@ impl Router {
         else {
             return;
         };
-        *links.retargets[k].lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(addr.advertise_link.clone());
+        links.retargets[k]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_string(), addr.advertise_link.clone());
     }
 
     /// Starts the link client to `node`, appending it to `table`.
@@ -159,6 +229,8 @@ impl Router {
         let retarget = Retarget::default();
         let link = EdgeLink {
             index: table.nodes.len(),
+            me: self.cluster.node_id().to_string(),
+            stats: self.link_stats.get(node, Side::Edge),
             node: node.to_string(),
             addr,
             inbox,

@@ -16,6 +16,7 @@ use crossbeam_channel::Sender;
 use super::edge::LoopOut;
 use super::owner::LinkAcceptor;
 use super::router::Router;
+use super::stats::LinkRegistry;
 use crate::cluster::routes::Routes;
 use crate::cluster::{Cluster, ClusterConfig, ClusterHandle};
 use crate::msg::{CoreMsg, LoopId};
@@ -38,6 +39,8 @@ pub struct LinkParts<'a> {
     pub loop_channel_capacity: usize,
     /// Capacity of a link client's inbox (as the core's).
     pub inbox_capacity: usize,
+    /// `queues.auto_create` (see `routes`: a login for an unseen name).
+    pub auto_create: bool,
 }
 
 /// The running cluster pieces of a node.
@@ -54,6 +57,8 @@ pub struct NodeLink {
     routes: Arc<Routes>,
     /// `cluster.recovery_window_secs` in ms.
     recovery_window_ms: u64,
+    /// Every peer link's counters (both sides), for `/metrics`.
+    link_stats: Arc<LinkRegistry>,
 }
 
 /// Why the cluster pieces did not start.
@@ -93,13 +98,30 @@ impl NodeLink {
         let first = LoopId::try_from(p.loops).map_err(|_| {
             LinkStartError::Io(std::io::Error::other("too many io loops for node links"))
         })?;
-        let acceptor = LinkAcceptor::start(listener, p.core, first, p.loop_channel_capacity)
-            .map_err(LinkStartError::Io)?;
+        let link_stats = Arc::new(LinkRegistry::default());
+        let acceptor = LinkAcceptor::start(
+            listener,
+            p.core,
+            first,
+            p.loop_channel_capacity,
+            link_stats.clone(),
+        )
+        .map_err(LinkStartError::Io)?;
         let cluster = Cluster::start(p.config, p.queues)
             .map_err(|e| LinkStartError::Cluster(e.to_string()))?;
         let cluster = Arc::new(cluster);
+        p.routes.set_auto_create(p.auto_create);
+        // Until the router's first listing, every configured queue is ownerless: a
+        // login is answered SHUTTING_DOWN (retry), never queued in a core that may not
+        // own its queue.
+        p.routes.publish(crate::cluster::routes::RouteTable {
+            unowned: p.queues.iter().map(|q| q.to_string()).collect(),
+            ..Default::default()
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let router = Router {
+            queues: p.queues.iter().map(|q| q.to_string()).collect(),
+            link_stats: link_stats.clone(),
             cluster: cluster.clone(),
             routes: p.routes.clone(),
             loops: Arc::new(p.loop_outs),
@@ -119,6 +141,7 @@ impl NodeLink {
             stop,
             router: Some(router),
             routes: p.routes,
+            link_stats,
             recovery_window_ms: p.config.recovery_window_secs.saturating_mul(1000),
         })
     }
@@ -126,6 +149,11 @@ impl NodeLink {
     /// The routes (which remember queues owned elsewhere).
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.clone()
+    }
+
+    /// Every peer link's counters (both sides), for `/metrics`.
+    pub fn link_stats(&self) -> Arc<LinkRegistry> {
+        self.link_stats.clone()
     }
 
     /// `cluster.recovery_window_secs` in ms.

@@ -4,24 +4,34 @@
 //! and how the new owner's queue ids map onto the ids the sessions already hold.
 //!
 //! Invariants:
+//! - `held` (a subset of `live`) are the places behind no connection since the link
+//!   broke; each goes to its queue's new owner once the router names it (this link's
+//!   connection, or another link that takes them with [`Book::split_off`]);
 //! - `live` holds exactly the link's sessions that wait (joined, not admitted, not
 //!   left, not kicked, not closed); locked once per frame by the link's two threads,
 //!   never by an io loop;
+//! - a join's queue name is interned (`names`): the writer allocates no string per
+//!   join;
 //! - queue ids held by sessions never change: after a re-submission the owner's new id
 //!   is mapped onto the old one (`to_edge`, `to_owner`), per connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::msg::{local_queue, PlaceKey, QueueId, SessionId, UserId};
+
+/// Most queue names a book interns (the names a link carries are its owner's queues:
+/// this bound only matters for a flood of auto-created names).
+pub(super) const NAMES_MAX: usize = 4096;
 
 /// One waiting place behind the link.
 #[derive(Debug, Clone)]
 pub(super) struct Live {
     /// The player.
     pub user: UserId,
-    /// The queue's name.
-    pub queue: Box<str>,
+    /// The queue's name (interned: one allocation per name, not per join).
+    pub queue: Arc<str>,
     /// The place's key at the owner.
     pub key: PlaceKey,
     /// The queue id the session holds (the link bits cleared).
@@ -32,7 +42,10 @@ pub(super) struct Live {
 #[derive(Debug, Default)]
 pub(super) struct Book {
     /// Joins in flight: packed session -> queue name.
-    joining: HashMap<SessionId, Box<str>>,
+    joining: HashMap<SessionId, Arc<str>>,
+    /// Every queue name a join named, once ([`NAMES_MAX`] at most: past that a join
+    /// allocates its name).
+    names: HashSet<Arc<str>>,
     /// Waiting places: packed session -> place.
     pub live: HashMap<SessionId, Live>,
     /// Re-submissions sent on this connection, not answered: packed session.
@@ -41,8 +54,11 @@ pub(super) struct Book {
     to_edge: HashMap<QueueId, QueueId>,
     /// The id sessions hold -> the owner's (absent: the same).
     to_owner: HashMap<QueueId, QueueId>,
-    /// When the connection broke with places behind it (until they are re-submitted
-    /// or given up).
+    /// Places behind no connection (it broke): re-submitted when their queue's new
+    /// owner is known, or given up.
+    held: HashSet<SessionId>,
+    /// When the connection broke with places behind it (until every held place is
+    /// re-submitted or given up).
     pub orphaned_since: Option<Instant>,
 }
 
@@ -56,15 +72,30 @@ pub(super) enum Answer {
 }
 
 impl Book {
-    /// A `Join` for `queue` left on `packed`.
+    /// A `Join` for `queue` left on `packed` (no allocation once the name is known and
+    /// the maps have grown to the link's working size).
     pub fn sent_join(&mut self, packed: SessionId, queue: &str) {
-        self.joining.insert(packed, queue.into());
+        let name = self.name(queue);
+        self.joining.insert(packed, name);
+    }
+
+    /// The interned `queue`.
+    pub fn name(&mut self, queue: &str) -> Arc<str> {
+        if let Some(name) = self.names.get(queue) {
+            return name.clone();
+        }
+        let name: Arc<str> = queue.into();
+        if self.names.len() < NAMES_MAX {
+            self.names.insert(name.clone());
+        }
+        name
     }
 
     /// The session's place ended (leave, disconnect, admitted, kicked).
     pub fn ended(&mut self, packed: SessionId) {
         self.live.remove(&packed);
         self.joining.remove(&packed);
+        self.held.remove(&packed);
     }
 
     /// The owner's id of the queue a session holds as `edge` (link bits cleared).
@@ -72,24 +103,25 @@ impl Book {
         self.to_owner.get(&edge).copied().unwrap_or(edge)
     }
 
-    /// The owner-id -> session-id map to decode a frame with (a copy: empty, and so
-    /// free, unless a failover happened on this link).
-    pub fn edge_map(&self) -> HashMap<QueueId, QueueId> {
-        self.to_edge.clone()
+    /// The id sessions hold for the owner's queue id `owner` (link bits cleared).
+    #[inline]
+    pub fn edge_queue_of(&self, owner: QueueId) -> QueueId {
+        self.to_edge.get(&owner).copied().unwrap_or(owner)
     }
 
-    /// A join answer for `packed`: `mapped` is its queue id as decoded (through the
-    /// map), `admitted` whether the player was admitted at once.
+    /// A join answer for `packed`: `ok` is (the queue id as decoded through the map,
+    /// the owner's own id as on the wire, key, position, admitted at once). The wire id
+    /// is what a re-submission's mapping needs: once one answer mapped the new owner's
+    /// id, later answers decode to the session's id already.
     pub fn answered(
         &mut self,
         packed: SessionId,
         user: UserId,
-        ok: Option<(QueueId, PlaceKey, u64, bool)>,
+        ok: Option<(QueueId, QueueId, PlaceKey, u64, bool)>,
     ) -> Answer {
         if let Some(edge) = self.resubmitting.remove(&packed) {
             return match ok {
-                Some((mapped, _, position, false)) => {
-                    let owner = local_queue(mapped);
+                Some((_, owner, _, position, false)) => {
                     self.to_edge.insert(owner, edge);
                     self.to_owner.insert(edge, owner);
                     Answer::Resubmitted(Some(position))
@@ -101,7 +133,7 @@ impl Book {
             };
         }
         let name = self.joining.remove(&packed);
-        if let (Some(queue), Some((mapped, key, _, false))) = (name, ok) {
+        if let (Some(queue), Some((mapped, _, key, _, false))) = (name, ok) {
             let edge_queue = local_queue(mapped);
             self.live.insert(
                 packed,
@@ -116,26 +148,117 @@ impl Book {
         Answer::Relay
     }
 
-    /// A new connection to a new owner: forgets the old owner's id maps and returns
-    /// every waiting place to re-submit, sorted by key, each marked as re-submitted.
-    pub fn take_resubmissions(&mut self) -> Vec<(SessionId, Live)> {
-        self.to_edge.clear();
-        self.to_owner.clear();
-        self.resubmitting.clear();
-        self.orphaned_since = None;
-        let mut all: Vec<(SessionId, Live)> =
-            self.live.iter().map(|(s, l)| (*s, l.clone())).collect();
+    /// The connection broke: every waiting place is held (not behind any connection)
+    /// until it is re-submitted or given up.
+    pub fn hold_all(&mut self) {
+        self.held.extend(self.live.keys().copied());
+        if !self.held.is_empty() && self.orphaned_since.is_none() {
+            self.orphaned_since = Some(Instant::now());
+        }
+    }
+
+    /// The held places whose queue `wanted` names, to re-submit on the connection (to
+    /// a new owner), sorted by key, each marked as re-submitted; the others stay held.
+    /// `fresh`: a new connection (the old owner's id maps are forgotten).
+    pub fn take_resubmissions(
+        &mut self,
+        fresh: bool,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<(SessionId, Live)> {
+        if fresh {
+            self.to_edge.clear();
+            self.to_owner.clear();
+            self.resubmitting.clear();
+        }
+        let mut all: Vec<(SessionId, Live)> = Vec::new();
+        for s in &self.held {
+            if let Some(l) = self.live.get(s).filter(|l| wanted(&l.queue)) {
+                all.push((*s, l.clone()));
+            }
+        }
         all.sort_by_key(|(_, l)| l.key);
         for (s, l) in &all {
+            self.held.remove(s);
             self.resubmitting.insert(*s, l.edge_queue);
         }
+        if self.held.is_empty() {
+            self.orphaned_since = None;
+        }
         all
+    }
+
+    /// Moves the held places of `queues` into a new book (for a link to their new
+    /// owner: another node than the one this link follows), held there.
+    pub fn split_off(&mut self, queues: &HashSet<String>) -> Book {
+        let mut out = Book {
+            orphaned_since: self.orphaned_since,
+            ..Book::default()
+        };
+        let moving: Vec<SessionId> = self
+            .held
+            .iter()
+            .copied()
+            .filter(|s| self.live.get(s).is_some_and(|l| queues.contains(&*l.queue)))
+            .collect();
+        for s in moving {
+            self.held.remove(&s);
+            if let Some(l) = self.live.remove(&s) {
+                out.held.insert(s);
+                out.live.insert(s, l);
+            }
+        }
+        if self.held.is_empty() {
+            self.orphaned_since = None;
+        }
+        out
+    }
+
+    /// The queue ids (link bits cleared) sessions hold for the places here.
+    pub fn edge_queues(&self) -> HashSet<QueueId> {
+        self.live.values().map(|l| l.edge_queue).collect()
+    }
+
+    /// True while `packed`'s place is held (behind no connection).
+    pub fn is_held(&self, packed: SessionId) -> bool {
+        self.held.contains(&packed)
     }
 
     /// Forgets every place (they are kicked).
     pub fn give_up(&mut self) {
         self.live.clear();
+        self.held.clear();
         self.resubmitting.clear();
         self.orphaned_since = None;
+    }
+
+    /// Forgets the held places; returns their sessions (to kick one by one).
+    pub fn give_up_held(&mut self) -> Vec<SessionId> {
+        let held: Vec<SessionId> = self.held.drain().collect();
+        for s in &held {
+            self.live.remove(s);
+        }
+        self.orphaned_since = None;
+        held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A join names its queue without a new string: every join of a queue shares the
+    /// one interned name (the place's too, once answered).
+    #[test]
+    fn joins_share_one_interned_queue_name() {
+        let mut book = Book::default();
+        book.sent_join(1, "world-1");
+        book.sent_join(2, "world-1");
+        book.sent_join(3, "world-2");
+        let a = book.joining[&1].clone();
+        assert!(Arc::ptr_eq(&a, &book.joining[&2]));
+        assert!(!Arc::ptr_eq(&a, &book.joining[&3]));
+        book.answered(1, 7, Some((5, 5, 9, 1, false)));
+        assert!(Arc::ptr_eq(&a, &book.live[&1].queue));
+        assert_eq!(book.names.len(), 2);
     }
 }

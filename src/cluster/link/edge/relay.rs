@@ -2,29 +2,54 @@
 //! book of places kept up to date) and what the writer does with the places when the
 //! connection comes back ([`EdgeLink::reattach`]: re-submit to a new owner, or kick).
 
+use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::follow::Follow;
 use super::places::{Answer, Book};
-use super::{book, lock, relay, ring, EdgeLink, LoopOut, Pending};
+use super::{book, lock, relay, ring, EdgeLink, LinkStats, LoopOut, Pending};
 use crate::cluster::link::codec::{self, unpack_session, Reader};
 use crate::msg::{
-    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, SessionId, UserId,
+    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, QueueId, SessionId,
+    UserId,
 };
 
 impl EdgeLink {
     /// Connected again while places wait behind the link: to a new owner (`moved`),
-    /// they are re-submitted first, in one batch sorted by key, and the players notice
-    /// nothing; to the same owner (a cut link), they are kicked as before (their places
-    /// wait in grace there: logging in again resumes them).
-    pub(super) fn reattach(&self, places: &Mutex<Book>, moved: bool, batch: &mut Vec<CoreMsg>) {
+    /// the places of the queues it owns are re-submitted first, in one batch sorted by
+    /// key, and the players notice nothing; to the same owner (a cut link), they are
+    /// kicked as before (their places wait in grace there: logging in again resumes
+    /// them).
+    pub(super) fn reattach(
+        &self,
+        places: &Mutex<Book>,
+        moved: bool,
+        f: &Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
         if !moved {
-            self.give_up(places);
+            self.give_up(places, f.moved);
             return;
         }
-        let all = book(places).take_resubmissions();
+        self.resubmit(places, true, f, batch);
+    }
+
+    /// Puts re-submissions of the held places whose queue's new owner is the one this
+    /// link dials in front of `batch` (`fresh`: a new connection).
+    pub(super) fn resubmit(
+        &self,
+        places: &Mutex<Book>,
+        fresh: bool,
+        f: &Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
+        let all = book(places).take_resubmissions(fresh, |q| f.here(q));
+        if all.is_empty() {
+            return;
+        }
+        self.stats.resubmitted(all.len() as u64);
         tracing::info!(node = %self.node, places = all.len(), "re-submitting places to the new owner");
         let resubmits = all.into_iter().map(|(packed, live)| {
             let (loop_id, session) = unpack_session(packed);
@@ -38,16 +63,37 @@ impl EdgeLink {
         batch.splice(0..0, resubmits);
     }
 
-    /// Kicks every session whose place is behind this link (`shutdown`, retry hint).
-    pub(super) fn give_up(&self, places: &Mutex<Book>) {
-        book(places).give_up();
+    /// Gives the held places up: after a failover (`moved`) each held session is
+    /// kicked `shutdown` (the others wait at their new owner); otherwise every session
+    /// behind the link is (`LinkLost`, with a retry hint).
+    pub(super) fn give_up(&self, places: &Mutex<Book>, moved: bool) {
         let mut rung = vec![false; self.loops.len()];
-        for loop_id in 0..self.loops.len() {
-            let lost = LoopEvent::LinkLost { link: self.index };
-            self.relay(loop_id, lost, &mut rung);
+        if moved {
+            for packed in book(places).give_up_held() {
+                let (l, session) = unpack_session(packed);
+                let kick = LoopEvent::Kick {
+                    session,
+                    reason: KickReason::Shutdown,
+                };
+                self.relay(l as usize, kick, &mut rung);
+            }
+        } else {
+            book(places).give_up();
+            for loop_id in 0..self.loops.len() {
+                let lost = LoopEvent::LinkLost { link: self.index };
+                self.relay(loop_id, lost, &mut rung);
+            }
         }
         self.ring(&mut rung);
     }
+}
+
+/// The link's two locks, held for one frame.
+struct Locked<'a> {
+    /// Joins in flight on the connection.
+    pending: MutexGuard<'a, HashMap<SessionId, (u32, UserId)>>,
+    /// The link's book of places.
+    places: MutexGuard<'a, Book>,
 }
 
 /// The reader of one connection: owner events to the loops.
@@ -64,6 +110,8 @@ pub(super) struct Relay {
     pub(super) pending: Pending,
     /// The link's places (kept across connections).
     pub(super) places: Arc<Mutex<Book>>,
+    /// The link's counters.
+    pub(super) stats: Arc<LinkStats>,
 }
 
 impl Relay {
@@ -76,12 +124,14 @@ impl Relay {
                 Ok(false) => break "closed by the owner".to_string(),
                 Err(e) => break e.to_string(),
             }
-            if let Err(e) = self.frame(&body, &mut rung) {
-                break e.to_string();
+            match self.frame(&body, &mut rung) {
+                Ok(events) => self.stats.received(body.len() + 4, events),
+                Err(e) => break e.to_string(),
             }
             ring(&self.loops, &mut rung);
         };
         tracing::info!(link = self.index, why, "node link closed");
+        self.stats.closed();
         self.broken.store(true, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
         // Logins in flight get SHUTTING_DOWN (retry), not silence.
@@ -98,11 +148,7 @@ impl Relay {
         }
         // The waiting places are held: the writer re-dials, and re-submits them to a
         // new owner or kicks them (see `EdgeLink::reattach`).
-        let mut places = book(&self.places);
-        if !places.live.is_empty() {
-            places.orphaned_since = Some(Instant::now());
-        }
-        drop(places);
+        book(&self.places).hold_all();
         ring(&self.loops, &mut rung);
     }
 
@@ -110,17 +156,18 @@ impl Relay {
     /// re-submission's becomes a resync of the position, or a kick when refused.
     fn joined(
         &self,
-        session: SessionId,
+        locked: &mut Locked<'_>,
+        (session, wire_queue): (SessionId, QueueId),
         seq: u32,
         user: UserId,
         result: Result<JoinOk, JoinError>,
         rung: &mut [bool],
     ) {
-        let ok = result
-            .as_ref()
-            .ok()
-            .map(|ok| (ok.queue, ok.key, ok.position, ok.admitted.is_some()));
-        let answer = book(&self.places).answered(session, user, ok);
+        let ok = result.as_ref().ok().map(|ok| {
+            let admitted = ok.admitted.is_some();
+            (ok.queue, wire_queue, ok.key, ok.position, admitted)
+        });
+        let answer = locked.places.answered(session, user, ok);
         let (l, s) = unpack_session(session);
         if let Answer::Resubmitted(position) = answer {
             let e = match position {
@@ -133,7 +180,7 @@ impl Relay {
             relay(&self.loops, &self.stop, l as usize, e, rung);
             return;
         }
-        if lock(&self.pending).remove(&session).is_none() {
+        if locked.pending.remove(&session).is_none() {
             return; // answered SHUTTING_DOWN already (write failed)
         }
         let e = LoopEvent::Joined {
@@ -145,13 +192,42 @@ impl Relay {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 
-    /// Relays one frame's events.
-    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<(), codec::CodecError> {
+    /// A resync of positions: split by loop, ids unpacked.
+    fn resync(&self, list: Vec<(SessionId, u64)>, rung: &mut [bool]) {
+        let mut per_loop: Vec<Vec<(SessionId, u64)>> = vec![Vec::new(); self.loops.len()];
+        for (s, position) in list {
+            let (l, s) = unpack_session(s);
+            if let Some(v) = per_loop.get_mut(l as usize) {
+                v.push((s, position));
+            }
+        }
+        for (l, v) in per_loop.into_iter().enumerate() {
+            if !v.is_empty() {
+                relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
+            }
+        }
+    }
+
+    /// Relays one frame's events; returns how many. The joins in flight and the book
+    /// are locked once for the frame (in the writer's order: pending, then book); a
+    /// loop never takes them, so waiting here for a full loop channel cannot deadlock.
+    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<u64, codec::CodecError> {
         let index = self.index;
-        let map = book(&self.places).edge_map();
+        let mut locked = Locked {
+            pending: lock(&self.pending),
+            places: book(&self.places),
+        };
         let mut r = Reader::new(body)?;
+        let mut events = 0;
         while r.more() {
-            let event = r.event(|q| remote_queue(index, map.get(&q).copied().unwrap_or(q)))?;
+            events += 1;
+            let places = &locked.places;
+            // The owner's own id of the (last) queue decoded: a join answer's.
+            let wire_queue = std::cell::Cell::new(0);
+            let event = r.event(|q| {
+                wire_queue.set(q);
+                remote_queue(index, places.edge_queue_of(q))
+            })?;
             let one = |s: SessionId| unpack_session(s);
             match event {
                 LoopEvent::Ranks(batch) => {
@@ -160,33 +236,22 @@ impl Relay {
                         relay(&self.loops, &self.stop, loop_id, e, rung);
                     }
                 }
-                LoopEvent::Resync(list) => {
-                    let mut per_loop: Vec<Vec<(SessionId, u64)>> =
-                        vec![Vec::new(); self.loops.len()];
-                    for (s, position) in list {
-                        let (l, s) = one(s);
-                        if let Some(v) = per_loop.get_mut(l as usize) {
-                            v.push((s, position));
-                        }
-                    }
-                    for (l, v) in per_loop.into_iter().enumerate() {
-                        if !v.is_empty() {
-                            relay(&self.loops, &self.stop, l, LoopEvent::Resync(v), rung);
-                        }
-                    }
-                }
+                LoopEvent::Resync(list) => self.resync(list, rung),
                 LoopEvent::Joined {
                     session,
                     seq,
                     user,
                     result,
-                } => self.joined(session, seq, user, result, rung),
+                } => {
+                    let ids = (session, wire_queue.get());
+                    self.joined(&mut locked, ids, seq, user, result, rung)
+                }
                 LoopEvent::Admitted {
                     session,
                     token,
                     expires_at,
                 } => {
-                    book(&self.places).ended(session);
+                    locked.places.ended(session);
                     let (l, session) = one(session);
                     let e = LoopEvent::Admitted {
                         session,
@@ -196,7 +261,7 @@ impl Relay {
                     relay(&self.loops, &self.stop, l as usize, e, rung);
                 }
                 LoopEvent::Kick { session, reason } => {
-                    book(&self.places).ended(session);
+                    locked.places.ended(session);
                     let (l, session) = one(session);
                     let e = LoopEvent::Kick { session, reason };
                     relay(&self.loops, &self.stop, l as usize, e, rung);
@@ -205,6 +270,6 @@ impl Relay {
                 LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
             }
         }
-        Ok(())
+        Ok(events)
     }
 }

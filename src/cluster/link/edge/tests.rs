@@ -57,6 +57,8 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
     let stop = Arc::new(AtomicBool::new(false));
     EdgeLink {
         index: 3,
+        me: "edge-1".into(),
+        stats: Arc::default(),
         node: "owner".into(),
         addr,
         inbox,
@@ -98,6 +100,10 @@ fn accept(listener: &TcpListener) -> TcpStream {
     s.read_exact(&mut p).unwrap();
     assert_eq!(&p, PREAMBLE);
     s.write_all(PREAMBLE).unwrap();
+    assert_eq!(
+        crate::cluster::link::hello::read_hello(&mut s).unwrap(),
+        "edge-1"
+    );
     s
 }
 
@@ -231,6 +237,18 @@ fn answer_joins(owner: &mut TcpStream, sessions: &[SessionId]) {
 /// and a later `leave` carries the new owner's queue id.
 #[test]
 fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
+    resubmit_and_leave(false);
+}
+
+/// As above with the new owner's answers in two frames (two core flushes, or a frame
+/// split): the second answer decodes through the mapping the first one made, and the
+/// mapping must still name the new owner's id (a `leave` carried the old id before).
+#[test]
+fn resubmission_answers_over_several_frames_keep_the_new_owners_ids() {
+    resubmit_and_leave(true);
+}
+
+fn resubmit_and_leave(split: bool) {
     let old = TcpListener::bind("127.0.0.1:0").unwrap();
     let new = TcpListener::bind("127.0.0.1:0").unwrap();
     let retarget = Retarget::default();
@@ -252,7 +270,8 @@ fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
     assert!(matches!(next(&edge.rxs[1]), LoopEvent::Joined { .. }));
     drop(owner);
     drop(old); // dead: nothing listens there any more
-    *retarget.lock().unwrap() = Some(new.local_addr().unwrap().to_string());
+    let to = new.local_addr().unwrap().to_string();
+    retarget.lock().unwrap().insert("q".into(), to);
     let mut owner = accept(&new);
     let msgs = read_msgs(&mut owner);
     let keys: Vec<(u64, u64)> = msgs
@@ -290,8 +309,14 @@ fn places_are_resubmitted_to_a_new_owner_sorted_by_key() {
                 admitted: None,
             }),
         });
+        if split {
+            owner.write_all(f.finish()).unwrap();
+            f.clear();
+        }
     }
-    owner.write_all(f.finish()).unwrap();
+    if !f.is_empty() {
+        owner.write_all(f.finish()).unwrap();
+    }
     assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(1, 2)]));
     assert!(matches!(next(&edge.rxs[1]), LoopEvent::Resync(v) if v == vec![(2, 1)]));
     edge.tx
@@ -332,4 +357,166 @@ fn a_cut_link_to_the_same_owner_kicks_its_places() {
         next(&edge.rxs[0]),
         LoopEvent::LinkLost { link: 3 }
     ));
+}
+
+/// A join of `queue` from loop 0.
+fn join_to(session: u64, queue: &str) -> CoreMsg {
+    let CoreMsg::Join {
+        conn,
+        seq,
+        user,
+        prio,
+        peer,
+        ..
+    } = join(0, session)
+    else {
+        unreachable!()
+    };
+    CoreMsg::Join {
+        conn,
+        seq,
+        user,
+        queue: queue.into(),
+        prio,
+        peer,
+    }
+}
+
+/// Answers every re-submission in `msgs` with the owner's queue id `queue`; returns
+/// the (user, queue name) re-submitted, and the packed sessions.
+fn answer_resubmits(owner: &mut TcpStream, msgs: &[CoreMsg], queue: u32) -> Vec<(u64, String)> {
+    let mut f = FrameBuf::default();
+    let mut out = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let CoreMsg::Resubmit {
+            conn,
+            user,
+            key,
+            queue: name,
+        } = m
+        else {
+            panic!("{m:?}")
+        };
+        out.push((*user, name.as_str().to_string()));
+        f.put_event(&LoopEvent::Joined {
+            session: conn.session,
+            seq: 0,
+            user: *user,
+            result: Ok(JoinOk {
+                queue,
+                key: *key,
+                position: 1 + i as u64,
+                queue_len: 1,
+                rate_per_s: 0.0,
+                resumed: true,
+                admitted: None,
+            }),
+        });
+    }
+    owner.write_all(f.finish()).unwrap();
+    out
+}
+
+/// The dead owner held two queues that went to two different nodes, named one after
+/// the other: each queue's places are re-submitted to its own new owner (none is
+/// refused, nobody kicked), and a `leave` afterwards reaches the right owner with its
+/// own queue id.
+#[test]
+fn places_of_two_queues_follow_their_two_new_owners() {
+    let old = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (new_q, new_r) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let retarget = Retarget::default();
+    let edge = start_with(old.local_addr().unwrap().to_string(), retarget.clone());
+    edge.tx.send(join_to(1, "q")).unwrap();
+    edge.tx.send(join_to(2, "r")).unwrap();
+    let mut owner = accept(&old);
+    let mut joins = Vec::new();
+    while joins.len() < 2 {
+        joins.extend(read_msgs(&mut owner));
+    }
+    // Queue ids at the dead owner: q = 2, r = 3.
+    let mut f = FrameBuf::default();
+    for m in &joins {
+        let CoreMsg::Join {
+            conn, user, queue, ..
+        } = m
+        else {
+            panic!("{m:?}")
+        };
+        f.put_event(&LoopEvent::Joined {
+            session: conn.session,
+            seq: 4,
+            user: *user,
+            result: Ok(JoinOk {
+                queue: if queue.as_str() == "q" { 2 } else { 3 },
+                key: *user,
+                position: 1,
+                queue_len: 1,
+                rate_per_s: 0.0,
+                resumed: false,
+                admitted: None,
+            }),
+        });
+    }
+    owner.write_all(f.finish()).unwrap();
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    drop(owner);
+    drop(old);
+
+    // q's new owner is named first: only q's place goes there.
+    let to = new_q.local_addr().unwrap().to_string();
+    retarget.lock().unwrap().insert("q".into(), to);
+    let mut owner_q = accept(&new_q);
+    let msgs = read_msgs(&mut owner_q);
+    assert_eq!(
+        answer_resubmits(&mut owner_q, &msgs, 6),
+        vec![(41, "q".into())]
+    );
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(1, 1)]));
+
+    // Then r's, another node: r's place goes there, on a second connection.
+    let to = new_r.local_addr().unwrap().to_string();
+    retarget.lock().unwrap().insert("r".into(), to);
+    let mut owner_r = accept(&new_r);
+    let msgs = read_msgs(&mut owner_r);
+    assert_eq!(
+        answer_resubmits(&mut owner_r, &msgs, 9),
+        vec![(42, "r".into())]
+    );
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(2, 1)]));
+
+    // Leaves reach each queue's owner with its own id (sessions hold 2 and 3).
+    for (session, queue, user) in [(1, 2, 41), (2, 3, 42)] {
+        edge.tx
+            .send(CoreMsg::Leave {
+                conn: ConnRef {
+                    loop_id: 0,
+                    session,
+                },
+                queue: remote_queue(3, queue),
+                user,
+            })
+            .unwrap();
+    }
+    assert!(matches!(
+        &read_msgs(&mut owner_q)[..],
+        [CoreMsg::Leave {
+            queue: 6,
+            user: 41,
+            ..
+        }]
+    ));
+    assert!(matches!(
+        &read_msgs(&mut owner_r)[..],
+        [CoreMsg::Leave {
+            queue: 9,
+            user: 42,
+            ..
+        }]
+    ));
+    assert!(edge.rxs[0].try_recv().is_err(), "nobody kicked");
 }

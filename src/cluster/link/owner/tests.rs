@@ -84,7 +84,8 @@ fn joined(events: &[LoopEvent]) -> Vec<(u64, JoinOk)> {
 fn a_dialed_link_is_a_loop_of_the_core() {
     let (core, core_thread, _loop0) = start_core();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64).unwrap();
+    let stats = Arc::new(LinkRegistry::default());
+    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64, stats.clone()).unwrap();
     let mut link = TcpStream::connect(acceptor.addr()).unwrap();
     link.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -92,6 +93,7 @@ fn a_dialed_link_is_a_loop_of_the_core() {
     let mut preamble = [0u8; 4];
     link.read_exact(&mut preamble).unwrap();
     assert_eq!(&preamble, PREAMBLE);
+    crate::cluster::link::hello::write_hello(&mut link, "edge-1").unwrap();
 
     // Three joins in one frame: answered in order with positions 1, 2, 3.
     let mut frame = FrameBuf::default();
@@ -145,6 +147,28 @@ fn a_dialed_link_is_a_loop_of_the_core() {
     assert_eq!(delta.shift(answers[1].1.key), -1, "second moves to 1");
     assert_eq!(delta.queue_len, 2);
 
+    // The link's counters carry the edge's node id: 2 frames (5 messages) in, the
+    // answers and batches out, connected. (A frame is counted once handled: the peer
+    // may see its effect first.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let f = loop {
+        let figures = stats.figures();
+        let [f] = &figures[..] else {
+            panic!("{figures:?}")
+        };
+        if (f.frames_sent >= 2 && f.frames_received >= 2) || Instant::now() > deadline {
+            break f.clone();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((f.peer.as_str(), f.side), ("edge-1", "owner"));
+    assert_eq!((f.frames_received, f.relayed), (2, 5), "{f:?}");
+    assert!(
+        f.frames_sent >= 2 && f.bytes_sent > 0 && f.bytes_received > 0,
+        "{f:?}"
+    );
+    assert_eq!((f.connected, f.reconnects), (1, 0));
+
     acceptor.stop();
     let _ = core.send(CoreMsg::Shutdown);
     core_thread.join().unwrap();
@@ -154,7 +178,8 @@ fn a_dialed_link_is_a_loop_of_the_core() {
 fn a_peer_without_the_preamble_is_not_attached() {
     let (core, core_thread, _loop0) = start_core();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64).unwrap();
+    let stats = Arc::new(LinkRegistry::default());
+    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64, stats).unwrap();
     let mut bad = TcpStream::connect(acceptor.addr()).unwrap();
     bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -1,0 +1,148 @@
+//! Failover with several new owners: when the dead owner's queues went to different
+//! nodes, the router names each queue's new owner ([`Retarget`]); the link follows the
+//! first one named with its own connection, and hands the held places of every queue
+//! owned by another node to a *child* link to that node: same link index (so the
+//! sessions' queue ids keep meaning this link, and their `Leave`/`Disconnect` still
+//! reach it: it forwards them to the child by queue id), its own connection, book and
+//! id maps, started with the places held and re-submitting them at once.
+//!
+//! Invariants: a queue is split off once (`handed`); a place goes to the owner the
+//! router named for its queue, never to another node (which would refuse it); places
+//! whose queue has no new owner yet stay held until it has one or `orphan_max` passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
+
+use super::places::Book;
+use super::{book, EdgeLink, Retarget};
+use crate::msg::{local_queue, CoreMsg, QueueId};
+
+/// Where a link's places go after its owner died (see the module doc).
+#[derive(Default)]
+pub(super) struct Follow {
+    /// The address this link dials.
+    pub addr: String,
+    /// True once the link followed a new owner (it never goes back).
+    pub moved: bool,
+    /// Queue name -> its new owner's `advertise_link`, as the router named it.
+    pub targets: HashMap<String, String>,
+    /// Queues whose places went to a child link.
+    handed: HashSet<String>,
+    /// Queue id (link bits cleared) -> the child link holding its places.
+    pub children: HashMap<QueueId, Sender<CoreMsg>>,
+}
+
+impl Follow {
+    /// Dials `addr` (a child: `queues` go there).
+    pub fn new(addr: String, queues: &HashSet<String>) -> Follow {
+        let moved = !queues.is_empty();
+        Follow {
+            targets: queues.iter().map(|q| (q.clone(), addr.clone())).collect(),
+            addr,
+            moved,
+            ..Follow::default()
+        }
+    }
+
+    /// True when `queue`'s places belong on this link's connection now.
+    pub fn here(&self, queue: &str) -> bool {
+        self.targets.get(queue) == Some(&self.addr)
+    }
+
+    /// Sends `msg` to the child link holding its session's queue; gives it back when
+    /// no child does.
+    pub fn forward(&self, msg: CoreMsg) -> Option<CoreMsg> {
+        let queue = match &msg {
+            CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => *queue,
+            _ => return Some(msg),
+        };
+        match self.children.get(&local_queue(queue)) {
+            Some(child) => {
+                let _ = child.send(msg);
+                None
+            }
+            None => Some(msg),
+        }
+    }
+}
+
+impl EdgeLink {
+    /// Takes the router's new owners: true when this link now dials another address.
+    /// Held places of queues owned by a node this link does not follow go to a child.
+    pub(super) fn follow(&self, f: &mut Follow, places: &Arc<Mutex<Book>>) -> bool {
+        let named: Vec<(String, String)> = self
+            .retarget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let mut moved = false;
+        for (queue, addr) in named {
+            if !f.moved {
+                f.moved = true;
+                if addr != f.addr {
+                    tracing::info!(node = %self.node, from = %f.addr, to = %addr, "node link follows its queues to a new owner");
+                    f.addr = addr.clone();
+                    moved = true;
+                }
+            }
+            f.targets.insert(queue, addr);
+        }
+        let mut by_addr: HashMap<&str, HashSet<String>> = HashMap::new();
+        for (queue, addr) in &f.targets {
+            if *addr != f.addr && !f.handed.contains(queue) {
+                by_addr.entry(addr).or_default().insert(queue.clone());
+            }
+        }
+        for (addr, queues) in by_addr {
+            let seed = book(places).split_off(&queues);
+            f.handed.extend(queues.iter().cloned());
+            if seed.live.is_empty() {
+                continue;
+            }
+            let ids = seed.edge_queues();
+            if let Some(child) = self.spawn_child(addr, seed, &queues) {
+                f.children
+                    .extend(ids.into_iter().map(|id| (id, child.clone())));
+            }
+        }
+        moved
+    }
+
+    /// Starts a child link to `addr` holding `seed` (places of `queues`).
+    fn spawn_child(
+        &self,
+        addr: &str,
+        seed: Book,
+        queues: &HashSet<String>,
+    ) -> Option<Sender<CoreMsg>> {
+        let capacity = self.inbox.capacity().unwrap_or(1024);
+        let (tx, inbox) = crossbeam_channel::bounded(capacity);
+        let child = EdgeLink {
+            index: self.index,
+            me: self.me.clone(),
+            stats: self.stats.clone(),
+            node: self.node.clone(),
+            addr: addr.to_string(),
+            inbox,
+            loops: self.loops.clone(),
+            stop: self.stop.clone(),
+            retarget: Retarget::default(),
+            orphan_max: self.orphan_max,
+        };
+        let follow = Follow::new(addr.to_string(), queues);
+        tracing::info!(node = %self.node, to = %addr, places = seed.live.len(), "node link hands places to a second new owner");
+        let spawned = std::thread::Builder::new()
+            .name(format!("link-to-{}+", self.node))
+            .spawn(move || child.run_with(seed, follow));
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(node = %self.node, error = %e, "node link child not started: its places are lost");
+                None
+            }
+        }
+    }
+}
