@@ -39,7 +39,9 @@ pub mod membership;
 pub mod node;
 pub mod ownership;
 pub mod routes;
+pub mod ticket;
 pub mod used_tokens;
+pub mod watermark;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,7 @@ impl Cluster {
             lease_id: AtomicI64::new(0),
             node_id_in_use: AtomicBool::new(false),
             etcd_errors: AtomicU64::new(0),
+            watermarks: watermark::Watermarks::default(),
         });
         for q in queues {
             if !shared.queues.add(q) {

@@ -73,6 +73,8 @@ pub struct Shared {
     /// etcd calls that failed or timed out (lease, registration, listing, used tokens),
     /// for `/metrics`.
     pub etcd_errors: AtomicU64,
+    /// Admission watermarks of the queues (`cluster::watermark`).
+    pub watermarks: super::watermark::Watermarks,
 }
 
 /// The cluster thread's view of its lease and campaigns.
@@ -313,7 +315,7 @@ impl Node {
             self.judge(index, listed.get(name), last.as_deref(), &members)
                 .await?;
         }
-        Ok(())
+        super::watermark::sync(&mut self.client, self.op_ms, &prefix, &self.shared).await
     }
 
     /// Decides what to do about one tracked queue given its listed owner.

@@ -8,6 +8,7 @@
 //! body       := count:u32 message{count}
 //! edge -> owner messages (CoreMsg):
 //!   1 Join       session:u64 seq:u32 user:u64 prio:u8 queue:str16 peer
+//!                claim:u8 [key:u64]   (1 + the key of a verified place ticket)
 //!   2 Leave      session:u64 queue:u32 user:u64
 //!   3 Disconnect session:u64 queue:u32 user:u64 answered:u32 pushed:u32
 //!                last_position:u64 kicked:u8 (0 none, 1 + kick index)
@@ -40,8 +41,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::msg::{
-    local_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, LoopId, QueueId,
-    SessionId,
+    local_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, LoopId, PlaceKey,
+    QueueId, SessionId,
 };
 
 /// What each side writes first.
@@ -164,6 +165,7 @@ impl FrameBuf {
                 queue,
                 prio,
                 peer,
+                claim,
                 ..
             } => {
                 self.start();
@@ -178,6 +180,7 @@ impl FrameBuf {
                 b.extend_from_slice(&(name.len() as u16).to_le_bytes());
                 b.extend_from_slice(name);
                 put_peer(b, peer);
+                put_claim(b, *claim);
             }
             CoreMsg::Leave { queue, user, .. } => {
                 self.start();
@@ -315,6 +318,14 @@ fn put_peer(b: &mut Vec<u8>, peer: &SocketAddr) {
         }
     }
     b.extend_from_slice(&peer.port().to_le_bytes());
+}
+
+/// A `Join`'s claim: 0, or 1 and the key.
+fn put_claim(b: &mut Vec<u8>, claim: Option<PlaceKey>) {
+    b.push(u8::from(claim.is_some()));
+    if let Some(key) = claim {
+        put_u64(b, key);
+    }
 }
 
 fn put_join_result(b: &mut Vec<u8>, result: &Result<JoinOk, JoinError>) {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::Core;
 use crate::cluster::ClusterHandle;
-use crate::msg::{ControlReply, QueueId};
+use crate::msg::{ControlReply, PlaceKey, QueueId};
 use crate::queue::state::Op;
 
 /// Who may admit for a queue (the cluster layer; tests fake it).
@@ -37,6 +37,14 @@ pub trait AdmitFence: Send {
     fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
         None
     }
+    /// What earlier owners of `queue` admitted, per lane [normal, priority] (the
+    /// highest keys), once known for this node's current epoch (`core::claim`).
+    fn admitted_before(&self, _queue: &str) -> Option<[PlaceKey; 2]> {
+        None
+    }
+    /// This node admitted up to `marks` [normal, priority] in `queue` (published to
+    /// the next owners, `cluster::watermark`).
+    fn publish_admitted(&self, _queue: &str, _marks: [PlaceKey; 2]) {}
 }
 
 /// The cluster's fence with the failover hold: after taking over a queue that another
@@ -95,6 +103,14 @@ impl AdmitFence for ClusterFence {
         end.checked_sub(crate::cluster::fence::now_ms())
             .filter(|left| *left > 0)
     }
+
+    fn admitted_before(&self, queue: &str) -> Option<[PlaceKey; 2]> {
+        self.cluster.admitted_before(queue)
+    }
+
+    fn publish_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
+        self.cluster.publish_admitted(queue, marks);
+    }
 }
 
 impl AdmitFence for Arc<ClusterHandle> {
@@ -113,6 +129,8 @@ pub(super) struct FenceState {
     pub(super) fence: Box<dyn AdmitFence>,
     /// Per queue id: `Some(operator's pause wish)` while the fence holds it paused.
     held: Vec<Option<bool>>,
+    /// Per queue id: the admission marks last published (`core::claim`).
+    pub(super) published: Vec<[PlaceKey; 2]>,
 }
 
 impl Core {
@@ -121,6 +139,7 @@ impl Core {
         self.fence = fence.map(|fence| FenceState {
             fence,
             held: Vec::new(),
+            published: Vec::new(),
         });
         self
     }

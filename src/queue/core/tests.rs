@@ -80,6 +80,7 @@ fn a_resume_and_a_token_use_in_one_round_answer_admitted() {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().expect("addr"),
+        claim: None,
     };
     let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
         rx.try_iter()
@@ -640,6 +641,7 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().unwrap(),
+        claim: None,
     };
     assert!(core.handle(join, now));
     let new_key = core.state.place(0, 1).expect("joined").key;

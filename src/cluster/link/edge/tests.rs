@@ -83,6 +83,7 @@ fn join(loop_id: u16, session: u64) -> CoreMsg {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().unwrap(),
+        claim: None,
     }
 }
 
