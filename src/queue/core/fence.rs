@@ -104,12 +104,14 @@ impl AdmitFence for ClusterFence {
             .filter(|left| *left > 0)
     }
 
+    // Named in full: `self.cluster.x()` would pick the trait's no-op default through
+    // the `AdmitFence for Arc<ClusterHandle>` impl below.
     fn admitted_before(&self, queue: &str) -> Option<[PlaceKey; 2]> {
-        self.cluster.admitted_before(queue)
+        ClusterHandle::admitted_before(&self.cluster, queue)
     }
 
     fn publish_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
-        self.cluster.publish_admitted(queue, marks);
+        ClusterHandle::publish_admitted(&self.cluster, queue, marks);
     }
 }
 
