@@ -8,7 +8,10 @@
 //!   takeover (so nobody was admitted here since, and places come back before anyone
 //!   is admitted);
 //! - the key was handed out under an earlier epoch (`seq >> 32` below this node's
-//!   epoch): a place of this owner is resumed from grace as usual, never claimed;
+//!   epoch): a place of this owner is resumed from grace as usual, never claimed; and
+//!   not under epoch 0, which no owner uses (every owner's keys are floored at its
+//!   epoch, at least 1): a place a node that never owned the queue gave during an
+//!   ownerless gap is not a place in the queue;
 //! - the user holds no place and no admission here (else it is a normal resume), and
 //!   no one holds the key;
 //! - what earlier owners admitted is known (read from etcd for this epoch) and the key
@@ -65,7 +68,8 @@ impl Core {
             return false;
         };
         let (prio, seq) = split_key(key);
-        if f.fence.recovery_left_ms(name).is_none() || seq >> EPOCH_SEQ_SHIFT >= epoch {
+        let key_epoch = seq >> EPOCH_SEQ_SHIFT;
+        if f.fence.recovery_left_ms(name).is_none() || key_epoch == 0 || key_epoch >= epoch {
             return false;
         }
         let Some(before) = f.fence.admitted_before(name) else {

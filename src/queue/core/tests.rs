@@ -679,3 +679,131 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
     ));
     assert!(other.state.place(0, 12).is_none());
 }
+
+/// A fence that owns "q" at epoch 5, holds it (`hold`) with the earlier owners'
+/// admission marks `before`, and records what the core publishes.
+struct ClaimFence {
+    epoch: Option<u64>,
+    hold: bool,
+    before: Option<[PlaceKey; 2]>,
+    published: Arc<std::sync::Mutex<Vec<[PlaceKey; 2]>>>,
+}
+
+impl AdmitFence for ClaimFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        !self.hold
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n1".into())
+    }
+    fn epoch(&self, _queue: &str) -> Option<u64> {
+        self.epoch
+    }
+    fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
+        self.hold.then_some(1000)
+    }
+    fn admitted_before(&self, _queue: &str) -> Option<[PlaceKey; 2]> {
+        self.before
+    }
+    fn publish_admitted(&self, _queue: &str, marks: [PlaceKey; 2]) {
+        self.published.lock().unwrap().push(marks);
+    }
+}
+
+/// A core owning "q" behind `fence`.
+fn claim_core(fence: ClaimFence) -> Core {
+    let (core, _rx, _bell) = core_with_loop(1024);
+    let mut core = core.with_fence(Some(Box::new(fence)));
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    core
+}
+
+fn claim_join(user: UserId, claim: Option<PlaceKey>) -> CoreMsg {
+    CoreMsg::Join {
+        conn: ConnRef {
+            loop_id: 0,
+            session: user,
+        },
+        seq: 1,
+        user,
+        queue: "q".into(),
+        prio: false,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        claim,
+    }
+}
+
+/// Place tickets in the core: during the recovery hold a claim of an earlier epoch's
+/// key above the admission watermark puts the place back (ahead of new arrivals, as a
+/// logged re-submission, answered resumed); a key at or below the watermark, of this
+/// epoch, of epoch 0, or outside the hold is a normal join at the end; a node that
+/// does not own the queue answers SHUTTING_DOWN. What the core admits is published.
+#[test]
+fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
+    let normal = |epoch: u64, n: u64| (1 << 63) | (epoch << 32) | n;
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fence = |hold, epoch| ClaimFence {
+        epoch,
+        hold,
+        before: Some([normal(2, 10), 0]),
+        published: published.clone(),
+    };
+    let now = unix_ms();
+    let mut core = claim_core(fence(true, Some(5)));
+    assert!(core.handle(claim_join(1, None), now));
+    let claims = [
+        (2, normal(2, 11)), // above the watermark: honored
+        (3, normal(2, 10)), // at the watermark: may have been admitted
+        (4, normal(5, 0)),  // this owner's own epoch
+        (5, normal(0, 99)), // epoch 0: no owner's key
+        (6, normal(2, 11)), // someone else's key already
+    ];
+    for (user, key) in claims {
+        assert!(core.handle(claim_join(user, Some(key)), now));
+    }
+    let order: Vec<UserId> = core.state.queues()[0].iter().map(|(_, u)| u).collect();
+    assert_eq!(order, vec![2, 1, 3, 4, 5, 6]);
+    let resumed: Vec<bool> = core
+        .joins
+        .iter()
+        .map(|j| j.outcome.as_ref().unwrap().2)
+        .collect();
+    assert_eq!(resumed, vec![false, true, false, false, false, false]);
+    assert_eq!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+    // Holding a place already: a normal resume, nothing moves.
+    assert!(core.handle(claim_join(2, Some(normal(2, 12))), now));
+    assert_eq!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+
+    // Outside the hold: a normal join.
+    let mut core = claim_core(fence(false, Some(5)));
+    assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
+    assert_eq!(core.joins[0].outcome.as_ref().unwrap().2, false);
+    assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+    // Admissions are published: the highest admitted key per lane.
+    let reply = core.control(
+        ControlReq::Admit {
+            queue: "q".into(),
+            count: 1,
+        },
+        now,
+    );
+    assert!(
+        matches!(reply, ControlReply::Admitted(ref a) if a.len() == 1),
+        "{reply:?}"
+    );
+    core.publish_admitted();
+    let marks = *published.lock().unwrap().last().expect("published");
+    assert_eq!(marks, [normal(5, 0), 0]);
+
+    // Not the owner: SHUTTING_DOWN, so the player comes back once an owner is known.
+    let mut core = claim_core(fence(true, None));
+    assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
+    assert!(matches!(
+        core.joins[0].outcome,
+        Err(JoinError::ShuttingDown)
+    ));
+}
