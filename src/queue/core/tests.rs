@@ -746,12 +746,13 @@ fn claim_join(user: UserId, claim: Option<PlaceKey>) -> CoreMsg {
 fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
     let normal = |epoch: u64, n: u64| (1 << 63) | (epoch << 32) | n;
     let published = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let fence = |hold, epoch| ClaimFence {
+    let fence_with = |hold, epoch, before| ClaimFence {
         epoch,
         hold,
-        before: Some([normal(2, 10), 0]),
+        before,
         published: published.clone(),
     };
+    let fence = |hold, epoch| fence_with(hold, epoch, Some([normal(2, 10), 0]));
     let now = unix_ms();
     let mut core = claim_core(fence(true, Some(5)));
     assert!(core.handle(claim_join(1, None), now));
@@ -759,7 +760,7 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
         (2, normal(2, 11)), // above the watermark: honored
         (3, normal(2, 10)), // at the watermark: may have been admitted
         (4, normal(5, 0)),  // this owner's own epoch
-        (5, normal(0, 99)), // epoch 0: no owner's key
+        (5, normal(2, 3)),  // below the watermark
         (6, normal(2, 11)), // someone else's key already
     ];
     for (user, key) in claims {
@@ -781,7 +782,7 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
     // Outside the hold: a normal join.
     let mut core = claim_core(fence(false, Some(5)));
     assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
-    assert_eq!(core.joins[0].outcome.as_ref().unwrap().2, false);
+    assert!(!core.joins[0].outcome.as_ref().unwrap().2);
     assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
     // Admissions are published: the highest admitted key per lane.
     let reply = core.control(
@@ -798,6 +799,23 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
     core.publish_admitted();
     let marks = *published.lock().unwrap().last().expect("published");
     assert_eq!(marks, [normal(5, 0), 0]);
+
+    // Nobody admitted before (marks 0): any earlier epoch's key but epoch 0 (no owner
+    // hands those out: a non-owner's place from an ownerless gap); marks not read yet:
+    // nothing is honored.
+    for (before, user, key, honored) in [
+        (Some([0, 0]), 7, normal(0, 99), false),
+        (Some([0, 0]), 8, normal(1, 99), true),
+        (None, 9, normal(2, 50), false),
+    ] {
+        let mut core = claim_core(fence_with(true, Some(5), before));
+        assert!(core.handle(claim_join(user, Some(key)), now));
+        let at = core.state.place(0, user).unwrap().key;
+        assert_eq!(
+            (at == key, core.joins[0].outcome.as_ref().unwrap().2),
+            (honored, honored)
+        );
+    }
 
     // Not the owner: SHUTTING_DOWN, so the player comes back once an owner is known.
     let mut core = claim_core(fence(true, None));
