@@ -174,6 +174,7 @@ fn run(
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let prefix = config.prefix.clone();
+        watermark::spawn(client.clone(), shared.clone(), &config);
         let mut node = Node::new(client, shared, config, me);
         let leases = Arc::new(BucketLeases::default());
         let mut ticks = tokio::time::interval(tick);

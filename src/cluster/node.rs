@@ -315,7 +315,7 @@ impl Node {
             self.judge(index, listed.get(name), last.as_deref(), &members)
                 .await?;
         }
-        super::watermark::sync(&mut self.client, self.op_ms, &prefix, &self.shared).await
+        Ok(())
     }
 
     /// Decides what to do about one tracked queue given its listed owner.

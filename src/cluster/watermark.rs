@@ -9,20 +9,25 @@
 //!
 //! - the owner's core raises this node's marks as it admits ([`ClusterHandle::publish_admitted`],
 //!   every core tick, lock-free);
-//! - the cluster thread ([`sync`], once per tick, after the listings): for each queue
-//!   it owns, first reads the key once per epoch (what earlier owners admitted: the
-//!   core honors no claim until that read is in), then writes the greater of that and
-//!   its own marks when they moved, in a transaction that succeeds only while the
-//!   owner key's create_revision is still this node's epoch (a stale owner never
-//!   writes).
+//! - one task on the cluster thread ([`spawn`]: [`sync`] every [`SYNC_MS`]): for each
+//!   queue this node owns, first reads the key once per epoch (what earlier owners
+//!   admitted: until that read is in, the core answers claims "come back shortly"),
+//!   then writes the greater of that and its own marks when they moved, in a
+//!   transaction that succeeds only while the owner key's create_revision is still
+//!   this node's epoch (a stale owner never writes). Nothing moved, nothing sent: etcd
+//!   sees one read per takeover and at most one small write per [`SYNC_MS`] per queue
+//!   while it admits. A frozen node (test hook) sends nothing.
 //!
-//! The value only grows: every write is the max of what was read at takeover and what
-//! this node admitted since. Residual window: admissions made after the owner's last
-//! successful write (at most one cluster tick, TTL/3, plus a core tick) are not in etcd
-//! when it dies; a player admitted then who presents its ticket to the next owner within
-//! the recovery window gets its place back and can be admitted a second time.
+//! The value only grows: one task writes, in order, the max of what was read at
+//! takeover and what this node admitted since. Residual window: admissions made after
+//! the owner's last successful write (up to [`SYNC_MS`] plus a core tick and an etcd
+//! round trip) are not in etcd when it dies; a player admitted then who presents its
+//! ticket to the next owner within the recovery window gets its place back and can be
+//! admitted a second time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
@@ -30,8 +35,12 @@ use super::error::{within, ClusterError};
 use super::fence::QUEUES_MAX;
 use super::node::Shared;
 use super::ownership::owner_key;
-use super::ClusterHandle;
+use super::{ClusterConfig, ClusterHandle};
 use crate::msg::PlaceKey;
+
+/// How often the marks are synced with etcd: the residual window's bound (see the
+/// module doc), and the delay from a takeover to the read that lets claims in.
+pub const SYNC_MS: u64 = 100;
 
 /// `{prefix}/admitted/{queue}`.
 pub fn admitted_key(prefix: &str, queue: &str) -> String {
@@ -109,8 +118,29 @@ impl ClusterHandle {
     }
 }
 
-/// The cluster thread's step (see the module doc): reads what earlier owners admitted
-/// for newly owned queues, writes this node's marks where they moved.
+/// Starts the marks' task on the cluster thread's runtime (ends with the runtime). An
+/// etcd error is counted and retried at the next round.
+pub fn spawn(mut client: Client, shared: Arc<Shared>, config: &ClusterConfig) {
+    let op_ms = super::node::tick_ms(config);
+    let prefix = config.prefix.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(SYNC_MS));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if shared.frozen.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(e) = sync(&mut client, op_ms, &prefix, &shared).await {
+                shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %shared.node_id, error = %e, "cluster: admission marks not synced");
+            }
+        }
+    });
+}
+
+/// One round (see the module doc): reads what earlier owners admitted for newly owned
+/// queues, writes this node's marks where they moved.
 pub async fn sync(
     client: &mut Client,
     op_ms: u64,

@@ -14,14 +14,16 @@
 //!   ownerless gap is not a place in the queue;
 //! - the user holds no place and no admission here (else it is a normal resume), and
 //!   no one holds the key;
-//! - what earlier owners admitted is known (read from etcd for this epoch) and the key
-//!   is above that lane's watermark: every key an owner admitted is at most it, so a
-//!   place that may have been admitted is never given back.
+//! - the key is above the lane's admission watermark (what earlier owners admitted, read
+//!   from etcd for this epoch): every key an owner admitted is at most it, so a place
+//!   that may have been admitted is never given back.
 //!
 //! Otherwise the login is a normal join (a place at the end, `resumed: false`), never an
-//! error, except on a node that does not own the queue (a login routed here while the
-//! queue has no owner yet, or by a stale route): SHUTTING_DOWN with `retry_after_secs`,
-//! so the player comes back, ticket in hand, once an owner is known.
+//! error, except when it cannot be told yet: on a node that does not own the queue (a
+//! login routed here while the queue has no owner, or by a stale route), or in the hold
+//! before the watermark was read (at most `cluster::watermark::SYNC_MS` after the
+//! takeover while etcd answers): SHUTTING_DOWN with `retry_after_secs`, so the player
+//! comes back, ticket in hand.
 //!
 //! Invariants: one node (no fence): claims are never made (the loop ignores the field)
 //! and nothing here runs; the marks are published once per core tick, only for queues
@@ -48,8 +50,10 @@ impl Core {
         let Some(epoch) = f.fence.epoch(name) else {
             return Some(Err(JoinError::ShuttingDown));
         };
-        if !self.honors(name, user, key, epoch) {
-            return None;
+        match self.honors(name, user, key, epoch) {
+            Some(true) => {}
+            Some(false) => return None,
+            None => return Some(Err(JoinError::ShuttingDown)),
         }
         self.epoch_floor(name, now_ms);
         let op = Op::Resubmit {
@@ -62,20 +66,17 @@ impl Core {
     }
 
     /// Whether a claim of `key` by `user` in `name`, owned here at `epoch`, is honored
-    /// (the module's list).
-    fn honors(&self, name: &str, user: UserId, key: PlaceKey, epoch: u64) -> bool {
-        let Some(f) = self.fence.as_ref() else {
-            return false;
-        };
+    /// (the module's list); `None` while that cannot be told yet (in the hold, the
+    /// earlier owners' marks not read from etcd yet).
+    fn honors(&self, name: &str, user: UserId, key: PlaceKey, epoch: u64) -> Option<bool> {
+        let f = self.fence.as_ref()?;
         let (prio, seq) = split_key(key);
         let key_epoch = seq >> EPOCH_SEQ_SHIFT;
         if f.fence.recovery_left_ms(name).is_none() || key_epoch == 0 || key_epoch >= epoch {
-            return false;
+            return Some(false);
         }
-        let Some(before) = f.fence.admitted_before(name) else {
-            return false;
-        };
-        key > before[usize::from(prio)] && self.state.can_take_back(name, user, key)
+        let before = f.fence.admitted_before(name)?;
+        Some(key > before[usize::from(prio)] && self.state.can_take_back(name, user, key))
     }
 
     /// Publishes each queue's highest admitted keys where they moved since the last

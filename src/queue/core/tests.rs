@@ -801,12 +801,10 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
     assert_eq!(marks, [normal(5, 0), 0]);
 
     // Nobody admitted before (marks 0): any earlier epoch's key but epoch 0 (no owner
-    // hands those out: a non-owner's place from an ownerless gap); marks not read yet:
-    // nothing is honored.
+    // hands those out: a non-owner's place from an ownerless gap).
     for (before, user, key, honored) in [
         (Some([0, 0]), 7, normal(0, 99), false),
         (Some([0, 0]), 8, normal(1, 99), true),
-        (None, 9, normal(2, 50), false),
     ] {
         let mut core = claim_core(fence_with(true, Some(5), before));
         assert!(core.handle(claim_join(user, Some(key)), now));
@@ -817,11 +815,15 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
         );
     }
 
-    // Not the owner: SHUTTING_DOWN, so the player comes back once an owner is known.
-    let mut core = claim_core(fence(true, None));
-    assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
-    assert!(matches!(
-        core.joins[0].outcome,
-        Err(JoinError::ShuttingDown)
-    ));
+    // Not the owner, or the marks not read yet in the hold: SHUTTING_DOWN (the player
+    // comes back, ticket in hand); nothing placed.
+    for fence in [fence(true, None), fence_with(true, Some(5), None)] {
+        let mut core = claim_core(fence);
+        assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
+        assert!(matches!(
+            core.joins[0].outcome,
+            Err(JoinError::ShuttingDown)
+        ));
+        assert!(core.state.place(0, 2).is_none());
+    }
 }
