@@ -43,6 +43,12 @@ fn login_defaults_and_errors() {
     assert_eq!(login.user_id, u64::MAX);
     assert_eq!(login.queue, DEFAULT_QUEUE);
     assert_eq!(login.ticket, None);
+    assert_eq!(login.place_ticket, None);
+    let req = parse(r#"{"cmd":"login","data":{"user_id":1,"place_ticket":"AQ.mac"}}"#).unwrap();
+    assert_eq!(
+        parse_login(&req).unwrap().place_ticket.as_deref(),
+        Some("AQ.mac")
+    );
 
     let missing = Err(BadRequest::MissingField { field: "user_id" });
     assert_eq!(parse_login(&parse(r#"{"cmd":"login"}"#).unwrap()), missing);
@@ -59,6 +65,8 @@ fn login_defaults_and_errors() {
         (r#"{"user_id":1,"queue":7}"#, "queue"),
         (r#"{"user_id":1,"ticket":{}}"#, "ticket"),
         (r#"{"user_id":1,"ticket":null}"#, "ticket"),
+        (r#"{"user_id":1,"place_ticket":null}"#, "place_ticket"),
+        (r#"{"user_id":1,"place_ticket":5}"#, "place_ticket"),
         (r#"{"user_id":1,"user_id":2}"#, "user_id"),
     ] {
         let body = format!(r#"{{"cmd":"login","data":{data}}}"#);
