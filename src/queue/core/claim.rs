@@ -20,7 +20,9 @@
 //!
 //! Otherwise the login is a normal join (a place at the end, `resumed: false`), never an
 //! error, except when it cannot be told yet: on a node that does not own the queue (a
-//! login routed here while the queue has no owner, or by a stale route), or in the hold
+//! login routed here while the queue has no owner, or by a stale route; a queue the
+//! cluster does not track, an auto-created one each node keeps for itself, is a normal
+//! join), or in the hold
 //! before the watermark was read (at most `cluster::watermark::SYNC_MS` after the
 //! takeover while etcd answers): SHUTTING_DOWN with `retry_after_secs`, so the player
 //! comes back, ticket in hand.
@@ -48,7 +50,9 @@ impl Core {
     ) -> Option<JoinOutcome> {
         let f = self.fence.as_ref()?;
         let Some(epoch) = f.fence.epoch(name) else {
-            return Some(Err(JoinError::ShuttingDown));
+            // Owned by nobody yet: come back. A queue no node ever owns (auto-created,
+            // kept per node): no claim to judge, a normal join.
+            return f.fence.tracks(name).then_some(Err(JoinError::ShuttingDown));
         };
         match self.honors(name, user, key, epoch) {
             Some(true) => {}

@@ -45,6 +45,11 @@ pub trait AdmitFence: Send {
     /// This node admitted up to `marks` [normal, priority] in `queue` (published to
     /// the next owners, `cluster::watermark`).
     fn publish_admitted(&self, _queue: &str, _marks: [PlaceKey; 2]) {}
+    /// True when the cluster decides who owns `queue` (a configured queue); false for
+    /// one it never owns anywhere (an auto-created queue: each node keeps its own).
+    fn tracks(&self, _queue: &str) -> bool {
+        true
+    }
 }
 
 /// The cluster's fence with the failover hold: after taking over a queue that another
@@ -112,6 +117,10 @@ impl AdmitFence for ClusterFence {
 
     fn publish_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
         ClusterHandle::publish_admitted(&self.cluster, queue, marks);
+    }
+
+    fn tracks(&self, queue: &str) -> bool {
+        self.cluster.queue_index(queue).is_some()
     }
 }
 

@@ -681,7 +681,8 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
 }
 
 /// A fence that owns "q" at epoch 5, holds it (`hold`) with the earlier owners'
-/// admission marks `before`, and records what the core publishes.
+/// admission marks `before`, and records what the core publishes; it tracks every
+/// queue but "auto".
 struct ClaimFence {
     epoch: Option<u64>,
     hold: bool,
@@ -707,6 +708,9 @@ impl AdmitFence for ClaimFence {
     }
     fn publish_admitted(&self, _queue: &str, marks: [PlaceKey; 2]) {
         self.published.lock().unwrap().push(marks);
+    }
+    fn tracks(&self, queue: &str) -> bool {
+        queue != "auto"
     }
 }
 
@@ -826,4 +830,18 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
         ));
         assert!(core.state.place(0, 2).is_none());
     }
+    // A queue the cluster does not track (auto-created, one per node): a normal join.
+    let mut core = claim_core(fence(true, None));
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("auto".into(), 100, 0.0)],
+        1,
+    );
+    let mut msg = claim_join(2, Some(normal(2, 11)));
+    if let CoreMsg::Join { queue, .. } = &mut msg {
+        *queue = "auto".into();
+    }
+    assert!(core.handle(msg, now));
+    assert!(!core.joins[0].outcome.as_ref().unwrap().2);
+    assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
 }
