@@ -164,6 +164,10 @@ pub enum CoreMsg {
         prio: bool,
         /// The client's address (for the player's journal; `Copy`, no allocation).
         peer: SocketAddr,
+        /// Cluster mode: the key of a verified place ticket the login presented, to be
+        /// put back at that key if the owner honors it (`queue::core::claim`); `None`
+        /// without a ticket (always on one node).
+        claim: Option<PlaceKey>,
     },
     /// After a failover, a surviving edge puts back a place its session held at the
     /// previous owner, at the same key (cluster mode; from a node link only). Answered

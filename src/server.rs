@@ -380,7 +380,7 @@ impl ServerHandle {
         let stats = shared.stats.clone();
         let server_stats = Arc::new(ServerStats::default());
         let (core_tx, core_rx) = crossbeam_channel::bounded(config.core.inbox_capacity);
-        let routes = config.cluster.as_ref().map(|_| Arc::new(Routes::default()));
+        let routes = Routes::for_cluster(&config.cluster, &config.tokens.key);
         let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement, &routes)?;
         let link = start_cluster(config, &routes, &core_tx, &wiring.loop_links)?;
 

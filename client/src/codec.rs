@@ -171,7 +171,7 @@ pub struct Standing {
 }
 
 /// A `login` answer's `data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginAnswer {
     /// `state: "admitted"`: the `admitted` push follows.
     pub admitted: bool,
@@ -179,6 +179,9 @@ pub struct LoginAnswer {
     pub standing: Standing,
     /// The user already held a place and got it back.
     pub resumed: bool,
+    /// A cluster's place ticket: presented at the next `login`, it gets the place back
+    /// on any node even if this one dies (absent on one node).
+    pub place_ticket: Option<String>,
 }
 
 /// Why the server kicked a connection (`kicked` push, docs/protocol.md 1.5).
@@ -351,6 +354,11 @@ pub fn login_answer(frame: &ServerFrame) -> Result<LoginAnswer, DecodeError> {
             .get("resumed")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        place_ticket: frame
+            .data
+            .get("place_ticket")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 

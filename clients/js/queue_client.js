@@ -20,8 +20,11 @@
  *   sends a heartbeat every `heartbeatMs` (default 10 s), takes the server for dead when
  *   an answer is late (`answerTimeoutMs`), waits out `SHUTTING_DOWN` (code 9) and
  *   `kicked` `shutdown` for `retry_after_secs`, and never comes back after `kicked`
- *   `duplicate_login` / `removed`, a refusal, `admitted` or `leave()`. The reconnect rules
- *   are written down in clients/README.md.
+ *   `duplicate_login` / `removed`, a refusal, `admitted` or `leave()`. Against a cluster,
+ *   the `place_ticket` of the latest login answer is presented at every later login (the
+ *   place comes back on any node, even if the one holding it died); it is forgotten once
+ *   admitted, or when the server rejects it (then the login is tried again without it).
+ *   The reconnect rules are written down in clients/README.md.
  * - `nodeTransport()`: the thin Node socket glue.
  *
  * Use (Node):
@@ -208,9 +211,10 @@ class Protocol {
     return encodeFrame(`{"cmd":${JSON.stringify(cmd)},"seq":${this.seq},"data":${dataJson}}`);
   }
 
-  login(userId, queue, ticket, nowMs) {
+  login(userId, queue, ticket, nowMs, placeTicket) {
     let data = `{"user_id":${u64Digits(userId)},"queue":${JSON.stringify(queue)}`;
     if (ticket !== undefined && ticket !== null) data += `,"ticket":${JSON.stringify(String(ticket))}`;
+    if (typeof placeTicket === 'string') data += `,"place_ticket":${JSON.stringify(placeTicket)}`;
     return this.request('login', data + '}', nowMs);
   }
 
@@ -278,7 +282,8 @@ class Protocol {
         const resumed = f.data.resumed === undefined ? false : f.data.resumed;
         const state = f.data.state === undefined ? 'waiting' : f.data.state;
         if (!p || typeof resumed !== 'boolean' || typeof state !== 'string') throw new ProtocolError('ill-typed login answer');
-        return Object.assign({ type: 'joined', state, resumed }, p);
+        const placeTicket = typeof f.data.place_ticket === 'string' ? f.data.place_ticket : null;
+        return Object.assign({ type: 'joined', state, resumed, placeTicket }, p);
       }
       const after = f.data.retry_after_secs;
       return { type: 'refused', code: f.code, name, msg: f.msg, retryAfterSecs: isUint(after) ? after : null };
@@ -336,6 +341,8 @@ class QueueClient {
     this.clock = o.clock || defaultClock;
     this.random = o.random || Math.random;
     this.outcome = null;
+    /** A cluster's place ticket from the latest login answer (see the file header). */
+    this._placeTicket = null;
     this._listeners = {};
     this._gen = 0; // bumped whenever a connection is abandoned: its late callbacks are ignored
     this._conn = null;
@@ -447,7 +454,7 @@ class QueueClient {
     this._clear('connect');
     this._open = true;
     const ticket = typeof this.ticket === 'function' ? this.ticket() : this.ticket;
-    if (!this._write(this._proto.login(this.userId, this.queue, ticket, this.clock.now()))) return;
+    if (!this._write(this._proto.login(this.userId, this.queue, ticket, this.clock.now(), this._placeTicket))) return;
     if (this._leaveRequested) this._sendLeave();
     this._arm();
   }
@@ -506,6 +513,9 @@ class QueueClient {
     delete fields.type;
     switch (type) {
       case 'joined':
+        if (ev.state === 'admitted') this._placeTicket = null;
+        else if (ev.placeTicket !== null) this._placeTicket = ev.placeTicket;
+        delete fields.placeTicket;
         this._loggedIn = true;
         if (this._nextHeartbeat === null) this._nextHeartbeat = this.clock.now() + this.heartbeatMs;
         return this._emit('joined', fields);
@@ -523,6 +533,12 @@ class QueueClient {
       case 'refused': {
         if (this._leaveSent) return this._finish('left', {});
         const reason = `login refused: ${ev.name} (${ev.msg})`;
+        if (ev.code === 4 && this._placeTicket !== null && String(ev.msg).startsWith('place ticket rejected')) {
+          // Refused for the place ticket alone (a cluster whose key changed): forget it
+          // and log in again without it.
+          this._placeTicket = null;
+          return this._lost(reason);
+        }
         if (ev.code === 9) return this._lost(reason, ev.retryAfterSecs);
         if (RETRY_CODES.indexOf(ev.code) >= 0) return this._lost(reason);
         return this._finish('refused', { code: ev.code, name: ev.name, msg: ev.msg });

@@ -315,6 +315,34 @@ const CHECKS = {
     fake.close();
   },
 
+  async fake_place_ticket_is_presented() {
+    // A cluster's login answer carries a place_ticket: the client presents the latest
+    // one at its next login, and forgets one the server rejects (then retries at once).
+    const seen = [];
+    const fake = await fakeServer(async (i, conn) => {
+      const f = await conn.readFrame();
+      check(f && f.cmd === 'login', `expected login, got ${JSON.stringify(f)}`);
+      seen[i] = f.data.place_ticket === undefined ? null : f.data.place_ticket;
+      const seq = f.seq;
+      if (i === 0) {
+        conn.send(ok('login', seq, Object.assign({}, WAITING, { place_ticket: 'T1' })));
+      } else if (i === 1) {
+        conn.send(ok('login', seq, Object.assign({}, WAITING, { resumed: true, place_ticket: 'T2' })));
+      } else if (i === 2) {
+        conn.send(frame({ cmd: 'login', seq, code: 4, msg: 'place ticket rejected: bad signature', data: {} }));
+      } else {
+        conn.send(ok('login', seq, Object.assign({}, WAITING, { place_ticket: 'T3' })));
+        conn.send(push('admitted', { token: 'tok-3', expires_at: 1, login_addr: null }));
+        await conn.untilClosed();
+      }
+    });
+    const c = new Recorder(fake.addr, 1, 'q', { heartbeatMs: 5000, backoffInitialMs: 10 });
+    const out = await c.outcome();
+    check(out.kind === 'admitted' && out.token === 'tok-3', `outcome ${JSON.stringify(out)}`);
+    check(JSON.stringify(seen) === JSON.stringify([null, 'T1', 'T2', null]), `presented ${JSON.stringify(seen)}`);
+    fake.close();
+  },
+
   async fake_rate_limited_then_admitted() {
     const fake = await fakeServer(async (i, conn) => {
       if (i === 0) { // a connection over the limit: one frame with cmd "" and close

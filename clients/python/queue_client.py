@@ -8,7 +8,9 @@ reconnect rules in clients/README.md):
   ``max_frame_bytes`` (default 1 MiB), empty frames, bad UTF-8, bad JSON and ill-typed
   fields are refused as a ``ProtocolError`` (the connection is dropped, never a crash);
 - ``login`` with ``user_id``, ``queue`` and an optional ``ticket`` (a string, or a
-  callable returning a fresh one for every login);
+  callable returning a fresh one for every login); against a cluster, the
+  ``place_ticket`` of the latest login answer is presented at every later login, so
+  the place comes back on any node even if the one holding it died;
 - a ``heartbeat`` every ``heartbeat_secs`` (default 10); every request must be answered
   within ``answer_timeout_secs``, otherwise the server is taken for dead;
 - ``position``, ``admitted`` and ``kicked`` pushes as events;
@@ -216,6 +218,10 @@ class QueueClient:
         self.max_frame_bytes = max_frame_bytes
         self.rng = rng or random.Random()
         self.outcome = None
+        # A cluster's place ticket from the latest login answer: presented at every
+        # later login (the place comes back on any node, even if the one holding it
+        # died); forgotten once admitted, or when the server rejects it.
+        self._place_ticket = None
         self._seq = 0
         self._leave = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -357,6 +363,8 @@ class QueueClient:
         ticket = self.ticket() if callable(self.ticket) else self.ticket
         if ticket is not None:
             data["ticket"] = ticket
+        if self._place_ticket is not None:
+            data["place_ticket"] = self._place_ticket
         try:
             send("login", data)
             while True:
@@ -440,9 +448,21 @@ class QueueClient:
                 ):
                     return self._protocol_error("ill-typed login answer", retry)
                 state["logged_in"] = True
+                ticket = data.get("place_ticket")
+                if login_state == "admitted":
+                    self._place_ticket = None
+                elif isinstance(ticket, str):
+                    self._place_ticket = ticket
                 self._emit("joined", state=login_state, resumed=resumed, **fields)
                 return None
             reason = "login refused: %s (%s)" % (name, f["msg"])
+            if code == 4 and self._place_ticket is not None and str(f["msg"]).startswith(
+                "place ticket rejected"
+            ):
+                # Refused for the place ticket alone (a cluster whose key changed):
+                # forget it and log in again without it.
+                self._place_ticket = None
+                return retry(reason)
             if code == 9:
                 after = data.get("retry_after_secs")
                 return retry(reason, after if _is_uint(after) else None)

@@ -378,6 +378,36 @@ def fake_shutting_down_is_waited_out(addr, control):
     fake.close()
 
 
+def fake_place_ticket_is_presented(addr, control):
+    # A cluster's login answer carries a place_ticket: the client presents the latest
+    # one at its next login, and forgets one the server rejects (then retries at once).
+    seen = []
+
+    def script(i, conn):
+        f = conn.read_frame()
+        check(f is not None and f["cmd"] == "login", "expected login, got %r" % (f,))
+        seen.append(f["data"].get("place_ticket"))
+        seq = f["seq"]
+        if i == 0:
+            conn.send(ok("login", seq, dict(WAITING, place_ticket="T1")))
+        elif i == 1:
+            conn.send(ok("login", seq, dict(WAITING, resumed=True, place_ticket="T2")))
+        elif i == 2:
+            msg = "place ticket rejected: bad signature"
+            conn.send(frame({"cmd": "login", "seq": seq, "code": 4, "msg": msg, "data": {}}))
+        else:
+            conn.send(ok("login", seq, dict(WAITING, place_ticket="T3")))
+            conn.send(push("admitted", {"token": "tok-3", "expires_at": 1, "login_addr": None}))
+            conn.until_closed()
+
+    fake = FakeServer(script)
+    c = Recorder(fake.addr, 1, "q", heartbeat_secs=5, backoff_initial_secs=0.01)
+    out = c.outcome()
+    check(out.kind == "admitted" and out.token == "tok-3", "outcome %r" % (out,))
+    check(seen == [None, "T1", "T2", None], "presented %r" % (seen,))
+    fake.close()
+
+
 def fake_rate_limited_then_admitted(addr, control):
     def script(i, conn):
         if i == 0:  # a connection over the limit: one frame with cmd "" and close
@@ -524,6 +554,7 @@ CHECKS = [
     real_leave_gives_up_place,
     real_admitted_token_verifies,
     fake_shutting_down_is_waited_out,
+    fake_place_ticket_is_presented,
     fake_rate_limited_then_admitted,
     fake_final_answers_are_final,
     fake_split_and_batched_frames,

@@ -9,7 +9,10 @@
 //! - `{prefix}/owners/{queue}` = owner node id, on the owner's lease, created by
 //!   put-if-absent; its create_revision is the ownership epoch ([`ownership`]);
 //! - `{prefix}/used/{jti}` = node id that consumed the token, on a per-expiry-bucket
-//!   lease ([`used_tokens`]).
+//!   lease ([`used_tokens`]);
+//! - `{prefix}/admitted/{queue}` = `"<normal>,<priority>"`, the highest place keys its
+//!   owners admitted, no lease ([`watermark`]: a new owner honors no place ticket of a
+//!   place that may have been admitted).
 //!
 //! Why two owners never admit at once ([`fence`]): a node admits for a queue only while
 //! it holds the owner key and `now < sent + TTL - margin`, `sent` being when its last
@@ -23,8 +26,9 @@
 //! queue another node owns are forwarded to it, tokens are consumed here. The data path:
 //! [`link`] (node link: remote nodes are virtual loops of the owner's core; routes in
 //! [`routes`]), started by the server with `[cluster]`; the core admits only while
-//! [`ClusterHandle::may_admit`] (`queue::core::fence`). Not here yet: the failover of
-//! places (re-submission, place tickets).
+//! [`ClusterHandle::may_admit`] (`queue::core::fence`). Failover of places: surviving
+//! edges re-submit theirs (`link::edge`); the dead node's own players come back with a
+//! place ticket ([`ticket`], honored by `queue::core::claim` above the [`watermark`]).
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call
@@ -39,7 +43,9 @@ pub mod membership;
 pub mod node;
 pub mod ownership;
 pub mod routes;
+pub mod ticket;
 pub mod used_tokens;
+pub mod watermark;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +102,7 @@ impl Cluster {
             lease_id: AtomicI64::new(0),
             node_id_in_use: AtomicBool::new(false),
             etcd_errors: AtomicU64::new(0),
+            watermarks: watermark::Watermarks::default(),
         });
         for q in queues {
             if !shared.queues.add(q) {
@@ -171,6 +178,7 @@ fn run(
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let prefix = config.prefix.clone();
+        watermark::spawn(client.clone(), shared.clone(), &config);
         let mut node = Node::new(client, shared, config, me);
         let leases = Arc::new(BucketLeases::default());
         let mut ticks = tokio::time::interval(tick);

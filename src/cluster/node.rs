@@ -73,6 +73,8 @@ pub struct Shared {
     /// etcd calls that failed or timed out (lease, registration, listing, used tokens),
     /// for `/metrics`.
     pub etcd_errors: AtomicU64,
+    /// Admission watermarks of the queues (`cluster::watermark`).
+    pub watermarks: super::watermark::Watermarks,
 }
 
 /// The cluster thread's view of its lease and campaigns.

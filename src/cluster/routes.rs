@@ -81,6 +81,8 @@ pub struct Routes {
     wanted_tx: crossbeam_channel::Sender<QueueName>,
     /// The router's end.
     wanted_rx: crossbeam_channel::Receiver<QueueName>,
+    /// The cluster's place-ticket key (set once at start; see `cluster::ticket`).
+    ticket_key: std::sync::OnceLock<crate::cluster::ticket::TicketKey>,
 }
 
 impl Default for Routes {
@@ -93,6 +95,7 @@ impl Default for Routes {
             auto_create: AtomicBool::new(false),
             wanted_tx,
             wanted_rx,
+            ticket_key: std::sync::OnceLock::new(),
         }
     }
 }
@@ -158,6 +161,22 @@ impl Routes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(queue)
+    }
+
+    /// The routes of a node with `[cluster]` (`cluster` is `Some`; `None` on one
+    /// node): empty, with the place-ticket key derived from `tokens.key` (the same on
+    /// every node).
+    pub fn for_cluster<T>(cluster: &Option<T>, tokens_key: &str) -> Option<Arc<Routes>> {
+        cluster.as_ref()?;
+        let routes = Routes::default();
+        let key = crate::cluster::ticket::TicketKey::derive(tokens_key);
+        let _ = routes.ticket_key.set(key);
+        Some(Arc::new(routes))
+    }
+
+    /// The place-ticket key, once set.
+    pub fn ticket_key(&self) -> Option<&crate::cluster::ticket::TicketKey> {
+        self.ticket_key.get()
     }
 
     /// The owner node a login to `queue` is sent to now, when another node's.

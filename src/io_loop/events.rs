@@ -134,6 +134,14 @@ impl Loop {
 
     /// The core answered a `login`.
     fn joined(&self, id: SessionId, seq: u32, user: UserId, result: Result<JoinOk, JoinError>) {
+        // Cluster mode: a waiting place gets its ticket (`cluster::ticket`).
+        let ticket = self.shard.place_tickets().and_then(|t| match &result {
+            Ok(ok) if ok.admitted.is_none() => t.answered(id, user, ok.key),
+            _ => {
+                t.forget(id);
+                None
+            }
+        });
         let Some(s) = self
             .table
             .get(id)
@@ -153,7 +161,7 @@ impl Loop {
             return;
         };
         match result {
-            Ok(ok) => self.login_ok(&s, seq, ok),
+            Ok(ok) => self.login_ok(&s, seq, ok, ticket.as_deref()),
             Err(e) => self.login_failed(&s, seq, e),
         }
         s.login_done();
@@ -165,7 +173,7 @@ impl Loop {
             .observe(s.since_last_frame(Instant::now()));
     }
 
-    fn login_ok(&self, s: &Session, seq: u32, ok: JoinOk) {
+    fn login_ok(&self, s: &Session, seq: u32, ok: JoinOk, place_ticket: Option<&str>) {
         let shard = &self.shard;
         shard.stats().logged_in(ok.queue);
         s.logged_in(ok.queue);
@@ -174,17 +182,15 @@ impl Loop {
             .set_queue_view(ok.queue, ok.queue_len, ok.rate_per_s);
         let eta = crate::msg::eta_secs(ok.position, ok.rate_per_s);
         let admitted = ok.admitted.is_some();
-        s.send(shard, 1, |out| {
-            protocol::encode_login_ok(
-                out,
-                seq,
-                admitted,
-                ok.position,
-                ok.queue_len,
-                eta,
-                ok.resumed,
-            )
-        });
+        let answer = protocol::LoginAnswer {
+            admitted,
+            position: ok.position,
+            queue_len: ok.queue_len,
+            eta_secs: eta,
+            resumed: ok.resumed,
+            place_ticket,
+        };
+        s.send(shard, 1, |out| protocol::encode_login_ok(out, seq, &answer));
         if let Some((token, expires_at)) = ok.admitted {
             s.admitted_at_login();
             self.send_admitted(s, &token, expires_at);
@@ -224,6 +230,9 @@ impl Loop {
 
     /// Drops a session from the table without telling the core.
     pub(super) fn forget(&self, session: &Session) {
+        if let Some(tickets) = self.shard.place_tickets() {
+            tickets.forget(session.id());
+        }
         if self.table.remove(session) {
             self.shard
                 .stats()

@@ -114,33 +114,47 @@ pub fn encode_error_retry(
     finish(out, start);
 }
 
-/// Successful `login` response: `{"state","position","queue_len","eta_secs","resumed"}`;
-/// `state` is `"admitted"` when `admitted`, else `"waiting"`; `eta_secs` `None` is `null`.
-pub fn encode_login_ok(
-    out: &mut BytesMut,
-    seq: u32,
-    admitted: bool,
-    position: u64,
-    queue_len: u64,
-    eta_secs: Option<u64>,
-    resumed: bool,
-) {
+/// What a successful `login` answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginAnswer<'a> {
+    /// `state` is `"admitted"` (else `"waiting"`).
+    pub admitted: bool,
+    /// `position`.
+    pub position: u64,
+    /// `queue_len`.
+    pub queue_len: u64,
+    /// `eta_secs` (`None` is `null`).
+    pub eta_secs: Option<u64>,
+    /// `resumed`.
+    pub resumed: bool,
+    /// `place_ticket` (cluster mode, waiting only; absent when `None`).
+    pub place_ticket: Option<&'a str>,
+}
+
+/// Successful `login` response: `{"state","position","queue_len","eta_secs","resumed"}`,
+/// then `"place_ticket"` when the answer has one (only in a cluster).
+pub fn encode_login_ok(out: &mut BytesMut, seq: u32, a: &LoginAnswer<'_>) {
     let start = begin(out, "login", seq, Code::Ok, "ok");
-    out.extend_from_slice(if admitted {
+    out.extend_from_slice(if a.admitted {
         b"{\"state\":\"admitted\",\"position\":"
     } else {
         b"{\"state\":\"waiting\",\"position\":"
     });
-    put_u64(out, position);
+    put_u64(out, a.position);
     out.extend_from_slice(b",\"queue_len\":");
-    put_u64(out, queue_len);
+    put_u64(out, a.queue_len);
     out.extend_from_slice(b",\"eta_secs\":");
-    put_opt_u64(out, eta_secs);
-    out.extend_from_slice(if resumed {
-        b",\"resumed\":true}"
+    put_opt_u64(out, a.eta_secs);
+    out.extend_from_slice(if a.resumed {
+        b",\"resumed\":true"
     } else {
-        b",\"resumed\":false}"
+        b",\"resumed\":false"
     });
+    if let Some(ticket) = a.place_ticket {
+        out.extend_from_slice(b",\"place_ticket\":");
+        put_str(out, ticket);
+    }
+    out.put_u8(b'}');
     finish(out, start);
 }
 

@@ -36,7 +36,7 @@ mod tests;
 pub use codes::{BadRequest, Code};
 pub use encode::{
     encode_admitted, encode_error, encode_error_retry, encode_heartbeat_ok, encode_kicked,
-    encode_leave_ok, encode_login_ok, encode_position,
+    encode_leave_ok, encode_login_ok, encode_position, LoginAnswer,
 };
 pub use parse::{
     depth_within, parse_heartbeat, parse_login, parse_request, Cmd, LoginData, Request,

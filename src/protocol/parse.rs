@@ -106,6 +106,9 @@ pub struct LoginData<'a> {
     /// Login ticket (a JWT) when given; required unless `auth.mode = "none"`, which the
     /// caller decides. Owned only if it contained escapes.
     pub ticket: Option<Cow<'a, str>>,
+    /// Place ticket from an earlier `login` answer (cluster mode), when given. Owned
+    /// only if it contained escapes.
+    pub place_ticket: Option<Cow<'a, str>>,
 }
 
 /// Reads the `data` of a `login` request (whatever `req.cmd` says).
@@ -121,6 +124,7 @@ pub fn parse_login<'a>(req: &Request<'a>) -> Result<LoginData<'a>, BadRequest> {
             .ok_or(BadRequest::MissingField { field: USER_ID })?,
         queue: login.queue.unwrap_or(Cow::Borrowed(DEFAULT_QUEUE)),
         ticket: login.ticket,
+        place_ticket: login.place_ticket,
     })
 }
 
@@ -304,16 +308,19 @@ struct LoginFields<'a> {
     queue: Option<Cow<'a, str>>,
     /// `ticket`, optional here.
     ticket: Option<Cow<'a, str>>,
+    /// `place_ticket`, optional.
+    place_ticket: Option<Cow<'a, str>>,
 }
 
 impl<'de> Fields<'de> for LoginFields<'de> {
-    const NAMES: &'static [&'static str] = &["user_id", "queue", "ticket"];
+    const NAMES: &'static [&'static str] = &["user_id", "queue", "ticket", "place_ticket"];
 
     fn read<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
             0 => self.user_id = Some(map.next_value()?),
             1 => self.queue = Some(map.next_value::<CowStr<'de>>()?.0),
-            _ => self.ticket = Some(map.next_value::<CowStr<'de>>()?.0),
+            2 => self.ticket = Some(map.next_value::<CowStr<'de>>()?.0),
+            _ => self.place_ticket = Some(map.next_value::<CowStr<'de>>()?.0),
         }
         Ok(())
     }

@@ -43,6 +43,12 @@ fn login_defaults_and_errors() {
     assert_eq!(login.user_id, u64::MAX);
     assert_eq!(login.queue, DEFAULT_QUEUE);
     assert_eq!(login.ticket, None);
+    assert_eq!(login.place_ticket, None);
+    let req = parse(r#"{"cmd":"login","data":{"user_id":1,"place_ticket":"AQ.mac"}}"#).unwrap();
+    assert_eq!(
+        parse_login(&req).unwrap().place_ticket.as_deref(),
+        Some("AQ.mac")
+    );
 
     let missing = Err(BadRequest::MissingField { field: "user_id" });
     assert_eq!(parse_login(&parse(r#"{"cmd":"login"}"#).unwrap()), missing);
@@ -59,6 +65,8 @@ fn login_defaults_and_errors() {
         (r#"{"user_id":1,"queue":7}"#, "queue"),
         (r#"{"user_id":1,"ticket":{}}"#, "ticket"),
         (r#"{"user_id":1,"ticket":null}"#, "ticket"),
+        (r#"{"user_id":1,"place_ticket":null}"#, "place_ticket"),
+        (r#"{"user_id":1,"place_ticket":5}"#, "place_ticket"),
         (r#"{"user_id":1,"user_id":2}"#, "user_id"),
     ] {
         let body = format!(r#"{{"cmd":"login","data":{data}}}"#);
@@ -385,18 +393,42 @@ fn error_round_trip() {
 
 #[test]
 fn login_ok_round_trip() {
-    let v = encoded(|o| encode_login_ok(o, 1, false, 1234, 5000, Some(60), true));
+    let answer = LoginAnswer {
+        admitted: false,
+        position: 1234,
+        queue_len: 5000,
+        eta_secs: Some(60),
+        resumed: true,
+        place_ticket: None,
+    };
+    let v = encoded(|o| encode_login_ok(o, 1, &answer));
     assert_eq!(
         v,
         json!({"cmd":"login","seq":1,"code":0,"msg":"ok","data":{
             "state":"waiting","position":1234,"queue_len":5000,"eta_secs":60,"resumed":true}})
     );
-    let v = encoded(|o| encode_login_ok(o, u32::MAX, true, 0, u64::MAX, None, false));
+    let admitted = LoginAnswer {
+        admitted: true,
+        position: 0,
+        queue_len: u64::MAX,
+        eta_secs: None,
+        resumed: false,
+        place_ticket: None,
+    };
+    let v = encoded(|o| encode_login_ok(o, u32::MAX, &admitted));
     assert_eq!(
         v,
         json!({"cmd":"login","seq":u32::MAX,"code":0,"msg":"ok","data":{
             "state":"admitted","position":0,"queue_len":u64::MAX,"eta_secs":null,"resumed":false}})
     );
+    // Cluster mode: the place ticket, last.
+    let with_ticket = LoginAnswer {
+        place_ticket: Some("AQ.xy"),
+        ..answer
+    };
+    let v = encoded(|o| encode_login_ok(o, 2, &with_ticket));
+    assert_eq!(v["data"]["place_ticket"], "AQ.xy");
+    assert_eq!(v["data"]["resumed"], true);
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //!   kicks, control answers, doorbells) and the incremental resync;
 //! - `backlog.rs`: delivery to a loop's bounded channel and its FIFO backlog, and the
 //!   attachment of node links as virtual loops;
-//! - `fence.rs`: cluster mode: no admission for a queue this node may not admit for.
+//! - `fence.rs`: cluster mode: no admission for a queue this node may not admit for;
+//! - `failover.rs`, `claim.rs`: cluster mode: places re-submitted by surviving edges,
+//!   places claimed with a place ticket, and the admission marks the next owner reads.
 //!
 //! Invariants:
 //! - per loop, a flush sends the rank batch first, then the resync slice, then join
@@ -85,6 +87,7 @@ use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 mod backlog;
+mod claim;
 mod control;
 mod failover;
 mod fence;
@@ -323,6 +326,7 @@ impl Core {
                 if !self.degraded {
                     self.fence_tick(now_ms);
                     self.apply(&Op::Tick, now_ms);
+                    self.publish_admitted();
                     self.expire_queues(now_ms);
                 }
                 if let Some((_, sampler)) = &mut self.stats {

@@ -142,6 +142,10 @@ fn login(answer: &Answer<'_>, req: &Request<'_>) {
         Ok(ticket) => ticket,
         Err(e) => return answer.error(Code::AuthFailed, &e.to_string()),
     };
+    let claim = match place_claim(shard, session, &data) {
+        Ok(claim) => claim,
+        Err(e) => return answer.error(Code::AuthFailed, &e),
+    };
     session.begin_login(data.user_id);
     shard.send_to(
         source,
@@ -152,6 +156,31 @@ fn login(answer: &Answer<'_>, req: &Request<'_>) {
             queue: data.queue.as_ref().into(),
             prio: ticket.prio,
             peer: session.peer,
+            claim,
         },
     );
+}
+
+/// Cluster mode: checks the `place_ticket` a login presents (the key it claims, or the
+/// refusal's text) and notes the login's queue so that its answer carries a fresh
+/// ticket. One node: `Ok(None)`, the field ignored like any unknown one.
+fn place_claim(
+    shard: &Shard,
+    session: &Session,
+    data: &protocol::LoginData<'_>,
+) -> Result<Option<crate::msg::PlaceKey>, String> {
+    let Some(tickets) = shard.place_tickets() else {
+        return Ok(None);
+    };
+    let claim = match data.place_ticket.as_deref() {
+        None => None,
+        Some(t) => Some(
+            tickets
+                .key
+                .verify(t, data.user_id, &data.queue)
+                .map_err(|e| format!("place ticket rejected: {e}"))?,
+        ),
+    };
+    tickets.login_sent(session.id, &data.queue);
+    Ok(claim)
 }

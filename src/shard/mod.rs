@@ -160,6 +160,12 @@ impl Shard {
         }
     }
 
+    /// Place tickets (cluster mode only; see `cluster::ticket`).
+    #[inline]
+    pub fn place_tickets(&self) -> Option<&crate::cluster::ticket::LoopTickets> {
+        self.remote.as_ref().and_then(|r| r.tickets.as_ref())
+    }
+
     /// True when the core `source` may take a `Join` (its backlog is under its bound).
     pub fn room_for_join(&self, source: usize) -> bool {
         match (source, &self.remote) {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::core_link::{CoreLink, JOINS_BACKLOG_MAX};
 use crate::cluster::routes::{RouteTable, Routes};
+use crate::cluster::ticket::LoopTickets;
 use crate::msg::CoreMsg;
 
 /// One loop's view of the routes.
@@ -23,6 +24,8 @@ pub struct Remote {
     table: RefCell<Arc<RouteTable>>,
     /// One link per node link index.
     links: RefCell<Vec<CoreLink>>,
+    /// Place tickets issued and checked on this loop (`cluster::ticket`).
+    pub tickets: Option<LoopTickets>,
 }
 
 impl Remote {
@@ -32,6 +35,7 @@ impl Remote {
             seen: Cell::new(u64::MAX),
             table: RefCell::new(Arc::default()),
             links: RefCell::new(Vec::new()),
+            tickets: routes.ticket_key().cloned().map(LoopTickets::new),
             routes,
         };
         remote.refresh();

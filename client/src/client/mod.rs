@@ -13,6 +13,10 @@
 //! - `SHUTTING_DOWN` (9) and `kicked shutdown` are honoured: the next attempt waits at
 //!   least `retry_after_secs` (plus up to 10 % of jitter, at most 1 s, so a whole
 //!   queue does not come back in the same instant: docs/protocol.md section 5 rule 4);
+//! - a cluster's login answer carries a `place_ticket`: the latest one is presented at
+//!   every later login (the place comes back on any node, even if the one that held it
+//!   died), forgotten once admitted, or when the server rejects it (the login is then
+//!   tried again at once without it);
 //! - never reconnect after `kicked duplicate_login` / `removed`, after `leave`, after a
 //!   refusal that would repeat (bad ticket, full or unknown queue), or once admitted
 //!   (the connection is closed then; the token is the player's).
@@ -219,6 +223,7 @@ impl ClientBuilder {
             user_id,
             rng: Rng::new(user_id),
             b: self,
+            place_ticket: None,
         };
         let mut attempts = 0;
         let (conn, answer) = loop {
@@ -240,6 +245,7 @@ impl ClientBuilder {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         login_events(&answer, &event_tx);
+        cfg.logged_in(&answer);
         let queue = cfg.b.queue.clone();
         let task = tokio::spawn(drive(cfg, conn, event_tx, command_rx));
         Ok(Client {
@@ -344,6 +350,9 @@ struct Config {
     user_id: u64,
     /// Jitter source.
     rng: Rng,
+    /// The latest place ticket a login answer gave (cluster servers), presented at
+    /// every later login; forgotten once admitted or refused.
+    place_ticket: Option<String>,
 }
 
 impl Config {
@@ -372,7 +381,28 @@ impl Config {
         if let Some(t) = &self.b.ticket {
             data["ticket"] = Value::String(t.clone());
         }
+        if let Some(t) = &self.place_ticket {
+            data["place_ticket"] = Value::String(t.clone());
+        }
         data
+    }
+
+    /// Keeps the answer's place ticket (the latest one wins), forgets it once admitted.
+    fn logged_in(&mut self, answer: &codec::LoginAnswer) {
+        if answer.admitted {
+            self.place_ticket = None;
+        } else if let Some(t) = &answer.place_ticket {
+            self.place_ticket = Some(t.clone());
+        }
+    }
+
+    /// A login presenting a place ticket was refused for the ticket alone (a cluster
+    /// whose `tokens.key` changed): forget it; true when the login should simply be
+    /// tried again without it.
+    fn ticket_refused(&mut self, e: &Error) -> bool {
+        let refused =
+            matches!(e, Error::AuthFailed { msg } if msg.starts_with("place ticket rejected"));
+        refused && self.place_ticket.take().is_some()
     }
 }
 
@@ -410,6 +440,7 @@ mod tests {
             b: Client::builder("127.0.0.1:1").user(7),
             user_id: 7,
             rng: Rng::new(7),
+            place_ticket: None,
         }
     }
 

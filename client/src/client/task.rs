@@ -66,9 +66,10 @@ pub(super) async fn drive(
             match Conn::open(&cfg).await {
                 Ok((c, answer)) => {
                     login_events(&answer, &events);
+                    cfg.logged_in(&answer);
                     break c;
                 }
-                Err(e) if e.is_transient() => {
+                Err(e) if e.is_transient() || cfg.ticket_refused(&e) => {
                     retry_after = e.retry_after_secs();
                     cause = e;
                 }

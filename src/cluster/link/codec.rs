@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! connection := preamble frame*            (each side sends the preamble first)
-//! preamble   := "QSL1"
+//! preamble   := "QSL2"                    (then the edge's hello: see `hello`)
 //! frame      := body_len:u32 body          (body_len <= FRAME_BYTES_MAX)
 //! body       := count:u32 message{count}
 //! edge -> owner messages (CoreMsg):
 //!   1 Join       session:u64 seq:u32 user:u64 prio:u8 queue:str16 peer
+//!                claim:u8 [key:u64]   (1 + the key of a verified place ticket)
 //!   2 Leave      session:u64 queue:u32 user:u64
 //!   3 Disconnect session:u64 queue:u32 user:u64 answered:u32 pushed:u32
 //!                last_position:u64 kicked:u8 (0 none, 1 + kick index)
@@ -40,12 +41,14 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::msg::{
-    local_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, LoopId, QueueId,
-    SessionId,
+    local_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, LoopId, PlaceKey,
+    QueueId, SessionId,
 };
 
 /// What each side writes first.
-pub const PREAMBLE: &[u8; 4] = b"QSL1";
+/// Version 2: the edge's hello after the preambles (`hello`) and the claim on `Join`;
+/// a node of another version fails the preamble check and never misreads a frame.
+pub const PREAMBLE: &[u8; 4] = b"QSL2";
 /// Largest frame body accepted (a full `admit` of 100,000 tokens is ~40 MB: the writer
 /// splits frames before this).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -164,6 +167,7 @@ impl FrameBuf {
                 queue,
                 prio,
                 peer,
+                claim,
                 ..
             } => {
                 self.start();
@@ -178,6 +182,7 @@ impl FrameBuf {
                 b.extend_from_slice(&(name.len() as u16).to_le_bytes());
                 b.extend_from_slice(name);
                 put_peer(b, peer);
+                put_claim(b, *claim);
             }
             CoreMsg::Leave { queue, user, .. } => {
                 self.start();
@@ -315,6 +320,14 @@ fn put_peer(b: &mut Vec<u8>, peer: &SocketAddr) {
         }
     }
     b.extend_from_slice(&peer.port().to_le_bytes());
+}
+
+/// A `Join`'s claim: 0, or 1 and the key.
+fn put_claim(b: &mut Vec<u8>, claim: Option<PlaceKey>) {
+    b.push(u8::from(claim.is_some()));
+    if let Some(key) = claim {
+        put_u64(b, key);
+    }
 }
 
 fn put_join_result(b: &mut Vec<u8>, result: &Result<JoinOk, JoinError>) {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::Core;
 use crate::cluster::ClusterHandle;
-use crate::msg::{ControlReply, QueueId};
+use crate::msg::{ControlReply, PlaceKey, QueueId};
 use crate::queue::state::Op;
 
 /// Who may admit for a queue (the cluster layer; tests fake it).
@@ -36,6 +36,19 @@ pub trait AdmitFence: Send {
     /// recovery window): the ms left, for the refusal's text.
     fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
         None
+    }
+    /// What earlier owners of `queue` admitted, per lane [normal, priority] (the
+    /// highest keys), once known for this node's current epoch (`core::claim`).
+    fn admitted_before(&self, _queue: &str) -> Option<[PlaceKey; 2]> {
+        None
+    }
+    /// This node admitted up to `marks` [normal, priority] in `queue` (published to
+    /// the next owners, `cluster::watermark`).
+    fn publish_admitted(&self, _queue: &str, _marks: [PlaceKey; 2]) {}
+    /// True when the cluster decides who owns `queue` (a configured queue); false for
+    /// one it never owns anywhere (an auto-created queue: each node keeps its own).
+    fn tracks(&self, _queue: &str) -> bool {
+        true
     }
 }
 
@@ -95,6 +108,20 @@ impl AdmitFence for ClusterFence {
         end.checked_sub(crate::cluster::fence::now_ms())
             .filter(|left| *left > 0)
     }
+
+    // Named in full: `self.cluster.x()` would pick the trait's no-op default through
+    // the `AdmitFence for Arc<ClusterHandle>` impl below.
+    fn admitted_before(&self, queue: &str) -> Option<[PlaceKey; 2]> {
+        ClusterHandle::admitted_before(&self.cluster, queue)
+    }
+
+    fn publish_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
+        ClusterHandle::publish_admitted(&self.cluster, queue, marks);
+    }
+
+    fn tracks(&self, queue: &str) -> bool {
+        self.cluster.queue_index(queue).is_some()
+    }
 }
 
 impl AdmitFence for Arc<ClusterHandle> {
@@ -113,6 +140,8 @@ pub(super) struct FenceState {
     pub(super) fence: Box<dyn AdmitFence>,
     /// Per queue id: `Some(operator's pause wish)` while the fence holds it paused.
     held: Vec<Option<bool>>,
+    /// Per queue id: the admission marks last published (`core::claim`).
+    pub(super) published: Vec<[PlaceKey; 2]>,
 }
 
 impl Core {
@@ -121,6 +150,7 @@ impl Core {
         self.fence = fence.map(|fence| FenceState {
             fence,
             held: Vec::new(),
+            published: Vec::new(),
         });
         self
     }

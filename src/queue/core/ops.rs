@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Core, JoinOutcome, PendingJoin};
 use crate::msg::{
-    AdmittedUser, ConnRef, CoreMsg, JoinError, LoopEvent, QueueDelta, QueueId, UserId,
+    AdmittedUser, ConnRef, CoreMsg, JoinError, LoopEvent, PlaceKey, QueueDelta, QueueId, UserId,
 };
 use crate::queue::durability::logged;
 use crate::queue::journal::What;
@@ -31,8 +31,9 @@ impl Core {
                 queue,
                 prio,
                 peer,
+                claim,
             } => {
-                let outcome = self.join(queue.as_str(), user, prio, conn, now_ms);
+                let outcome = self.join(queue.as_str(), user, prio, claim, conn, now_ms);
                 let refused_in = match (&outcome, &self.journal) {
                     (Err(_), Some(_)) => self.state.queue_id(queue.as_str()),
                     _ => None,
@@ -87,13 +88,15 @@ impl Core {
         true
     }
 
-    /// A login to the queue named `name`: [`Op::Join`], unless the core is degraded or
-    /// draining. The outcome is answered at flush.
+    /// A login to the queue named `name`: [`Op::Join`] (or, with a place ticket's
+    /// `claim` the owner honors, the old place back: `core::claim`), unless the core is
+    /// degraded or draining. The outcome is answered at flush.
     fn join(
         &mut self,
         name: &str,
         user: UserId,
         prio: bool,
+        claim: Option<PlaceKey>,
         conn: ConnRef,
         now_ms: u64,
     ) -> JoinOutcome {
@@ -101,6 +104,9 @@ impl Core {
             return Err(JoinError::ShuttingDown);
         }
         if self.fence.is_some() {
+            if let Some(outcome) = claim.and_then(|key| self.claim(name, user, key, conn, now_ms)) {
+                return outcome;
+            }
             self.epoch_floor(name, now_ms);
         }
         let op = Op::Join {

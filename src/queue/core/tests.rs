@@ -80,6 +80,7 @@ fn a_resume_and_a_token_use_in_one_round_answer_admitted() {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().expect("addr"),
+        claim: None,
     };
     let answer = |rx: &Receiver<LoopEvent>| -> Result<JoinOk, JoinError> {
         rx.try_iter()
@@ -640,6 +641,7 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().unwrap(),
+        claim: None,
     };
     assert!(core.handle(join, now));
     let new_key = core.state.place(0, 1).expect("joined").key;
@@ -676,4 +678,170 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
         Err(JoinError::ShuttingDown)
     ));
     assert!(other.state.place(0, 12).is_none());
+}
+
+/// A fence that owns "q" at epoch 5, holds it (`hold`) with the earlier owners'
+/// admission marks `before`, and records what the core publishes; it tracks every
+/// queue but "auto".
+struct ClaimFence {
+    epoch: Option<u64>,
+    hold: bool,
+    before: Option<[PlaceKey; 2]>,
+    published: Arc<std::sync::Mutex<Vec<[PlaceKey; 2]>>>,
+}
+
+impl AdmitFence for ClaimFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        !self.hold
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n1".into())
+    }
+    fn epoch(&self, _queue: &str) -> Option<u64> {
+        self.epoch
+    }
+    fn recovery_left_ms(&self, _queue: &str) -> Option<u64> {
+        self.hold.then_some(1000)
+    }
+    fn admitted_before(&self, _queue: &str) -> Option<[PlaceKey; 2]> {
+        self.before
+    }
+    fn publish_admitted(&self, _queue: &str, marks: [PlaceKey; 2]) {
+        self.published.lock().unwrap().push(marks);
+    }
+    fn tracks(&self, queue: &str) -> bool {
+        queue != "auto"
+    }
+}
+
+/// A core owning "q" behind `fence`.
+fn claim_core(fence: ClaimFence) -> Core {
+    let (core, _rx, _bell) = core_with_loop(1024);
+    let mut core = core.with_fence(Some(Box::new(fence)));
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("q".into(), 100, 0.0)],
+        1,
+    );
+    core
+}
+
+fn claim_join(user: UserId, claim: Option<PlaceKey>) -> CoreMsg {
+    CoreMsg::Join {
+        conn: ConnRef {
+            loop_id: 0,
+            session: user,
+        },
+        seq: 1,
+        user,
+        queue: "q".into(),
+        prio: false,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        claim,
+    }
+}
+
+/// Place tickets in the core: during the recovery hold a claim of an earlier epoch's
+/// key above the admission watermark puts the place back (ahead of new arrivals, as a
+/// logged re-submission, answered resumed); a key at or below the watermark, of this
+/// epoch, of epoch 0, or outside the hold is a normal join at the end; a node that
+/// does not own the queue answers SHUTTING_DOWN. What the core admits is published.
+#[test]
+fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
+    let normal = |epoch: u64, n: u64| (1 << 63) | (epoch << 32) | n;
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fence_with = |hold, epoch, before| ClaimFence {
+        epoch,
+        hold,
+        before,
+        published: published.clone(),
+    };
+    let fence = |hold, epoch| fence_with(hold, epoch, Some([normal(2, 10), 0]));
+    let now = unix_ms();
+    let mut core = claim_core(fence(true, Some(5)));
+    assert!(core.handle(claim_join(1, None), now));
+    let claims = [
+        (2, normal(2, 11)), // above the watermark: honored
+        (3, normal(2, 10)), // at the watermark: may have been admitted
+        (4, normal(5, 0)),  // this owner's own epoch
+        (5, normal(2, 3)),  // below the watermark
+        (6, normal(2, 11)), // someone else's key already
+    ];
+    for (user, key) in claims {
+        assert!(core.handle(claim_join(user, Some(key)), now));
+    }
+    let order: Vec<UserId> = core.state.queues()[0].iter().map(|(_, u)| u).collect();
+    assert_eq!(order, vec![2, 1, 3, 4, 5, 6]);
+    let resumed: Vec<bool> = core
+        .joins
+        .iter()
+        .map(|j| j.outcome.as_ref().unwrap().2)
+        .collect();
+    assert_eq!(resumed, vec![false, true, false, false, false, false]);
+    assert_eq!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+    // Holding a place already: a normal resume, nothing moves.
+    assert!(core.handle(claim_join(2, Some(normal(2, 12))), now));
+    assert_eq!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+
+    // Outside the hold: a normal join.
+    let mut core = claim_core(fence(false, Some(5)));
+    assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
+    assert!(!core.joins[0].outcome.as_ref().unwrap().2);
+    assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
+    // Admissions are published: the highest admitted key per lane.
+    let reply = core.control(
+        ControlReq::Admit {
+            queue: "q".into(),
+            count: 1,
+        },
+        now,
+    );
+    assert!(
+        matches!(reply, ControlReply::Admitted(ref a) if a.len() == 1),
+        "{reply:?}"
+    );
+    core.publish_admitted();
+    let marks = *published.lock().unwrap().last().expect("published");
+    assert_eq!(marks, [normal(5, 0), 0]);
+
+    // Nobody admitted before (marks 0): any earlier epoch's key but epoch 0 (no owner
+    // hands those out: a non-owner's place from an ownerless gap).
+    for (before, user, key, honored) in [
+        (Some([0, 0]), 7, normal(0, 99), false),
+        (Some([0, 0]), 8, normal(1, 99), true),
+    ] {
+        let mut core = claim_core(fence_with(true, Some(5), before));
+        assert!(core.handle(claim_join(user, Some(key)), now));
+        let at = core.state.place(0, user).unwrap().key;
+        assert_eq!(
+            (at == key, core.joins[0].outcome.as_ref().unwrap().2),
+            (honored, honored)
+        );
+    }
+
+    // Not the owner, or the marks not read yet in the hold: SHUTTING_DOWN (the player
+    // comes back, ticket in hand); nothing placed.
+    for fence in [fence(true, None), fence_with(true, Some(5), None)] {
+        let mut core = claim_core(fence);
+        assert!(core.handle(claim_join(2, Some(normal(2, 11))), now));
+        assert!(matches!(
+            core.joins[0].outcome,
+            Err(JoinError::ShuttingDown)
+        ));
+        assert!(core.state.place(0, 2).is_none());
+    }
+    // A queue the cluster does not track (auto-created, one per node): a normal join.
+    let mut core = claim_core(fence(true, None));
+    core.state = QueueState::new(
+        Limits::from_config(&Config::default()),
+        &[("auto".into(), 100, 0.0)],
+        1,
+    );
+    let mut msg = claim_join(2, Some(normal(2, 11)));
+    if let CoreMsg::Join { queue, .. } = &mut msg {
+        *queue = "auto".into();
+    }
+    assert!(core.handle(msg, now));
+    assert!(!core.joins[0].outcome.as_ref().unwrap().2);
+    assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
 }

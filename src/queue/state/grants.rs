@@ -48,6 +48,8 @@ impl QueueState {
             let q = &mut self.queues[queue as usize];
             q.unused_grants += 1;
             q.admitted_total += 1;
+            let lane = usize::from(crate::queue::rank::split_key(place.key).0);
+            q.admitted_max[lane] = q.admitted_max[lane].max(place.key);
             out.push(Event::Admitted {
                 queue,
                 user,

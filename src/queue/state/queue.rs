@@ -70,6 +70,10 @@ pub struct Queue {
     pub(super) active_ms: u64,
     /// In use at the last tick.
     pub(super) busy: bool,
+    /// The highest key admitted per lane [normal, priority], 0 = none (cluster mode
+    /// publishes it so the next owner honors no place ticket of an admitted place).
+    /// Not durable: after a restart the published value (in etcd) remains.
+    pub admitted_max: [PlaceKey; 2],
 }
 
 impl Queue {
@@ -88,6 +92,7 @@ impl Queue {
             expired: false,
             active_ms: 0,
             busy: false,
+            admitted_max: [0, 0],
         }
     }
 

@@ -63,6 +63,22 @@ impl QueueState {
         Applied::Ok
     }
 
+    /// True when `user`'s place at `key` in `name` can be put back as it was: the queue
+    /// exists, the user holds neither a place nor an admission there, and no one holds
+    /// `key` (a place ticket's claim, `core::claim`).
+    pub fn can_take_back(&self, name: &str, user: UserId, key: PlaceKey) -> bool {
+        let Some(queue) = self.queue_id(name) else {
+            return false;
+        };
+        if self.places.contains_key(&(queue, user)) || self.grants.contains_key(&(queue, user)) {
+            return false;
+        }
+        let (prio, seq) = split_key(key);
+        let q = &self.queues[queue as usize];
+        let lane = if prio { &q.prio } else { &q.normal };
+        lane.get(seq).is_none()
+    }
+
     /// The least next seq of `queue`'s two lanes (0 for an unknown queue).
     pub fn seq_floor_of(&self, queue: QueueId) -> u64 {
         self.queues

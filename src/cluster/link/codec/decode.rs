@@ -138,6 +138,10 @@ impl<'a> Reader<'a> {
                 let len = self.u16()? as usize;
                 let queue = self.str(len)?.into();
                 let peer = self.peer()?;
+                let claim = match self.flag()? {
+                    true => Some(self.u64()?),
+                    false => None,
+                };
                 CoreMsg::Join {
                     conn,
                     seq,
@@ -145,6 +149,7 @@ impl<'a> Reader<'a> {
                     queue,
                     prio,
                     peer,
+                    claim,
                 }
             }
             LEAVE => CoreMsg::Leave {

@@ -55,6 +55,7 @@ fn core_messages_round_trip() {
             queue: "world-1".into(),
             prio: true,
             peer: "10.1.2.3:5555".parse().unwrap(),
+            claim: None,
         },
         CoreMsg::Join {
             conn,
@@ -63,6 +64,7 @@ fn core_messages_round_trip() {
             queue: long.as_str().into(),
             prio: false,
             peer: peer6,
+            claim: Some(u64::MAX - 1),
         },
         CoreMsg::Leave {
             conn,
@@ -102,6 +104,7 @@ fn core_messages_round_trip() {
             queue,
             prio: true,
             peer,
+            claim: None,
         } => {
             assert_eq!(*conn, vconn);
             assert_eq!(queue.as_str(), "world-1");
@@ -111,8 +114,13 @@ fn core_messages_round_trip() {
     }
     match &out[1] {
         CoreMsg::Join {
-            queue, peer, prio, ..
+            queue,
+            peer,
+            prio,
+            claim,
+            ..
         } => {
+            assert_eq!(*claim, Some(u64::MAX - 1), "a place ticket's claim crosses");
             assert_eq!(queue.as_str(), long);
             assert_eq!(*peer, peer6);
             assert!(!prio);

@@ -85,6 +85,7 @@ fn join(loop_id: u16, session: u64) -> CoreMsg {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().unwrap(),
+        claim: None,
     }
 }
 
@@ -379,6 +380,7 @@ fn join_to(session: u64, queue: &str) -> CoreMsg {
         queue: queue.into(),
         prio,
         peer,
+        claim: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn join(session: u64, user: u64) -> CoreMsg {
         queue: "q".into(),
         prio: false,
         peer: "127.0.0.1:1".parse().unwrap(),
+        claim: None,
     }
 }
 
