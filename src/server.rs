@@ -293,8 +293,10 @@ fn start_cluster(
         let (events, bell) = (events.clone(), bell.try_clone()?);
         loop_outs.push(LoopOut { events, bell });
     }
+    let mut cluster = cluster.clone();
+    cluster.fingerprint = Some(control::cluster_fingerprint(config));
     NodeLink::start(LinkParts {
-        config: cluster,
+        config: &cluster,
         queues: &queues,
         routes: routes.clone(),
         core: core.clone(),

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::routes::Reply;
-use crate::cluster::{ClusterError, ClusterHandle, Member};
+use crate::cluster::{ClusterError, ClusterHandle, Fingerprint, Member};
 use crate::msg::QueueStats;
 
 /// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
@@ -85,6 +85,19 @@ impl ClusterControl {
             forwarded: self.forwarded_total(),
         }
     }
+}
+
+/// What every node of a cluster must share, from this node's `[tokens]` and
+/// `[control]` (see `cluster::membership::Fingerprint`): the kid as tokens carry it
+/// (configured, or derived from the key).
+pub fn cluster_fingerprint(config: &crate::config::Config) -> Fingerprint {
+    let t = &config.tokens;
+    let kid = match crate::token::TokenSigner::from_config(t) {
+        Ok((signer, _)) => signer.kid().to_string(),
+        Err(_) => t.kid.clone(),
+    };
+    let alg = format!("{:?}", t.alg);
+    Fingerprint::new(&alg, &kid, &t.issuer, &t.key, &config.control.api_key)
 }
 
 /// Marks `jti` (expiring at `exp`) used across the cluster: Ok(true) the first time,
@@ -161,6 +174,9 @@ pub(super) struct ClusterOut {
     fenced: bool,
     /// Another live process holds this node's id: this one waits and admits nothing.
     node_id_in_use: bool,
+    /// Why this node's config differs from a live member's (it then stays out of the
+    /// cluster: not registered, owns nothing), null when it matches.
+    config_mismatch: Option<String>,
     /// Live members as last listed, by id.
     members: Vec<MemberOut>,
     /// Per queue (this node's queues and every owned queue in etcd), by name.
@@ -196,6 +212,7 @@ pub(super) fn section(cluster: &ClusterControl, queues: &[QueueStats]) -> Cluste
         node_id: me.to_string(),
         fenced: handle.fenced(),
         node_id_in_use: handle.node_id_in_use(),
+        config_mismatch: handle.config_mismatch(),
         members: handle.members().into_iter().map(MemberOut::from).collect(),
         queues,
         etcd_errors_total: handle.etcd_errors_total(),
