@@ -350,6 +350,9 @@ fn queue_tables(names: &[&str]) -> String {
         .collect()
 }
 
+/// A waiting player: user id, position last checked, connection.
+type Waiting = (u64, u64, Client);
+
 /// Issue 11, a node joins a running cluster: it displaces no live owner (every queue
 /// keeps its owner and epoch, every waiting player its position, with only `position`
 /// frames on its connection), it takes the queue nobody owned (a world only it lists),
@@ -358,13 +361,62 @@ fn queue_tables(names: &[&str]) -> String {
 #[test]
 fn a_joining_node_moves_no_player_takes_the_unowned_queue_and_serves_every_queue() {
     let etcd = Etcd::start();
-    let worlds = ["w0", "w1", "w2", "w3", "w4", "w5"];
+    join_scenario(&etcd, "/qs-join");
+}
+
+/// An owner stops cleanly and its worlds go to two different nodes (names picked so
+/// that rendezvous hashing splits them): no player of another node may move back or
+/// see anything but `position` frames ("clean stop: nothing lost", docs/cluster.md).
+/// Fails today: a player waiting on j3 in a world that moved to j3 is kicked
+/// `shutdown`, because j3's link to j2 follows only one new owner (docs/cluster.md,
+/// "Left"; src/cluster/link/edge.rs `follow`). Ignored until the link follows each
+/// queue to its own new owner.
+#[test]
+#[ignore = "known defect: a node link follows only one new owner (src/cluster/link)"]
+fn a_clean_stop_whose_worlds_split_over_two_nodes_moves_no_other_player() {
+    let etcd = Etcd::start();
+    let (j1, mut j2, j3, mut players, all) = join_scenario(&etcd, "/qs-split");
+    j2.handle.take().unwrap().shutdown();
+    players.retain(|(user, _, _)| user % 100 != 1);
+    wait_until("j2's worlds owned by j1 or j3", || {
+        all.iter().all(|q| {
+            [&j1, &j3]
+                .iter()
+                .all(|n| listed_owner(n, q).is_some_and(|o| o.0 != "j2"))
+        })
+    });
+    settled(&[&j1, &j3], &all);
+    for (user, pos, c) in players.iter_mut() {
+        // j2's player ahead may leave (grace): a player moves up, never back.
+        let now = position(c, *user);
+        assert!(
+            now >= 1 && now <= *pos,
+            "player {user}: position {pos} -> {now}"
+        );
+    }
+}
+
+/// j1 and j2 own six worlds with a player of each node waiting in each; j3 joins with
+/// one more world; checks what a join may not change and what it must serve. Returns
+/// the nodes, every player still waiting (on all three) and the seven worlds.
+fn join_scenario(
+    etcd: &Etcd,
+    prefix: &str,
+) -> (
+    TestServer,
+    TestServer,
+    TestServer,
+    Vec<Waiting>,
+    Vec<&'static str>,
+) {
+    let (qa, qb) = (split_world("j1"), split_world("j3"));
+    let worlds: [&'static str; 6] = [qa, qb, "w2", "w3", "w4", "w5"];
     let tables = queue_tables(&worlds);
-    let j1 = node_in_process(&etcd, "/qs-join", "j1", &tables);
-    let j2 = node_in_process(&etcd, "/qs-join", "j2", &tables);
+    let j1 = node_in_process(etcd, prefix, "j1", &tables);
+    let j2 = node_in_process(etcd, prefix, "j2", &tables);
     let before = settled(&[&j1, &j2], &worlds);
     // Two players per world, one on each node: positions 1 and 2.
-    let mut players: Vec<(u64, u64, Client)> = Vec::new();
+    let mut players: Vec<Waiting> = Vec::new();
     for (w, world) in worlds.iter().enumerate() {
         for (k, node) in [&j1, &j2].iter().enumerate() {
             let user = 100 * (w as u64 + 1) + k as u64;
@@ -376,7 +428,7 @@ fn a_joining_node_moves_no_player_takes_the_unowned_queue_and_serves_every_queue
 
     let mut all = worlds.to_vec();
     all.push("wnew");
-    let j3 = node_in_process(&etcd, "/qs-join", "j3", &queue_tables(&all));
+    let j3 = node_in_process(etcd, prefix, "j3", &queue_tables(&all));
     let after = settled(&[&j1, &j2, &j3], &all);
     for world in worlds {
         assert_eq!(
@@ -394,19 +446,35 @@ fn a_joining_node_moves_no_player_takes_the_unowned_queue_and_serves_every_queue
     // The new node serves every world (forwarded to its owner), the others its world.
     for (w, world) in worlds.iter().enumerate() {
         let user = 100 * (w as u64 + 1) + 2;
-        assert_eq!(
-            login(j3.player, user, world).1,
-            3,
-            "player {user} in {world}"
-        );
+        let (c, pos) = login(j3.player, user, world);
+        assert_eq!(pos, 3, "player {user} in {world}");
+        players.push((user, pos, c));
     }
     for (k, node) in [&j1, &j2, &j3].iter().enumerate() {
         let user = 900 + k as u64;
-        assert_eq!(login(node.player, user, "wnew").1, k as u64 + 1, "{user}");
+        let (c, pos) = login(node.player, user, "wnew");
+        assert_eq!(pos, k as u64 + 1, "player {user} in wnew");
+        players.push((user, pos, c));
     }
     for (user, pos, c) in players.iter_mut() {
         assert_eq!(position(c, *user), *pos, "player {user} kept its position");
     }
+    (j1, j2, j3, players, all)
+}
+
+/// A world j2 owns while only j1 and j2 are members, and `then` owns once j2 has gone
+/// and j3 is there (j3 never preferred while j2 lives, so it never campaigns for it).
+fn split_world(then: &str) -> &'static str {
+    use queue_server::cluster::ownership::preferred_owner;
+    let name = (0..)
+        .map(|i| format!("q{i}"))
+        .find(|q| {
+            preferred_owner(q, ["j1", "j2"]) == Some("j2")
+                && preferred_owner(q, ["j1", "j2", "j3"]) == Some("j2")
+                && preferred_owner(q, ["j1", "j3"]) == Some(then)
+        })
+        .unwrap();
+    Box::leak(name.into_boxed_str())
 }
 
 /// Starts node `id` like [`node_in_process`], but returns the start error as text.
