@@ -655,3 +655,64 @@ fn verifies_on_a_stopped_etcd_answer_503_and_the_control_port_keeps_answering() 
         );
     }
 }
+
+/// A node cut off from etcd (its lease lapsed: `cluster.fenced`) answers token verifies
+/// 503 at once, saying so, instead of queueing each for the used-token store's whole
+/// wait (up to 9 s, holding its connection: a storm of more than `CONNECTIONS_MAX`
+/// verifies from login servers during an outage filled the control port's connection
+/// cap, and the ones over it were reset unanswered). Many at once are all answered so,
+/// and `/healthz` keeps answering; when etcd is back a verify succeeds again.
+#[test]
+fn a_node_cut_off_from_etcd_fails_verifies_fast_and_keeps_its_control_port() {
+    let etcd = Etcd::start();
+    let s2 = node_in_process(&etcd, "/qs-storm", "s2", "");
+    let cluster = handle(&s2).cluster.as_ref().unwrap();
+    wait_until("s2 owns the queue", || cluster.may_admit(QUEUE));
+    let text = node_toml(&etcd, "/qs-storm", "s2", "", (1, 2, 3));
+    let config = queue_server::config::Config::from_toml_str(&text).unwrap();
+    let (signer, _) = queue_server::token::TokenSigner::from_config(&config.tokens).unwrap();
+    let now = queue_server::cluster::used_tokens::unix_now_secs();
+    let tokens: Vec<String> = (0..64u64)
+        .map(|i| signer.sign(i + 1, QUEUE, &format!("storm-{i}"), now, now + 120))
+        .collect();
+    etcd.pause();
+    wait_until("s2 fenced", || cluster.fenced());
+    let control = s2.control;
+    let verify = |t: &str| {
+        let body = json!({ "token": t }).to_string();
+        let answer = server_process::request(control, "POST", "/v1/tokens/verify", None, &body);
+        (
+            answer.status,
+            String::from_utf8_lossy(&answer.body).to_string(),
+            answer.head,
+        )
+    };
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = tokens
+            .iter()
+            .map(|t| scope.spawn(move || verify(t)))
+            .collect();
+        while calls.iter().any(|c| !c.is_finished()) {
+            let health = common::get_within(control, "/healthz", common::WAIT);
+            assert_eq!(
+                health.map(|h| h.0),
+                Some(200),
+                "/healthz during a verify storm"
+            );
+        }
+        for call in calls {
+            let (status, body, head) = call.join().unwrap();
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                body.contains("cut off from etcd"),
+                "answered without waiting: {body}"
+            );
+            assert!(head.contains("retry-after: 1"), "{head}");
+        }
+    });
+    etcd.resume();
+    wait_until("a verify succeeds once etcd is back", || {
+        let (status, body, _) = verify(&tokens[0]);
+        status == 200 && body.contains("\"valid\":true")
+    });
+}

@@ -33,6 +33,9 @@ pub enum ClusterError {
     /// This node's config differs from a live member's in a setting every node must
     /// share (the text names the member and the keys; see `membership::config_mismatch`).
     ConfigMismatch(String),
+    /// This node's lease deadline has passed (etcd has not answered a keep-alive in
+    /// time): it is cut off from etcd, and calls are not even tried.
+    Fenced,
 }
 
 impl fmt::Display for ClusterError {
@@ -47,6 +50,7 @@ impl fmt::Display for ClusterError {
             ClusterError::Start(e) => write!(f, "cluster thread did not start: {e}"),
             ClusterError::NodeIdInUse => write!(f, "node_id is held by another live lease"),
             ClusterError::ConfigMismatch(text) => f.write_str(text),
+            ClusterError::Fenced => write!(f, "this node is cut off from etcd (lease lapsed)"),
         }
     }
 }

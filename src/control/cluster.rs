@@ -11,7 +11,10 @@
 //!   the local core's used set stays a second check (an etcd restored from an old
 //!   backup can forget a used mark; the node that verified does not);
 //! - `consume` blocks (up to [`CONSUME_WAIT`]) so it runs on the control runtime's
-//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once;
+//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once; the
+//!   others wait for a permit (tested: `tests/cluster_process.rs`);
+//! - a node cut off from etcd (fenced) answers a verify 503 at once, without an etcd
+//!   call, so verifies never pile up on a silent etcd;
 //! - the stats section is this node's view as last listed from etcd (at most a tick,
 //!   TTL/3, old), not a consensus read.
 
@@ -102,12 +105,24 @@ pub fn cluster_fingerprint(config: &crate::config::Config) -> Fingerprint {
 
 /// Marks `jti` (expiring at `exp`) used across the cluster: Ok(true) the first time,
 /// Ok(false) when any node consumed it before, Err(503) when etcd cannot say.
+///
+/// A node cut off from etcd (fenced: no keep-alive answered for TTL - margin) answers
+/// 503 at once, before and after waiting for a permit, instead of sending the call to
+/// a silent etcd: each such call would hold its HTTP connection for up to
+/// [`CONSUME_WAIT`], and a storm of verifies from login servers during an outage would
+/// fill the control port's connection cap, shutting out `/healthz` and operators.
 pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Result<bool, Reply> {
+    if cluster.handle.fenced() {
+        return Err(cut_off());
+    }
     let handle = cluster.handle.clone();
     let jti = jti.to_string();
     let permits = cluster.consumes.clone();
     let call = async move {
         let permit = permits.acquire_owned().await;
+        if handle.fenced() {
+            return Ok(Err(ClusterError::Fenced));
+        }
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             handle.consume(&jti, exp)
@@ -119,6 +134,9 @@ pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Re
         Ok(Err(_)) | Err(_) => Err(ClusterError::Timeout),
     };
     answer.map_err(|e| {
+        if e == ClusterError::Fenced {
+            return cut_off();
+        }
         tracing::warn!(error = %e, "verify: the used-token store did not answer");
         let text = format!(
             "cannot check the token's use across the cluster ({e}); retry later \
@@ -126,6 +144,13 @@ pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Re
         );
         Reply::error(503, &text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
     })
+}
+
+/// The 503 of a verify on a node cut off from etcd (no etcd call was made).
+fn cut_off() -> Reply {
+    let text = "this node is cut off from etcd (its lease lapsed): it cannot check the \
+                token's use across the cluster; retry later, or on another node";
+    Reply::error(503, text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
 }
 
 /// One member in the stats section.
