@@ -554,6 +554,13 @@ fn a_node_whose_shared_settings_differ_is_refused_naming_what_differs() {
         "{e}"
     );
 
+    // The binary says so on stderr and exits with a failure.
+    let stderr = node::start_refused(&etcd.url, p, "m9", KEY, "kid = \"k9\"\n");
+    assert!(
+        stderr.contains("tokens.kid (\"k9\" here, \"k1\" on m1)"),
+        "{stderr}"
+    );
+
     let record = etcd_value(&etcd, &format!("{p}/nodes/m1")).unwrap();
     assert!(record.contains("\"tokens_kid\":\"k1\""), "{record}");
     assert!(
@@ -715,4 +722,49 @@ fn a_node_cut_off_from_etcd_fails_verifies_fast_and_keeps_its_control_port() {
         let (status, body, _) = verify(&tokens[0]);
         status == 200 && body.contains("\"valid\":true")
     });
+}
+
+/// kill -9 of the owner and an immediate restart of the same node (same config, so
+/// the same node id and ports), as a supervisor does: the players waiting on the other
+/// node must keep their connection and order (only `position` frames) and be admitted
+/// in that order, whoever owns the queue next. Fails today: the other node's link
+/// re-dials the owner's address, the restarted process answers there, the link takes it
+/// for the same owner after a cut (src/cluster/link/edge.rs, "same owner answers") and
+/// kicks its players `shutdown` to resume from a grace the new process never had: every
+/// survivor loses its place. Ignored until the link can tell a new incarnation (say,
+/// the owner's lease id in the link preamble) and re-submits to it.
+#[test]
+#[ignore = "known defect: a restarted owner is taken for a cut link (src/cluster/link)"]
+fn kill_9_and_an_immediate_restart_of_the_owner_keeps_survivors_places() {
+    let etcd = Etcd::start();
+    let mut nodes: Vec<NodeProcess> = ["r1", "r2"]
+        .iter()
+        .map(|id| NodeProcess::start(&etcd.url, "/qs-restart", id, KEY, ""))
+        .collect();
+    let dead = agreed_owner(&nodes, &[0, 1], None);
+    let alive = 1 - dead;
+    wait_routed(&nodes[alive]);
+    let node_of = |i: u64| ((i - 1) % 2) as usize;
+    let mut players: Vec<(u64, Client)> = Vec::new();
+    for i in 1..=8u64 {
+        let (c, pos) = login(nodes[node_of(i)].player, i, QUEUE);
+        assert_eq!(pos, i, "player {i}");
+        players.push((i, c));
+    }
+    nodes[dead].kill9();
+    nodes[dead].restart();
+    players.retain(|(i, _)| node_of(*i) != dead);
+    agreed_owner(&nodes, &[0, 1], None);
+    for (rank, (i, c)) in players.iter_mut().enumerate() {
+        let rank = rank as u64 + 1;
+        wait_until("a survivor's exact rank among survivors", || {
+            position(c, *i) == rank
+        });
+    }
+    let expected: Vec<u64> = players.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        admit(nodes[alive].control, 100),
+        expected,
+        "old relative order"
+    );
 }

@@ -44,47 +44,12 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts node `id` of the cluster on `etcd_url` under `prefix`: TTL 2 s, recovery
-    /// window 1 s, one io loop, JSON log lines; `extra` is appended to the config (it may
-    /// add `[[queues.list]]` tables, not repeat the ones written here). Returns once it
-    /// logged "listening".
+    /// window 1 s, one io loop, JSON log lines; `extra` is appended to the config right
+    /// after `[tokens] key` (bare keys there are `[tokens]` keys; then `[[queues.list]]`
+    /// tables, never one written here). Returns once it logged "listening".
     pub fn start(etcd_url: &str, prefix: &str, id: &str, key: &str, extra: &str) -> NodeProcess {
-        let (player, control, link) = (free_port(), free_port(), free_port());
-        let dir = std::env::temp_dir().join(format!("qs-proc-{}-{id}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("config.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{player}\"\npush_interval_ms = 20\n\
-             [control]\nlisten = \"127.0.0.1:{control}\"\n\
-             [log]\nformat = \"json\"\n\
-             [tokens]\nkey = \"{key}\"\n\
-             [cluster]\netcd = [\"{etcd_url}\"]\nnode_id = \"{id}\"\n\
-             advertise_player = \"127.0.0.1:{player}\"\n\
-             advertise_control = \"127.0.0.1:{control}\"\n\
-             advertise_link = \"127.0.0.1:{link}\"\n\
-             lease_ttl_secs = 2\nrecovery_window_secs = 1\nprefix = \"{prefix}\"\n{extra}\n"
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
-            .arg("--cores")
-            .arg("1")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn queue-server");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (dir, config, player, control) = write_config(etcd_url, prefix, id, key, extra);
+        let (child, lines) = launch(&config);
         let mut node = NodeProcess {
             id: id.to_string(),
             child,
@@ -93,15 +58,29 @@ impl NodeProcess {
             lines,
             dir,
         };
+        node.wait_listening();
+        node
+    }
+
+    /// Waits for "listening"; fails if the process exits first.
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + START_WAIT;
-        while !node.logged(|l| l.contains("queue-server listening")) {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("node {id} exited ({status}) before listening");
+        while !self.logged(|l| l.contains("queue-server listening")) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node {} exited ({status}) before listening", self.id);
             }
-            assert!(Instant::now() < deadline, "node {id} did not start");
+            assert!(Instant::now() < deadline, "node {} did not start", self.id);
             std::thread::sleep(Duration::from_millis(20));
         }
-        node
+    }
+
+    /// After [`Self::kill9`]: the same binary on the same config (same node id, same
+    /// ports), as a supervisor restarts a crashed server; the log starts afresh.
+    pub fn restart(&mut self) {
+        let (child, lines) = launch(&self.dir.join("config.toml"));
+        self.child = child;
+        self.lines = lines;
+        self.wait_listening();
     }
 
     /// True when some stdout line so far satisfies `pred`.
@@ -138,6 +117,93 @@ impl NodeProcess {
         let body = body.map(|b| b.to_string());
         crate::common::http(self.control, method, path, body.as_deref(), None)
     }
+}
+
+/// Writes node `id`'s config (see [`NodeProcess::start`]) to a fresh temp dir:
+/// (dir, config path, player port, control port).
+fn write_config(
+    etcd_url: &str,
+    prefix: &str,
+    id: &str,
+    key: &str,
+    extra: &str,
+) -> (PathBuf, PathBuf, u16, u16) {
+    let (player, control, link) = (free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("qs-proc-{}-{id}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{player}\"\npush_interval_ms = 20\n\
+         [control]\nlisten = \"127.0.0.1:{control}\"\n\
+         [log]\nformat = \"json\"\n\
+         [cluster]\netcd = [\"{etcd_url}\"]\nnode_id = \"{id}\"\n\
+         advertise_player = \"127.0.0.1:{player}\"\n\
+         advertise_control = \"127.0.0.1:{control}\"\n\
+         advertise_link = \"127.0.0.1:{link}\"\n\
+         lease_ttl_secs = 2\nrecovery_window_secs = 1\nprefix = \"{prefix}\"\n\
+         [tokens]\nkey = \"{key}\"\n{extra}\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    (dir, config, player, control)
+}
+
+/// Runs node `id` expecting it to refuse to start: its exit status must be a failure
+/// within [`START_WAIT`] (it fails the test if it starts listening); returns stderr.
+pub fn start_refused(etcd_url: &str, prefix: &str, id: &str, key: &str, extra: &str) -> String {
+    let (dir, config, _, _) = write_config(etcd_url, prefix, id, key, extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        .arg("--cores")
+        .arg("1")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn queue-server");
+    let deadline = Instant::now() + START_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("node {id} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "node {id} exited 0: {stderr}");
+    stderr
+}
+
+/// Spawns the binary on `config`; every stdout line goes to the returned list.
+fn launch(config: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        .arg("--cores")
+        .arg("1")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn queue-server");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { return };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
 }
 
 impl Drop for NodeProcess {
