@@ -146,10 +146,15 @@ impl Node {
             return;
         }
         if !self.registered {
-            if let Err(e) = self.check_config().await {
-                self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %self.me.node_id, error = %e, "cluster: not registered");
-                return;
+            match self.check_config().await {
+                Ok(()) => {}
+                // Logged once by `note_config_mismatch`; not an etcd error.
+                Err(ClusterError::ConfigMismatch(_)) => return,
+                Err(e) => {
+                    self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %self.me.node_id, error = %e, "cluster: listing failed");
+                    return;
+                }
             }
             if let Err(e) = self.register().await {
                 self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
