@@ -33,26 +33,9 @@ use super::config::ClusterConfig;
 use super::error::{within, ClusterError};
 use super::fence::{now_ms, Fence, QueueTable};
 use super::listing::{self, Listed};
+pub use super::listing::{Owner, View};
 use super::membership::{config_mismatch, node_key, Member};
 use super::ownership::{last_owner_key, owner_key, preferred_owner};
-
-/// The owner of a queue as last listed from etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// The owning node.
-    pub node_id: String,
-    /// The ownership epoch (the key's create_revision).
-    pub epoch: u64,
-}
-
-/// The last listing of members and owners (for readers off the hot path).
-#[derive(Debug, Clone, Default)]
-pub struct View {
-    /// Live members, sorted by node id.
-    pub members: Vec<Member>,
-    /// Queue name -> owner, for every owned queue under the prefix.
-    pub owners: HashMap<String, Owner>,
-}
 
 /// State shared between the cluster thread and every other thread.
 #[derive(Debug)]
@@ -466,6 +449,15 @@ impl Node {
         if answer.succeeded() {
             let epoch = answer.header().map_or(0, |h| h.revision()) as u64;
             self.shared.queues.set_owned(index, epoch, sent);
+            // The view too, at once: else for up to a tick this node may admit while
+            // its own view (stats, forwarding) says the queue has no owner.
+            let owner = Owner {
+                node_id: self.me.node_id.clone(),
+                epoch,
+            };
+            let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
+            view.owners.insert(queue.to_string(), owner);
+            drop(view);
             self.unowned_since_ms.remove(queue);
             tracing::info!(node = %self.me.node_id, queue, epoch, "cluster: queue owned");
         }
