@@ -175,6 +175,14 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
     nodes[dead].kill9();
     players.retain(|(i, _)| node_of(*i) != dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
+    // Before anyone notices: the owner is still listed but refuses the forward; the
+    // survivor answers itself from etcd.
+    let (status, body) = verify(&nodes[alive[0]], &used[0]);
+    assert_eq!(
+        (status, &body["reason"]),
+        (200, &json!("already_used")),
+        "{body}"
+    );
     let owner = agreed_owner(&nodes, &alive, Some(&nodes[dead].id.clone()));
     assert_ne!(owner, dead);
     for (rank, (i, c)) in players.iter_mut().enumerate() {
