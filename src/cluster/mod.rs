@@ -60,6 +60,9 @@ use fence::{Fence, QueueTable};
 use node::{Node, Shared, View};
 use used_tokens::BucketLeases;
 
+/// Longest wait at start for the member listing that the config check reads, ms.
+const START_CHECK_MS: u64 = 2000;
+
 /// Pending used-token checks before `consume` answers `Busy`.
 const COMMANDS_MAX: usize = 1024;
 
@@ -196,7 +199,7 @@ fn run(
     });
 }
 
-/// At start: when etcd answers within a tick and a live member's config fingerprint
+/// At start: when etcd answers within a tick (at most [`START_CHECK_MS`]) and a live member's config fingerprint
 /// differs from this node's, the start fails with what differs (an operator sees it at
 /// once, before the node serves anyone). When etcd does not answer in time the node
 /// starts; it is checked again before it registers (`Node::check_config`).
@@ -208,7 +211,8 @@ async fn refuse_mismatch(
     let Some(mine) = &config.fingerprint else {
         return Ok(());
     };
-    let op_ms = node::tick_ms(config);
+    // At most 2 s: a start must not wait a long TTL's tick (up to 100 s) on a dead etcd.
+    let op_ms = node::tick_ms(config).min(START_CHECK_MS);
     let members = listing::members(client, op_ms, &config.prefix, &config.node_id, 0).await;
     let Ok(members) = members else {
         return Ok(());
