@@ -23,8 +23,7 @@ use crate::cluster::link::start::{LinkParts, NodeLink};
 use crate::cluster::routes::Routes;
 use crate::cluster::ClusterHandle;
 use crate::config::{AuthMode, Config};
-use crate::control::ClusterControl;
-use crate::control::{self, ControlContext};
+use crate::control::{self, ClusterControl, ControlContext};
 use crate::doorbell::{self, Bell};
 use crate::io_loop::{self, connection_budget, LoopConfig, LoopSetup, Placement};
 use crate::limits::ConnLimits;
@@ -293,8 +292,10 @@ fn start_cluster(
         let (events, bell) = (events.clone(), bell.try_clone()?);
         loop_outs.push(LoopOut { events, bell });
     }
+    let mut cluster = cluster.clone();
+    cluster.fingerprint = Some(control::cluster_fingerprint(config));
     NodeLink::start(LinkParts {
-        config: cluster,
+        config: &cluster,
         queues: &queues,
         routes: routes.clone(),
         core: core.clone(),

@@ -26,6 +26,7 @@ fn config(etcd: &Etcd, node_id: &str) -> ClusterConfig {
         lease_ttl_secs: TTL_SECS,
         recovery_window_secs: 30,
         prefix: PREFIX.to_string(),
+        fingerprint: None,
     }
 }
 

@@ -75,6 +75,11 @@ pub struct ClusterConfig {
     /// `/`, does not end with one; two clusters on one etcd need two prefixes.
     #[serde(default = "prefix_default")]
     pub prefix: String,
+    /// What this node's config must share with every other node (not a `[cluster]`
+    /// key: the server fills it from `[tokens]` and `[control]`). None: not registered
+    /// and not checked (a node built without it, or a test).
+    #[serde(skip)]
+    pub fingerprint: Option<super::membership::Fingerprint>,
 }
 
 fn lease_ttl_secs_default() -> u64 {

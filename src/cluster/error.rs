@@ -30,6 +30,12 @@ pub enum ClusterError {
     /// Another live lease holds this node id (two processes with one `node_id`, or a
     /// restart within the TTL of a kill -9): the node waits for that lease to go.
     NodeIdInUse,
+    /// This node's config differs from a live member's in a setting every node must
+    /// share (the text names the member and the keys; see `membership::config_mismatch`).
+    ConfigMismatch(String),
+    /// This node's lease deadline has passed (etcd has not answered a keep-alive in
+    /// time): it is cut off from etcd, and calls are not even tried.
+    Fenced,
 }
 
 impl fmt::Display for ClusterError {
@@ -43,6 +49,8 @@ impl fmt::Display for ClusterError {
             ClusterError::QueueTableFull => write!(f, "too many queues for the cluster table"),
             ClusterError::Start(e) => write!(f, "cluster thread did not start: {e}"),
             ClusterError::NodeIdInUse => write!(f, "node_id is held by another live lease"),
+            ClusterError::ConfigMismatch(text) => f.write_str(text),
+            ClusterError::Fenced => write!(f, "this node is cut off from etcd (lease lapsed)"),
         }
     }
 }

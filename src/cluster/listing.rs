@@ -2,6 +2,10 @@
 //! each one range request under the prefix (no watch: a periodic list needs no resume
 //! logic after an outage, and costs a node three small ranges per tick).
 //!
+//! The last listing is kept as a [`View`] for readers off the hot path; a campaign this
+//! node wins is written into it at once (`Node::campaign`), so the view never says
+//! "no owner" while this node may admit.
+//!
 //! Invariants: a value that does not parse is skipped, never fatal; this node's own
 //! record under a lease other than its current one is not counted as live.
 
@@ -12,6 +16,24 @@ use etcd_client::{Client, GetOptions, GetResponse};
 use super::error::{within, ClusterError};
 use super::membership::{nodes_prefix, Member};
 use super::ownership::{last_owners_prefix, owners_prefix};
+
+/// The owner of a queue as last listed from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The owning node.
+    pub node_id: String,
+    /// The ownership epoch (the key's create_revision).
+    pub epoch: u64,
+}
+
+/// The last listing of members and owners (for readers off the hot path).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Live members, sorted by node id.
+    pub members: Vec<Member>,
+    /// Queue name -> owner, for every owned queue under the prefix.
+    pub owners: HashMap<String, Owner>,
+}
 
 /// An owner key as listed, with what is needed to judge it.
 #[derive(Debug, Clone, PartialEq, Eq)]

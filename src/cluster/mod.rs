@@ -58,13 +58,16 @@ use tokio::sync::{mpsc, oneshot};
 pub use config::{ClusterConfig, ClusterConfigError};
 pub use error::ClusterError;
 pub use fence::{now_ms, Ownership};
-pub use membership::Member;
+pub use membership::{Fingerprint, Member};
 pub use node::Owner;
 
 use error::TOKEN_OP_MS;
 use fence::{Fence, QueueTable};
 use node::{Node, Shared, View};
 use used_tokens::BucketLeases;
+
+/// Longest wait at start for the member listing that the config check reads, ms.
+const START_CHECK_MS: u64 = 2000;
 
 /// Pending used-token checks before `consume` answers `Busy`.
 const COMMANDS_MAX: usize = 1024;
@@ -103,6 +106,7 @@ impl Cluster {
             node_id_in_use: AtomicBool::new(false),
             etcd_errors: AtomicU64::new(0),
             watermarks: watermark::Watermarks::default(),
+            config_mismatch: Mutex::new(None),
         });
         for q in queues {
             if !shared.queues.add(q) {
@@ -167,7 +171,6 @@ fn run(
                 return;
             }
         };
-        let _ = ready.send(Ok(()));
         let me = Member {
             node_id: config.node_id.clone(),
             advertise_player: config.advertise_player.clone(),
@@ -176,7 +179,14 @@ fn run(
             started_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            config: config.fingerprint.clone(),
         };
+        let mut client = client;
+        if let Err(e) = refuse_mismatch(&mut client, &config, &shared).await {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        let _ = ready.send(Ok(()));
         let prefix = config.prefix.clone();
         watermark::spawn(client.clone(), shared.clone(), &config);
         let mut node = Node::new(client, shared, config, me);
@@ -195,6 +205,33 @@ fn run(
         }
         node.shutdown().await;
     });
+}
+
+/// At start: when etcd answers within a tick (at most [`START_CHECK_MS`]) and a live member's config fingerprint
+/// differs from this node's, the start fails with what differs (an operator sees it at
+/// once, before the node serves anyone). When etcd does not answer in time the node
+/// starts; it is checked again before it registers (`Node::check_config`).
+async fn refuse_mismatch(
+    client: &mut Client,
+    config: &ClusterConfig,
+    shared: &Shared,
+) -> Result<(), ClusterError> {
+    let Some(mine) = &config.fingerprint else {
+        return Ok(());
+    };
+    // At most 2 s: a start must not wait a long TTL's tick (up to 100 s) on a dead etcd.
+    let op_ms = node::tick_ms(config).min(START_CHECK_MS);
+    let members = listing::members(client, op_ms, &config.prefix, &config.node_id, 0).await;
+    let Ok(members) = members else {
+        return Ok(());
+    };
+    match membership::config_mismatch(mine, &config.node_id, &members) {
+        Some(text) => {
+            shared.note_config_mismatch(Some(text.clone()));
+            Err(ClusterError::ConfigMismatch(text))
+        }
+        None => Ok(()),
+    }
 }
 
 fn node_id(node: &Node) -> String {
@@ -323,6 +360,16 @@ impl ClusterHandle {
     /// etcd calls that failed or timed out since start (for `/metrics`).
     pub fn etcd_errors_total(&self) -> u64 {
         self.shared.etcd_errors.load(Ordering::Relaxed)
+    }
+
+    /// Why this node's config does not match a live member's (it then stays out of
+    /// the cluster), or None.
+    pub fn config_mismatch(&self) -> Option<String> {
+        self.shared
+            .config_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True while this node's lease deadline has passed (or it holds no lease): it may

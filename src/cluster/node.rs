@@ -8,7 +8,8 @@
 //!    becomes `sent + TTL - margin`; if etcd says the lease is gone, drop every
 //!    ownership and start over with a new lease;
 //! 2. register `{prefix}/nodes/{id}` on the lease if not done (or if it vanished),
-//!    unless another live lease holds that node id;
+//!    unless another live lease holds that node id, or a live member's config
+//!    fingerprint differs from this node's (`membership::config_mismatch`);
 //! 3. list members, owners and last owners; for each tracked queue: adopt the key if it
 //!    is ours (on the current lease), forget it if it is anyone else's, and campaign when it has no owner and this node should try first (see
 //!    `Node::should_campaign`), or nobody took it for one TTL.
@@ -32,26 +33,9 @@ use super::config::ClusterConfig;
 use super::error::{within, ClusterError};
 use super::fence::{now_ms, Fence, QueueTable};
 use super::listing::{self, Listed};
-use super::membership::{node_key, Member};
+pub use super::listing::{Owner, View};
+use super::membership::{config_mismatch, node_key, Member};
 use super::ownership::{last_owner_key, owner_key, preferred_owner};
-
-/// The owner of a queue as last listed from etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// The owning node.
-    pub node_id: String,
-    /// The ownership epoch (the key's create_revision).
-    pub epoch: u64,
-}
-
-/// The last listing of members and owners (for readers off the hot path).
-#[derive(Debug, Clone, Default)]
-pub struct View {
-    /// Live members, sorted by node id.
-    pub members: Vec<Member>,
-    /// Queue name -> owner, for every owned queue under the prefix.
-    pub owners: HashMap<String, Owner>,
-}
 
 /// State shared between the cluster thread and every other thread.
 #[derive(Debug)]
@@ -75,6 +59,9 @@ pub struct Shared {
     pub etcd_errors: AtomicU64,
     /// Admission watermarks of the queues (`cluster::watermark`).
     pub watermarks: super::watermark::Watermarks,
+    /// Why this node's config does not match a live member's (None: it matches, or
+    /// nothing to compare): registration is refused meanwhile; shown in `/v1/stats`.
+    pub config_mismatch: Mutex<Option<String>>,
 }
 
 /// The cluster thread's view of its lease and campaigns.
@@ -144,6 +131,16 @@ impl Node {
             return;
         }
         if !self.registered {
+            match self.check_config().await {
+                Ok(()) => {}
+                // Logged once by `note_config_mismatch`; not an etcd error.
+                Err(ClusterError::ConfigMismatch(_)) => return,
+                Err(e) => {
+                    self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %self.me.node_id, error = %e, "cluster: listing failed");
+                    return;
+                }
+            }
             if let Err(e) = self.register().await {
                 self.shared.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %self.me.node_id, error = %e, "cluster: register failed");
@@ -241,6 +238,32 @@ impl Node {
         tracing::warn!(node = %self.me.node_id, "cluster: lease lost, every queue released");
     }
 
+    /// Before registering: lists the members and refuses (the node stays out of the
+    /// cluster, owns nothing, admits nothing) while a live member's config fingerprint
+    /// differs from this node's. Registration happens at start and after a lost lease,
+    /// so a node started while etcd was unreachable is checked here at the latest.
+    async fn check_config(&mut self) -> Result<(), ClusterError> {
+        let Some(mine) = self.me.config.clone() else {
+            return Ok(());
+        };
+        let prefix = self.config.prefix.clone();
+        let lease = self.lease.unwrap_or(0);
+        let members = listing::members(
+            &mut self.client,
+            self.op_ms,
+            &prefix,
+            &self.me.node_id,
+            lease,
+        )
+        .await?;
+        let mismatch = config_mismatch(&mine, &self.me.node_id, &members);
+        self.shared.note_config_mismatch(mismatch.clone());
+        match mismatch {
+            Some(text) => Err(ClusterError::ConfigMismatch(text)),
+            None => Ok(()),
+        }
+    }
+
     /// Puts this node's record on its lease, unless another live lease holds this node
     /// id: a second process with the same `node_id` (a misconfiguration, or a restart
     /// after kill -9 within the TTL) waits until the first one's lease is gone, so it
@@ -292,6 +315,12 @@ impl Node {
             self.register().await?;
             members.push(self.me.clone());
             members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        }
+        if let Some(mine) = &self.me.config {
+            // Two nodes that both registered while unable to see each other (etcd
+            // unreachable at start): neither is refused then, both show it here.
+            let mismatch = config_mismatch(mine, &self.me.node_id, &members);
+            self.shared.note_config_mismatch(mismatch);
         }
         let listed = listing::owners(&mut self.client, self.op_ms, &prefix).await?;
         let last_owners = listing::last_owners(&mut self.client, self.op_ms, &prefix).await?;
@@ -422,6 +451,15 @@ impl Node {
         if answer.succeeded() {
             let epoch = answer.header().map_or(0, |h| h.revision()) as u64;
             self.shared.queues.set_owned(index, epoch, sent);
+            // The view too, at once: else for up to a tick this node may admit while
+            // its own view (stats, forwarding) says the queue has no owner.
+            let owner = Owner {
+                node_id: self.me.node_id.clone(),
+                epoch,
+            };
+            let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
+            view.owners.insert(queue.to_string(), owner);
+            drop(view);
             self.unowned_since_ms.remove(queue);
             tracing::info!(node = %self.me.node_id, queue, epoch, "cluster: queue owned");
         }

@@ -11,7 +11,10 @@
 //!   the local core's used set stays a second check (an etcd restored from an old
 //!   backup can forget a used mark; the node that verified does not);
 //! - `consume` blocks (up to [`CONSUME_WAIT`]) so it runs on the control runtime's
-//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once;
+//!   blocking pool, never on the serving thread, at most [`CONSUMES_MAX`] at once; the
+//!   others wait for a permit (tested: `tests/cluster_process.rs`);
+//! - a node cut off from etcd (fenced) answers a verify 503 at once, without an etcd
+//!   call, so verifies never pile up on a silent etcd;
 //! - the stats section is this node's view as last listed from etcd (at most a tick,
 //!   TTL/3, old), not a consensus read.
 
@@ -25,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::routes::Reply;
-use crate::cluster::{ClusterError, ClusterHandle, Member};
+use crate::cluster::{ClusterError, ClusterHandle, Fingerprint, Member};
 use crate::msg::QueueStats;
 
 /// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
@@ -94,14 +97,39 @@ impl ClusterControl {
     }
 }
 
+/// What every node of a cluster must share, from this node's `[tokens]` and
+/// `[control]` (see `cluster::membership::Fingerprint`): the kid as tokens carry it
+/// (configured, or derived from the key).
+pub fn cluster_fingerprint(config: &crate::config::Config) -> Fingerprint {
+    let t = &config.tokens;
+    let kid = match crate::token::TokenSigner::from_config(t) {
+        Ok((signer, _)) => signer.kid().to_string(),
+        Err(_) => t.kid.clone(),
+    };
+    let alg = format!("{:?}", t.alg);
+    Fingerprint::new(&alg, &kid, &t.issuer, &t.key, &config.control.api_key)
+}
+
 /// Marks `jti` (expiring at `exp`) used across the cluster: Ok(true) the first time,
 /// Ok(false) when any node consumed it before, Err(503) when etcd cannot say.
+///
+/// A node cut off from etcd (fenced: no keep-alive answered for TTL - margin) answers
+/// 503 at once, before and after waiting for a permit, instead of sending the call to
+/// a silent etcd: each such call would hold its HTTP connection for up to
+/// [`CONSUME_WAIT`], and a storm of verifies from login servers during an outage would
+/// fill the control port's connection cap, shutting out `/healthz` and operators.
 pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Result<bool, Reply> {
+    if cluster.handle.fenced() {
+        return Err(cut_off());
+    }
     let handle = cluster.handle.clone();
     let jti = jti.to_string();
     let permits = cluster.consumes.clone();
     let call = async move {
         let permit = permits.acquire_owned().await;
+        if handle.fenced() {
+            return Ok(Err(ClusterError::Fenced));
+        }
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             handle.consume(&jti, exp)
@@ -113,6 +141,9 @@ pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Re
         Ok(Err(_)) | Err(_) => Err(ClusterError::Timeout),
     };
     answer.map_err(|e| {
+        if e == ClusterError::Fenced {
+            return cut_off();
+        }
         tracing::warn!(error = %e, "verify: the used-token store did not answer");
         let text = format!(
             "cannot check the token's use across the cluster ({e}); retry later \
@@ -120,6 +151,13 @@ pub(super) async fn consume(cluster: &ClusterControl, jti: &str, exp: u64) -> Re
         );
         Reply::error(503, &text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
     })
+}
+
+/// The 503 of a verify on a node cut off from etcd (no etcd call was made).
+fn cut_off() -> Reply {
+    let text = "this node is cut off from etcd (its lease lapsed): it cannot check the \
+                token's use across the cluster; retry later, or on another node";
+    Reply::error(503, text).with(header::RETRY_AFTER, RETRY_AFTER_SECS)
 }
 
 /// One member in the stats section.
@@ -168,6 +206,9 @@ pub(super) struct ClusterOut {
     fenced: bool,
     /// Another live process holds this node's id: this one waits and admits nothing.
     node_id_in_use: bool,
+    /// Why this node's config differs from a live member's (it then stays out of the
+    /// cluster: not registered, owns nothing), null when it matches.
+    config_mismatch: Option<String>,
     /// Live members as last listed, by id.
     members: Vec<MemberOut>,
     /// Per queue (this node's queues and every owned queue in etcd), by name.
@@ -203,6 +244,7 @@ pub(super) fn section(cluster: &ClusterControl, queues: &[QueueStats]) -> Cluste
         node_id: me.to_string(),
         fenced: handle.fenced(),
         node_id_in_use: handle.node_id_in_use(),
+        config_mismatch: handle.config_mismatch(),
         members: handle.members().into_iter().map(MemberOut::from).collect(),
         queues,
         etcd_errors_total: handle.etcd_errors_total(),

@@ -63,7 +63,7 @@ use crate::stats::{LoopStats, ServerStats};
 use crate::token::TokenSigner;
 
 pub use body::BODY_BYTES_MAX;
-pub use cluster::ClusterControl;
+pub use cluster::{cluster_fingerprint, ClusterControl};
 pub use forward::{FORWARDED_BY, FORWARD_TIMEOUT, SERVED_BY};
 
 /// Longest wait for the core to take a request and answer it.
