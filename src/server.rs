@@ -385,9 +385,7 @@ impl ServerHandle {
         let wiring = wire_loops(config, listeners, &core_tx, &shared, &placement, &routes)?;
         let link = start_cluster(config, &routes, &core_tx, &wiring.loop_links)?;
 
-        let cluster_control = link
-            .as_ref()
-            .map(|l| ClusterControl::new(l.cluster.clone(), l.link_stats()));
+        let cluster_control = link.as_ref().map(ClusterControl::new);
         let control_stop = Arc::new(AtomicBool::new(false));
         let core_round_ms = Arc::new(AtomicU64::new(crate::queue::core::unix_ms()));
         let ctx = ControlContext {

@@ -1,8 +1,11 @@
 //! The operator's endpoints of issue 10 over real sockets: the dashboard page, the
 //! `/v1/events` stream (content, freshness, the stream cap, the key, the shutdown),
-//! the additive `/v1/stats` fields, and the new `/metrics` families fed by real players.
+//! the additive `/v1/stats` fields, and the new `/metrics` families fed by real players;
+//! on clustered nodes (a real etcd, `etcd_support`), the `cluster` section the
+//! dashboard shows (members, owners, the recovery hold, the node links).
 
 mod common;
+mod etcd_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -183,6 +186,10 @@ fn events_stream_snapshots_that_follow_changes() {
     assert!(events.head.contains("connection: close"), "{}", events.head);
     let first = events.until("the queue", |v| v["queues"]["default"].is_object());
     assert_eq!(first["queues"]["default"]["waiting"], 0);
+    assert!(
+        first.get("cluster").is_none(),
+        "one node has no cluster: {first}"
+    );
     assert!(first["recent"].is_array() && first["history"].is_array());
     let (_p, _) = server.player(9);
     let (status, _) = server.http("POST", "/v1/queues/default/pause", None);
@@ -313,4 +320,192 @@ fn metrics_export_histograms_kicks_errors_process_and_build_info() {
     assert_eq!(metric(&text, &build), Some(1.0));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The token key every node of the test cluster shares (32-byte seed, base64url).
+const CLUSTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// A cluster node `id` on `etcd` (TTL 2 s: a takeover within a couple of seconds).
+fn cluster_node(etcd: &etcd_support::Etcd, id: &str) -> common::TestServer {
+    common::start_node(|player, control, link| {
+        format!(
+            "[tokens]\nkey = \"{CLUSTER_KEY}\"\n\
+             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\nprefix = \"/qs-dash\"\n",
+            etcd.url,
+        )
+    })
+}
+
+/// `/v1/stats` `cluster` of `node`.
+fn cluster_stats(node: &common::TestServer) -> Value {
+    let (status, s) = node.http("GET", "/v1/stats", None);
+    assert_eq!(status, 200, "{s}");
+    s["cluster"].clone()
+}
+
+/// Polls `/v1/stats` `cluster` of `node` until `pred` holds (a cluster settles within
+/// a few ticks; 2 x [`WAIT`] on a loaded box).
+fn wait_cluster(node: &common::TestServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        let c = cluster_stats(node);
+        if pred(&c) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The link of `cluster` with `peer` on `side`, if listed.
+fn link<'a>(cluster: &'a Value, peer: &str, side: &str) -> Option<&'a Value> {
+    cluster["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["peer"] == peer && l["side"] == side)
+}
+
+#[test]
+fn a_clustered_nodes_dashboard_data_carries_the_cluster() {
+    let etcd = etcd_support::Etcd::start();
+    let nodes = [cluster_node(&etcd, "dash-1"), cluster_node(&etcd, "dash-2")];
+    let ids = ["dash-1", "dash-2"];
+    let settled = |c: &Value| {
+        c["members"].as_array().is_some_and(|m| m.len() == 2)
+            && c["queues"]["default"]["owner"].is_string()
+    };
+    let owner_id = wait_cluster(&nodes[0], "two members and an owner", settled)["queues"]
+        ["default"]["owner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let owner = ids.iter().position(|i| *i == owner_id).unwrap();
+    let edge = 1 - owner;
+    wait_cluster(&nodes[edge], "the edge's view of the owner", |c| {
+        settled(c) && c["queues"]["default"]["owner"] == owner_id.as_str()
+    });
+
+    // A player on the edge node waits at the owner, over the node link.
+    let deadline = Instant::now() + 2 * WAIT;
+    let _player = loop {
+        let mut c = nodes[edge].client();
+        let answer = c.login(7);
+        if answer["code"] == 0 {
+            break c;
+        }
+        // 9: the edge's router has not listed the owner yet; retry.
+        assert_eq!(answer["code"], 9, "{answer}");
+        assert!(Instant::now() < deadline, "login never routed: {answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // The dashboard's data on the edge: this node, the members, the owner, the link.
+    let (status, mut events) = Events::open(nodes[edge].control, None);
+    assert_eq!(status, 200);
+    let snap = events.until("the edge's link to the owner", |v| {
+        link(&v["cluster"], &owner_id, "edge")
+            .is_some_and(|l| l["connected"] == 1 && l["frames_sent_total"].as_u64() >= Some(1))
+    });
+    let c = &snap["cluster"];
+    assert_eq!(c["node_id"], ids[edge]);
+    assert_eq!(c["fenced"], false);
+    assert!(c["config_mismatch"].is_null(), "{c}");
+    let members: Vec<&str> = c["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ids, "{c}");
+    for m in c["members"].as_array().unwrap() {
+        assert!(
+            m["advertise_player"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{m}"
+        );
+        assert!(
+            m["advertise_control"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{m}"
+        );
+        assert!(m["started_at_unix_ms"].as_u64().unwrap() > 0, "{m}");
+    }
+    let q = &c["queues"]["default"];
+    assert_eq!(q["owner"], owner_id.as_str());
+    assert!(q["epoch"].as_u64().unwrap() > 0, "{q}");
+    assert_eq!(
+        (q["owned_here"].clone(), q["may_admit"].clone()),
+        (json!(false), json!(false))
+    );
+    assert!(q["recovery_left_ms"].is_null(), "no hold on an edge: {q}");
+    // The link's figures are /metrics' (read after: counters only grow).
+    let l = link(c, &owner_id, "edge").unwrap().clone();
+    let (_, text) = http_text(nodes[edge].control, "GET", "/metrics", None, None);
+    let labels = format!("{{peer=\"{owner_id}\",side=\"edge\"}}");
+    for (field, family) in [
+        ("frames_sent_total", "queue_cluster_link_frames_sent_total"),
+        (
+            "frames_received_total",
+            "queue_cluster_link_frames_received_total",
+        ),
+        ("bytes_sent_total", "queue_cluster_link_bytes_sent_total"),
+        (
+            "bytes_received_total",
+            "queue_cluster_link_bytes_received_total",
+        ),
+        (
+            "messages_relayed_total",
+            "queue_cluster_link_messages_relayed_total",
+        ),
+        ("reconnects_total", "queue_cluster_link_reconnects_total"),
+        ("resubmitted_total", "queue_cluster_link_resubmitted_total"),
+    ] {
+        let scraped = metric(&text, &format!("{family}{labels}"))
+            .unwrap_or_else(|| panic!("no {family}{labels} in:\n{text}"));
+        let shown = l[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {l}"));
+        assert!(
+            shown as f64 <= scraped,
+            "{field}: {shown} > /metrics {scraped}"
+        );
+    }
+    assert_eq!(
+        metric(&text, &format!("queue_cluster_link_connected{labels}")),
+        Some(1.0)
+    );
+    // The owner lists the same link from its side.
+    wait_cluster(&nodes[owner], "the owner's side of the link", |c| {
+        link(c, ids[edge], "owner").is_some_and(|l| l["connected"] == 1)
+    });
+
+    // The owner stops: the edge takes the queue over and holds admission (recovery).
+    let [a, b] = nodes;
+    let (survivor, stopped) = if edge == 0 { (a, b) } else { (b, a) };
+    drop(stopped);
+    let c = wait_cluster(&survivor, "the takeover", |c| {
+        c["queues"]["default"]["owner"] == ids[edge] && c["queues"]["default"]["may_admit"] == true
+    });
+    let left = c["queues"]["default"]["recovery_left_ms"].as_u64();
+    assert!(
+        left.is_some_and(|ms| ms > 0 && ms <= 30_000),
+        "recovery hold: {c}"
+    );
+    let snap = events.until("the hold in the dashboard's data", |v| {
+        v["cluster"]["queues"]["default"]["recovery_left_ms"].as_u64() > Some(0)
+    });
+    assert_eq!(
+        snap["cluster"]["members"].as_array().map(Vec::len),
+        Some(1),
+        "{snap}"
+    );
 }

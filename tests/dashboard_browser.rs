@@ -3,12 +3,15 @@
 //! `chromedriver`, with the small client below), checks that the numbers the page
 //! shows are those of `/v1/stats`, that its buttons act on the queue, that it asks for
 //! the API key when one is set, and takes a screenshot (`docs/dashboard.png`, the
-//! README's, when `QUEUE_UPDATE_SCREENSHOT=1`).
+//! README's, when `QUEUE_UPDATE_SCREENSHOT=1`); then one page load of a clustered node
+//! (a real etcd, `etcd_support`) shows its cluster panel: this node, the members, the
+//! owner of `default` (a single node's page has no panel).
 //!
 //! Needs `chromedriver` and `chromium` on PATH (Debian packages `chromium-driver` and
 //! `chromium`; `.ci/run` installs them): without them this test fails, it never skips.
 
 mod common;
+mod etcd_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -317,6 +320,55 @@ fn page_matches_stats(b: &Browser, s: &Value, q: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The page's cluster panel shows what `/v1/stats` `cluster` says: this node, its
+/// lease, every member with its addresses, the owner and epoch of queue `q`.
+fn page_shows_cluster(b: &Browser, s: &Value, q: &str) -> Result<(), String> {
+    let c = &s["cluster"];
+    if !b.shown("cluster") {
+        return Err("the cluster panel is hidden".into());
+    }
+    let owner = &c["queues"][q];
+    let mut pairs = vec![
+        (
+            "cluster-node".to_string(),
+            c["node_id"].as_str().unwrap().to_string(),
+        ),
+        (
+            "cluster-fenced".to_string(),
+            if c["fenced"] == true {
+                "fenced"
+            } else {
+                "live"
+            }
+            .to_string(),
+        ),
+        (
+            format!("cluster-q-owner-{q}"),
+            owner["owner"].as_str().unwrap_or("-").to_string(),
+        ),
+        (format!("cluster-q-epoch-{q}"), owner["epoch"].to_string()),
+    ];
+    for m in c["members"].as_array().unwrap() {
+        let id = m["node_id"].as_str().unwrap();
+        for field in ["node_id", "advertise_player", "advertise_control"] {
+            pairs.push((
+                format!("cluster-m-{field}-{id}"),
+                m[field].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for (id, want) in pairs {
+        let shown = b.text(&id);
+        if shown.as_deref() != Some(want.as_str()) {
+            return Err(format!("#{id} shows {shown:?}, /v1/stats says {want}"));
+        }
+    }
+    Ok(())
+}
+
+/// The token key of the clustered node (with `[cluster]` a key is required).
+const CLUSTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
 #[test]
 fn dashboard_in_headless_chromium_shows_stats_acts_and_asks_for_the_key() {
     let browser = Browser::start();
@@ -330,6 +382,10 @@ fn dashboard_in_headless_chromium_shows_stats_acts_and_asks_for_the_key() {
         page_matches_stats(b, &stats(&open, None), "default")
     });
     assert!(!browser.shown("keybox"), "no key asked when none is set");
+    assert!(
+        !browser.shown("cluster"),
+        "a single node's page has no cluster panel"
+    );
     assert_eq!(browser.text("loop-0-connections").as_deref(), Some("30"));
 
     // Pause from the page: the queue is paused, and the page says so.
@@ -451,4 +507,29 @@ fn dashboard_in_headless_chromium_shows_stats_acts_and_asks_for_the_key() {
     // The key never went into a URL.
     let url = browser.call("GET", "/url", None);
     assert!(!url.to_string().contains(KEY), "key in the URL: {url}");
+
+    // A clustered node (one member on a real etcd): the page shows its cluster panel.
+    let etcd = etcd_support::Etcd::start();
+    let node = common::start_node(|player, control, link| {
+        format!(
+            "[tokens]\nkey = \"{CLUSTER_KEY}\"\n\
+             [cluster]\netcd = [\"{}\"]\nnode_id = \"dash-b1\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\nprefix = \"/qs-dash-b\"\n",
+            etcd.url,
+        )
+    });
+    let deadline = Instant::now() + 2 * common::WAIT;
+    while stats(&node, None)["cluster"]["queues"]["default"]["owner"] != "dash-b1" {
+        assert!(Instant::now() < deadline, "the node never owned default");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser.open(&format!("http://{}/", node.control));
+    browser.wait_until("the page to show the cluster", |b| {
+        page_shows_cluster(b, &stats(&node, None), "default")
+    });
+    assert_eq!(
+        browser.text("cluster-q-owner-default").as_deref(),
+        Some("dash-b1")
+    );
 }

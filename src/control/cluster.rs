@@ -1,7 +1,8 @@
 //! The control port in a cluster (`[cluster]` set; absent, nothing here runs and every
 //! answer is the single-node one): what the control thread holds of the cluster layer
 //! ([`ClusterControl`]), the cluster-wide half of `POST /v1/tokens/verify`, and the
-//! `cluster` section of `/v1/stats`. Forwarding to a queue's owner is in `forward`.
+//! `cluster` section of `/v1/stats` (also in every `/v1/events` snapshot: the
+//! dashboard's cluster panel). Forwarding to a queue's owner is in `forward`.
 //!
 //! Decisions:
 //! - a token is consumed once across the cluster: `POST /v1/tokens/verify` first
@@ -16,7 +17,9 @@
 //! - a node cut off from etcd (fenced) answers a verify 503 at once, without an etcd
 //!   call, so verifies never pile up on a silent etcd;
 //! - the stats section is this node's view as last listed from etcd (at most a tick,
-//!   TTL/3, old), not a consensus read.
+//!   TTL/3, old), not a consensus read; its recovery hold is the core fence's own
+//!   computation ([`ClusterFence::recovery_left_ms`]) and its link figures are the
+//!   numbers `/metrics` shows (one copy of the link registry per call, as a scrape).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +31,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::routes::Reply;
+use crate::cluster::link::start::NodeLink;
+use crate::cluster::link::stats::{LinkFigures, LinkRegistry};
 use crate::cluster::{ClusterError, ClusterHandle, Fingerprint, Member};
 use crate::msg::QueueStats;
+use crate::queue::core::{AdmitFence, ClusterFence};
 
 /// Longest wait for a cluster-wide consume: the cluster layer's own bound (two etcd
 /// calls and a retry, 2 s each), so this one only catches a pool thread that never ran.
@@ -49,20 +55,24 @@ pub struct ClusterControl {
     forwarded: AtomicU64,
     /// One permit per consume on the blocking pool ([`CONSUMES_MAX`]).
     consumes: Arc<Semaphore>,
-    /// The node link's counters (`/metrics`).
-    links: Arc<crate::cluster::link::stats::LinkRegistry>,
+    /// The node link's counters (`/metrics`, the stats section's `links`).
+    links: Arc<LinkRegistry>,
+    /// The core's fence as the core builds it, asked only for the recovery hold.
+    fence: ClusterFence,
 }
 
 impl ClusterControl {
-    /// The control side of the cluster layer that `server::start_cluster` started (the
-    /// same handle the node link and the core's fence use).
-    pub fn new(
-        handle: Arc<ClusterHandle>,
-        links: Arc<crate::cluster::link::stats::LinkRegistry>,
-    ) -> ClusterControl {
+    /// The control side of the cluster pieces that `server::start_cluster` started (the
+    /// same handle, link counters and routes the node link and the core's fence use).
+    pub fn new(link: &NodeLink) -> ClusterControl {
         ClusterControl {
-            handle,
-            links,
+            handle: link.cluster.clone(),
+            links: link.link_stats(),
+            fence: ClusterFence {
+                cluster: link.cluster.clone(),
+                routes: link.routes(),
+                recovery_window_ms: link.recovery_window_ms(),
+            },
             forwarded: AtomicU64::new(0),
             consumes: Arc::new(Semaphore::new(CONSUMES_MAX)),
         }
@@ -195,6 +205,52 @@ pub(super) struct QueueOwnerOut {
     owned_here: bool,
     /// This node may admit for it now: it owns it and its lease is live (not fenced).
     may_admit: bool,
+    /// While this node holds the queue's admission after a takeover (the recovery
+    /// window): the ms left; null when no hold runs.
+    recovery_left_ms: Option<u64>,
+}
+
+/// One node link in the stats section: the figures of `/metrics`'
+/// `queue_cluster_link_*` series with the same `peer` and `side`.
+#[derive(Serialize)]
+pub(super) struct LinkOut {
+    /// The other node's id (`_other` past the series cap).
+    peer: String,
+    /// `edge`: this node dialed the queue's owner; `owner`: an edge dialed this node.
+    side: &'static str,
+    /// Connections open now (1; briefly 2 during a reconnect or with a child link).
+    connected: u64,
+    /// Frames written.
+    frames_sent_total: u64,
+    /// Frames read.
+    frames_received_total: u64,
+    /// Bytes written (frame headers included).
+    bytes_sent_total: u64,
+    /// Bytes read (frame headers included).
+    bytes_received_total: u64,
+    /// Messages read and handed on (edge: to the io loops; owner: to the core).
+    messages_relayed_total: u64,
+    /// Connections established after the first.
+    reconnects_total: u64,
+    /// Places re-submitted after a failover (edge: sent; owner: received).
+    resubmitted_total: u64,
+}
+
+impl From<LinkFigures> for LinkOut {
+    fn from(f: LinkFigures) -> LinkOut {
+        LinkOut {
+            peer: f.peer,
+            side: f.side,
+            connected: f.connected,
+            frames_sent_total: f.frames_sent,
+            frames_received_total: f.frames_received,
+            bytes_sent_total: f.bytes_sent,
+            bytes_received_total: f.bytes_received,
+            messages_relayed_total: f.relayed,
+            reconnects_total: f.reconnects,
+            resubmitted_total: f.resubmitted,
+        }
+    }
 }
 
 /// `/v1/stats` `cluster`: this node's view.
@@ -217,6 +273,9 @@ pub(super) struct ClusterOut {
     etcd_errors_total: u64,
     /// Control requests forwarded to their queue's owner since start.
     forwarded_total: u64,
+    /// Every node link that ever connected, to or from this node (kept after it
+    /// closed), in the order they first connected.
+    links: Vec<LinkOut>,
 }
 
 /// The stats section for a node whose core holds `queues`.
@@ -236,6 +295,7 @@ pub(super) fn section(cluster: &ClusterControl, queues: &[QueueStats]) -> Cluste
                 epoch: owner.map(|o| o.epoch),
                 owned_here: owner.is_some_and(|o| o.node_id == me),
                 may_admit: handle.may_admit(name),
+                recovery_left_ms: cluster.fence.recovery_left_ms(name),
             };
             (name.to_string(), out)
         })
@@ -249,5 +309,11 @@ pub(super) fn section(cluster: &ClusterControl, queues: &[QueueStats]) -> Cluste
         queues,
         etcd_errors_total: handle.etcd_errors_total(),
         forwarded_total: cluster.forwarded_total(),
+        links: cluster
+            .links
+            .figures()
+            .into_iter()
+            .map(LinkOut::from)
+            .collect(),
     }
 }

@@ -2,7 +2,10 @@
 //! the binary (`dashboard.html`: inline CSS and JS, no CDN, no build step, works
 //! offline); `GET /v1/events` streams a JSON snapshot a second as Server-Sent Events;
 //! `GET /v1/stats` (served here since it shares the snapshot's shapes) answers the
-//! contract's fields plus the additions and the last hour of history.
+//! contract's fields plus the additions and the last hour of history. On a node with
+//! `[cluster]` both carry the `cluster` section (`control::cluster`: this node, members,
+//! owners, recovery holds, node links), which the page shows as its cluster panel; on
+//! a single node there is no section and no panel.
 //!
 //! Decisions:
 //! - the page is public (it holds code, no data); every data call (`/v1/events`,
