@@ -5,7 +5,8 @@
 #   scripts/bench-cluster.sh               # ~6 minutes
 #   QUICK=1 scripts/bench-cluster.sh       # tiny sizes, one round, one failover run per TTL
 #   ROUNDS=3 RUNS=3 (defaults): rounds of the ratio work, failover runs per TTL
-#   FAILOVER_ONLY=1: skip the ratio rounds (writes cluster-failover-<date>.md)
+#   FAILOVER_ONLY=1: skip the ratio rounds (writes cluster-failover-w<WINDOW>-<date>.md)
+#   RUNS=0: skip the failover runs (ratios only)
 #   TTLS="5 2" WINDOW=30 (defaults): lease_ttl_secs values and recovery_window_secs of
 #     the failover runs
 #
@@ -255,7 +256,10 @@ if runs:
     md += ["", "Why the cluster can beat one node here: the single node runs `--cores 1` (one io loop thread + one core thread), "
            "so its player-side work can use about one of the 2 cores; the 3 nodes have 3 io loops and can use both cores. "
            "A ratio above 1 is this box's second core, not scale-out; below 1 is the link's cost.", ""]
-md += [
+if not fail:
+    md += ["## Failover gap", "", "Not run here (`RUNS=0`): see the `cluster-failover-w*` result files.", ""]
+else:
+  md += [
        "## Failover gap", "",
        "What is measured: `scripts/failover_probe.py` calls `POST /v1/queues/default/admit {\"count\":1}` every 50 ms "
        "through the control port of a node that does not own `default`, and kill -9's the owner's process 4 s in. "
@@ -268,12 +272,12 @@ md += [
        f"(`recovery_window_secs = {window}` in this run) + the survivor's view of the new owner (at most TTL/3 old) "
        "+ the next probe call (50 ms). Answers during the hold are 503 (\"admission waits out the recovery window\").", "",
        "| lease_ttl_secs | runs | gap s (each) | kill -> first admission s (each) | answers after the kill, before the first success |", "|---|---|---|---|---|"]
-for ttl in sorted(fail, reverse=True):
-    rs = fail[ttl]
-    gaps = ", ".join(str(r.get("gap_s")) for r in rs)
-    k = ", ".join(str(r.get("kill_to_first_s")) for r in rs)
-    ans = "; ".join(json.dumps(r.get("answers_after_kill")) for r in rs)
-    md.append(f"| {ttl} | {len(rs)} | {gaps} | {k} | {ans} |")
+  for ttl in sorted(fail, reverse=True):
+      rs = fail[ttl]
+      gaps = ", ".join(str(r.get("gap_s")) for r in rs)
+      k = ", ".join(str(r.get("kill_to_first_s")) for r in rs)
+      ans = "; ".join(json.dumps(r.get("answers_after_kill")) for r in rs)
+      md.append(f"| {ttl} | {len(rs)} | {gaps} | {k} | {ans} |")
 envs = " ".join(f"{k}={os.environ[k]!r}" if " " in os.environ[k] else f"{k}={os.environ[k]}" for k in ("FAILOVER_ONLY", "TTLS", "WINDOW", "RUNS", "ROUNDS") if os.environ.get(k))
 md += ["", f"Reproduce: `{envs + ' ' if envs else ''}scripts/bench-cluster.sh` (`QUICK=1` for tiny sizes)."]
 open(f"{out}/{outname}.md", "w").write("\n".join(md) + "\n")
