@@ -1,5 +1,5 @@
 //! The operator's live view: `GET /` and `GET /dashboard` serve one page embedded in
-//! the binary (`dashboard.html`: inline CSS and JS, no CDN, no build step, works
+//! the binary (`dashboard.html` + `dashboard.js`: inline CSS and JS, no CDN, no build step, works
 //! offline); `GET /v1/events` streams a JSON snapshot a second as Server-Sent Events;
 //! `GET /v1/stats` (served here since it shares the snapshot's shapes) answers the
 //! contract's fields plus the additions and the last hour of history. On a node with
@@ -49,8 +49,13 @@ use super::{ask_core, shapes, ControlContext, CoreError, CONNECTION_LIFETIME};
 use crate::msg::{ControlReply, ControlReq, QueueStats};
 use crate::stats::LoopStats;
 
-/// The page, compiled into the binary.
-const PAGE: &str = include_str!("dashboard.html");
+/// The page, compiled into the binary: the markup (ending in `<script>`), the script,
+/// the closing tags.
+const PAGE: &str = concat!(
+    include_str!("dashboard.html"),
+    include_str!("dashboard.js"),
+    "</script>\n</body>\n</html>\n"
+);
 /// Most event streams open at once.
 pub const EVENT_STREAMS_MAX: usize = 16;
 /// Longest life of one event stream; the page then reconnects.
