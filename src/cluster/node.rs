@@ -42,6 +42,9 @@ use super::ownership::{last_owner_key, owner_key, preferred_owner};
 pub struct Shared {
     /// This node's id.
     pub node_id: String,
+    /// This process's incarnation: random, drawn once at start, never 0 (a restart of
+    /// the same node id is another incarnation; see `link::hello`).
+    pub incarnation: u64,
     /// The lease deadline.
     pub fence: Fence,
     /// Tracked queues and this node's ownership epochs.

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -28,6 +29,9 @@ pub(super) struct Follow {
     pub moved: bool,
     /// Queue name -> its new owner's `advertise_link`, as the router named it.
     pub targets: HashMap<String, String>,
+    /// Queue name -> when the router last named its owner (a name from before the
+    /// owner process restarted is stale: `Follow::restarted`).
+    named_at: HashMap<String, Instant>,
     /// Queues whose places went to a child link.
     handed: HashSet<String>,
     /// Queue id (link bits cleared) -> the child link holding its places.
@@ -44,6 +48,21 @@ impl Follow {
             moved,
             ..Follow::default()
         }
+    }
+
+    /// The owner process at this link's address was replaced (its places were behind
+    /// a connection broken at `since`): from now on the link only re-submits, to the
+    /// owner the router names for each queue after `since` (this address's new process,
+    /// at a new epoch, or another node through a child link); names from before are
+    /// dropped (they named the dead process).
+    pub fn restarted(&mut self, since: Option<Instant>) {
+        self.moved = true;
+        let named_at = &self.named_at;
+        self.targets.retain(|queue, _| {
+            named_at
+                .get(queue)
+                .is_some_and(|t| since.is_none_or(|since| *t >= since))
+        });
     }
 
     /// True when `queue`'s places belong on this link's connection now.
@@ -79,15 +98,17 @@ impl EdgeLink {
             .drain()
             .collect();
         let mut moved = false;
+        let now = Instant::now();
         for (queue, addr) in named {
-            if !f.moved {
+            // A name of this link's own address (its owner took the queue back at a new
+            // epoch: a restart, or an etcd outage) moves nothing by itself.
+            if !f.moved && addr != f.addr {
                 f.moved = true;
-                if addr != f.addr {
-                    tracing::info!(node = %self.node, from = %f.addr, to = %addr, "node link follows its queues to a new owner");
-                    f.addr = addr.clone();
-                    moved = true;
-                }
+                tracing::info!(node = %self.node, from = %f.addr, to = %addr, "node link follows its queues to a new owner");
+                f.addr = addr.clone();
+                moved = true;
             }
+            f.named_at.insert(queue.clone(), now);
             f.targets.insert(queue, addr);
         }
         let mut by_addr: HashMap<&str, HashSet<String>> = HashMap::new();
