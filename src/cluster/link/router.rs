@@ -109,7 +109,6 @@ impl Router {
             if owner.node_id == me {
                 continue;
             }
-            self.routes.saw_owned_elsewhere(queue);
             let Some(index) = self.link_index(&mut next, &owner.node_id, links, &members) else {
                 continue;
             };

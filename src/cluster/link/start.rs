@@ -53,7 +53,7 @@ pub struct NodeLink {
     stop: Arc<AtomicBool>,
     /// The router thread.
     router: Option<JoinHandle<()>>,
-    /// The routes (which also remember queues owned elsewhere).
+    /// The routes the io loops read.
     routes: Arc<Routes>,
     /// `cluster.recovery_window_secs` in ms.
     recovery_window_ms: u64,
@@ -147,7 +147,7 @@ impl NodeLink {
         })
     }
 
-    /// The routes (which remember queues owned elsewhere).
+    /// The routes the io loops read.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.clone()
     }
