@@ -62,6 +62,10 @@ struct Known {
     served: HashMap<String, (usize, u64)>,
     /// Queues the cluster layer tracks (configured, listed, or asked for by a login).
     tracked: HashSet<String>,
+    /// Queue -> the links that were told a new owner of it (their places of the queue,
+    /// or their child links', are at that owner): told again whenever it changes, so
+    /// places follow a new owner that dies too.
+    holders: HashMap<String, HashSet<usize>>,
 }
 
 impl Router {
@@ -195,7 +199,7 @@ impl Router {
         queue: &str,
         owner: &Owner,
         table: &RouteTable,
-        links: &Known,
+        links: &mut Known,
         members: &[Member],
     ) {
         let Some(&(k, served_epoch)) = links.served.get(queue) else {
@@ -213,10 +217,14 @@ impl Router {
         else {
             return;
         };
-        links.retargets[k]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(queue.to_string(), addr.advertise_link.clone());
+        let holders = links.holders.entry(queue.to_string()).or_default();
+        holders.insert(k);
+        for &h in holders.iter() {
+            links.retargets[h]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(queue.to_string(), addr.advertise_link.clone());
+        }
     }
 
     /// Starts the link client to `node`, appending it to `table`.

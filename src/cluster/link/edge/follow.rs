@@ -6,9 +6,16 @@
 //! reach it: it forwards them to the child by queue id), its own connection, book and
 //! id maps, started with the places held and re-submitting them at once.
 //!
-//! Invariants: a queue is split off once (`handed`); a place goes to the owner the
-//! router named for its queue, never to another node (which would refuse it); places
-//! whose queue has no new owner yet stay held until it has one or `orphan_max` passed.
+//! When a new owner dies too, the router names the queue's next owner to every link it
+//! named one before (`router`): a link whose own connection went there splits the
+//! queue's places off to a child as above; a link that handed the queue to a child
+//! passes the name on to that child, which follows it the same way (a child of its
+//! own if need be).
+//!
+//! Invariants: a queue is split off once per link (`handed`); a place goes to the
+//! owner the router named for its queue, never to another node (which would refuse
+//! it); places whose queue has no new owner yet stay held until it has one or
+//! `orphan_max` passed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -36,6 +43,10 @@ pub(super) struct Follow {
     handed: HashSet<String>,
     /// Queue id (link bits cleared) -> the child link holding its places.
     pub children: HashMap<QueueId, Sender<CoreMsg>>,
+    /// Queue name -> the retarget slot of the child link holding its places: a later
+    /// new owner of the queue (the child's owner died too) is named to the child,
+    /// which follows it like this link does.
+    child_retargets: HashMap<String, Retarget>,
 }
 
 impl Follow {
@@ -100,6 +111,13 @@ impl EdgeLink {
         let mut moved = false;
         let now = Instant::now();
         for (queue, addr) in named {
+            if let Some(child) = f.child_retargets.get(&queue) {
+                child
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(queue, addr);
+                continue;
+            }
             // A name of this link's own address (its owner took the queue back at a new
             // epoch: a restart, or an etcd outage) moves nothing by itself.
             if !f.moved && addr != f.addr {
@@ -124,23 +142,27 @@ impl EdgeLink {
                 continue;
             }
             let ids = seed.edge_queues();
-            if let Some(child) = self.spawn_child(addr, seed, &queues) {
+            if let Some((child, retarget)) = self.spawn_child(addr, seed, &queues) {
                 f.children
                     .extend(ids.into_iter().map(|id| (id, child.clone())));
+                f.child_retargets
+                    .extend(queues.iter().map(|q| (q.clone(), retarget.clone())));
             }
         }
         moved
     }
 
-    /// Starts a child link to `addr` holding `seed` (places of `queues`).
+    /// Starts a child link to `addr` holding `seed` (places of `queues`); its inbox and
+    /// its retarget slot.
     fn spawn_child(
         &self,
         addr: &str,
         seed: Book,
         queues: &HashSet<String>,
-    ) -> Option<Sender<CoreMsg>> {
+    ) -> Option<(Sender<CoreMsg>, Retarget)> {
         let capacity = self.inbox.capacity().unwrap_or(1024);
         let (tx, inbox) = crossbeam_channel::bounded(capacity);
+        let retarget = Retarget::default();
         let child = EdgeLink {
             index: self.index,
             me: self.me.clone(),
@@ -150,7 +172,7 @@ impl EdgeLink {
             inbox,
             loops: self.loops.clone(),
             stop: self.stop.clone(),
-            retarget: Retarget::default(),
+            retarget: retarget.clone(),
             orphan_max: self.orphan_max,
         };
         let follow = Follow::new(addr.to_string(), queues);
@@ -159,7 +181,7 @@ impl EdgeLink {
             .name(format!("link-to-{}+", self.node))
             .spawn(move || child.run_with(seed, follow));
         match spawned {
-            Ok(_) => Some(tx),
+            Ok(_) => Some((tx, retarget)),
             Err(e) => {
                 tracing::error!(node = %self.node, error = %e, "node link child not started: its places are lost");
                 None
