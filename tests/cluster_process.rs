@@ -737,14 +737,13 @@ fn a_node_cut_off_from_etcd_fails_verifies_fast_and_keeps_its_control_port() {
 /// kill -9 of the owner and an immediate restart of the same node (same config, so
 /// the same node id and ports), as a supervisor does: the players waiting on the other
 /// node must keep their connection and order (only `position` frames) and be admitted
-/// in that order, whoever owns the queue next. Fails today: the other node's link
-/// re-dials the owner's address, the restarted process answers there, the link takes it
-/// for the same owner after a cut (src/cluster/link/edge.rs, "same owner answers") and
-/// kicks its players `shutdown` to resume from a grace the new process never had: every
-/// survivor loses its place. Ignored until the link can tell a new incarnation (say,
-/// the owner's lease id in the link preamble) and re-submits to it.
+/// in that order, whoever owns the queue next. Failed before the link's incarnations
+/// (player 2 `kicked` `shutdown`): the other node's link re-dialled the owner's address,
+/// found the restarted process there and took it for the same owner after a cut, so it
+/// kicked its players to resume from a grace the new process never had. Now the owner
+/// answers the hello with its incarnation and the link re-submits its places to each
+/// queue's owner after the restart (`src/cluster/link/edge/relay.rs`).
 #[test]
-#[ignore = "known defect: a restarted owner is taken for a cut link (src/cluster/link)"]
 fn kill_9_and_an_immediate_restart_of_the_owner_keeps_survivors_places() {
     let etcd = Etcd::start();
     let mut nodes: Vec<NodeProcess> = ["r1", "r2"]

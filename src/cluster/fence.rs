@@ -84,6 +84,10 @@ struct Slot {
     /// [`now_ms`] when this node sent the campaign that won the current epoch (or first
     /// saw the key as its own), 0 when not owned.
     acquired_ms: AtomicU64,
+    /// The epoch this node owned last (kept when the ownership is cleared).
+    last_epoch: AtomicU64,
+    /// Whether `last_epoch` was won in a takeover (kept with it).
+    takeover: std::sync::atomic::AtomicBool,
 }
 
 /// Ownership of a queue by this node, as the table holds it.
@@ -94,6 +98,9 @@ pub struct Ownership {
     /// [`now_ms`] when the winning campaign was sent: the new owner cannot have
     /// acquired the key before this instant.
     pub campaign_sent_ms: u64,
+    /// True when the epoch was won while the queue's last owner was another process
+    /// (`ownership::is_takeover`): admission waits out the recovery window.
+    pub takeover: bool,
 }
 
 /// The queues this node tracks and which of them it owns: fixed capacity, append-only,
@@ -164,12 +171,29 @@ impl QueueTable {
         (epoch != 0).then(|| Ownership {
             epoch,
             campaign_sent_ms: slot.acquired_ms.load(Ordering::Acquire),
+            takeover: slot.takeover.load(Ordering::Acquire),
         })
     }
 
-    /// Records that this node owns the queue at `index` with `epoch`.
-    pub fn set_owned(&self, index: usize, epoch: u64, campaign_sent_ms: u64) {
+    /// Records that this node owns the queue at `index` with `epoch`; `takeover` as the
+    /// winning campaign decided it, or `None` when the key is adopted as found (the
+    /// campaign's answer was lost, or the fence lapsed): then as decided for that epoch
+    /// before, and a takeover for an epoch this node never held (the cautious side: a
+    /// hold only delays admission).
+    pub fn set_owned(
+        &self,
+        index: usize,
+        epoch: u64,
+        campaign_sent_ms: u64,
+        takeover: Option<bool>,
+    ) {
         let slot = &self.slots[index];
+        let takeover = takeover.unwrap_or_else(|| {
+            slot.last_epoch.load(Ordering::Acquire) != epoch
+                || slot.takeover.load(Ordering::Acquire)
+        });
+        slot.takeover.store(takeover, Ordering::Release);
+        slot.last_epoch.store(epoch, Ordering::Release);
         slot.acquired_ms.store(campaign_sent_ms, Ordering::Release);
         slot.epoch.store(epoch, Ordering::Release);
     }
@@ -213,10 +237,18 @@ mod tests {
         assert_eq!(t.index("b"), Some(1));
         assert_eq!(t.index("c"), None);
         assert_eq!(t.ownership(1), None);
-        t.set_owned(1, 7, 5);
-        assert_eq!(t.ownership(1).map(|o| o.epoch), Some(7));
+        t.set_owned(1, 7, 5, Some(false));
+        assert_eq!(
+            t.ownership(1).map(|o| (o.epoch, o.takeover)),
+            Some((7, false))
+        );
         t.clear_all();
         assert_eq!(t.ownership(1), None);
+        // Adopted again after a lapse: as decided for that epoch; an unknown epoch holds.
+        t.set_owned(1, 7, 9, None);
+        assert_eq!(t.ownership(1).map(|o| o.takeover), Some(false));
+        t.set_owned(1, 8, 9, None);
+        assert_eq!(t.ownership(1).map(|o| o.takeover), Some(true));
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub async fn owners(
     Ok(listed)
 }
 
-/// Queue -> the node that won its latest campaign.
+/// Queue -> the node that won its latest campaign (its incarnation left out: see
+/// `ownership::last_owner_value`).
 pub async fn last_owners(
     client: &mut Client,
     op_ms: u64,
@@ -115,6 +116,7 @@ pub async fn last_owners(
     for kv in answer.kvs() {
         if let (Ok(key), Ok(node)) = (kv.key_str(), kv.value_str()) {
             let queue = key.strip_prefix(last_prefix.as_str()).unwrap_or(key);
+            let (node, _) = super::ownership::parse_last_owner(node);
             last.insert(queue.to_string(), node.to_string());
         }
     }

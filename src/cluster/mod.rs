@@ -98,6 +98,7 @@ impl Cluster {
             .map_err(|e| ClusterError::Start(e.to_string()))?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
+            incarnation: rand::random::<u64>().max(1),
             fence: Fence::default(),
             queues: QueueTable::default(),
             view: Mutex::new(View::default()),
@@ -289,6 +290,12 @@ impl ClusterHandle {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// This process's incarnation (random, never 0): tells a restarted node from the
+    /// process it replaced (node links, last owners).
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// True when this node may admit players of `queue` now: it owns the queue and its

@@ -35,13 +35,16 @@ use super::fence::{now_ms, Fence, QueueTable};
 use super::listing::{self, Listed};
 pub use super::listing::{Owner, View};
 use super::membership::{config_mismatch, node_key, Member};
-use super::ownership::{last_owner_key, owner_key, preferred_owner};
+use super::ownership::{campaign_txn, is_takeover, preferred_owner, previous_last_owner};
 
 /// State shared between the cluster thread and every other thread.
 #[derive(Debug)]
 pub struct Shared {
     /// This node's id.
     pub node_id: String,
+    /// This process's incarnation: random, drawn once at start, never 0 (a restart of
+    /// the same node id is another incarnation; see `link::hello`).
+    pub incarnation: u64,
     /// The lease deadline.
     pub fence: Fence,
     /// Tracked queues and this node's ownership epochs.
@@ -364,7 +367,7 @@ impl Node {
                 let held = queues.ownership(index).map(|o| o.epoch);
                 if held != Some(l.epoch) {
                     // Ours, but the campaign's answer was lost (or the fence lapsed).
-                    queues.set_owned(index, l.epoch, now_ms());
+                    queues.set_owned(index, l.epoch, now_ms(), None);
                 }
             }
             Some(_) => {
@@ -424,33 +427,31 @@ impl Node {
     }
 
     /// Put-if-absent of the owner key on this node's lease (and, in the same txn, this
-    /// node as the queue's last owner).
+    /// process as the queue's last owner, read before it is replaced: whether the win is
+    /// a takeover, `ownership::is_takeover`).
     async fn campaign(
         &mut self,
         index: usize,
         queue: &str,
         lease: i64,
     ) -> Result<(), ClusterError> {
-        let key = owner_key(&self.config.prefix, queue);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    key.as_str(),
-                    self.me.node_id.as_str(),
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::put(
-                    last_owner_key(&self.config.prefix, queue),
-                    self.me.node_id.as_str(),
-                    None,
-                ),
-            ]);
+        let incarnation = self.shared.incarnation;
+        let txn = campaign_txn(
+            &self.config.prefix,
+            queue,
+            &self.me.node_id,
+            incarnation,
+            lease,
+        );
         let sent = now_ms();
         let answer = within(self.op_ms, self.client.txn(txn)).await?;
         if answer.succeeded() {
             let epoch = answer.header().map_or(0, |h| h.revision()) as u64;
-            self.shared.queues.set_owned(index, epoch, sent);
+            let previous = previous_last_owner(answer);
+            let takeover = is_takeover(previous.as_deref(), &self.me.node_id, incarnation);
+            self.shared
+                .queues
+                .set_owned(index, epoch, sent, Some(takeover));
             // The view too, at once: else for up to a tick this node may admit while
             // its own view (stats, forwarding) says the queue has no owner.
             let owner = Owner {
@@ -461,7 +462,7 @@ impl Node {
             view.owners.insert(queue.to_string(), owner);
             drop(view);
             self.unowned_since_ms.remove(queue);
-            tracing::info!(node = %self.me.node_id, queue, epoch, "cluster: queue owned");
+            tracing::info!(node = %self.me.node_id, queue, epoch, takeover, "cluster: queue owned");
         }
         Ok(())
     }

@@ -71,9 +71,6 @@ pub struct Routes {
     generation: AtomicU64,
     /// The current table.
     table: Mutex<Arc<RouteTable>>,
-    /// Queues the router has seen owned by another node (never forgotten): taking one
-    /// over is a failover, whose admission waits out the recovery window.
-    elsewhere: Mutex<HashSet<String>>,
     /// `queues.auto_create`: a login for a queue the cluster does not know asks the
     /// router to track it instead of going to this node's core.
     auto_create: AtomicBool,
@@ -91,7 +88,6 @@ impl Default for Routes {
         Routes {
             generation: AtomicU64::default(),
             table: Mutex::default(),
-            elsewhere: Mutex::default(),
             auto_create: AtomicBool::new(false),
             wanted_tx,
             wanted_rx,
@@ -144,23 +140,6 @@ impl Routes {
     pub fn publish(&self, table: RouteTable) {
         *self.table.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Remembers that another node owned `queue`.
-    pub fn saw_owned_elsewhere(&self, queue: &str) {
-        let mut set = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.contains(queue) {
-            set.insert(queue.to_string());
-        }
-    }
-
-    /// True when another node owned `queue` at some point (per admission op, not per
-    /// join: one short lock).
-    pub fn was_owned_elsewhere(&self, queue: &str) -> bool {
-        self.elsewhere
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(queue)
     }
 
     /// The routes of a node with `[cluster]` (`cluster` is `Some`; `None` on one

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! connection := preamble frame*            (each side sends the preamble first)
-//! preamble   := "QSL2"                    (then the edge's hello: see `hello`)
+//! preamble   := "QSL3"                    (then the edge's hello and the owner's
+//!                                          incarnation: see `hello`)
 //! frame      := body_len:u32 body          (body_len <= FRAME_BYTES_MAX)
 //! body       := count:u32 message{count}
 //! edge -> owner messages (CoreMsg):
@@ -47,8 +48,9 @@ use crate::msg::{
 
 /// What each side writes first.
 /// Version 2: the edge's hello after the preambles (`hello`) and the claim on `Join`;
-/// a node of another version fails the preamble check and never misreads a frame.
-pub const PREAMBLE: &[u8; 4] = b"QSL2";
+/// version 3: the owner answers the hello with its incarnation (`hello`). A node of
+/// another version fails the preamble check and never misreads a frame.
+pub const PREAMBLE: &[u8; 4] = b"QSL3";
 /// Largest frame body accepted (a full `admit` of 100,000 tokens is ~40 MB: the writer
 /// splits frames before this).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;

@@ -18,7 +18,11 @@
 //! - the book (`places`) knows every waiting place behind the link; after a broken
 //!   connection they are re-submitted to a new owner the router names ([`Retarget`]),
 //!   each queue's to its own new owner (`follow`), or kicked once the same owner
-//!   answers or `orphan_max` passed (`relay`).
+//!   process answers or `orphan_max` passed (`relay`);
+//! - the owner's incarnation (`hello`) is remembered per address: another one after a
+//!   re-dial is a restarted owner, not a cut link: its places are not in that process's
+//!   grace, so they wait for the router to name each queue's owner (a new epoch) and go
+//!   there (`relay`, `EdgeLink::owner_restarted`), never kicked to resume from nothing.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -32,7 +36,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 
 use self::places::Book;
 use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
-use super::hello::write_hello;
+use super::hello::{read_incarnation, write_hello};
 use super::stats::LinkStats;
 use crate::doorbell::Bell;
 use crate::msg::{local_queue, CoreMsg, JoinError, LoopEvent, SessionId, UserId};
@@ -111,6 +115,8 @@ struct Conn {
     broken: Arc<AtomicBool>,
     /// Joins in flight on this connection.
     pending: Pending,
+    /// The owner process's incarnation, as it answered the hello.
+    incarnation: u64,
 }
 
 fn lock(p: &Pending) -> MutexGuard<'_, HashMap<SessionId, (u32, UserId)>> {
@@ -138,6 +144,8 @@ impl EdgeLink {
         let mut frame = FrameBuf::default();
         let places = Arc::new(Mutex::new(places));
         let mut moved = f.moved;
+        // The incarnation of the owner process last connected at `f.addr`.
+        let mut seen: Option<u64> = None;
         while !self.stop.load(Ordering::Relaxed) {
             match self.inbox.recv_timeout(IDLE_POLL) {
                 Ok(msg) => batch.push(msg),
@@ -172,9 +180,10 @@ impl EdgeLink {
             if conn.is_none() && last_try.is_none_or(|t| t.elapsed() >= RECONNECT_MIN) {
                 conn = self.connect(&f.addr, &places);
                 last_try = conn.is_none().then(Instant::now);
-                if conn.is_some() && book(&places).orphaned_since.is_some() {
+                if let Some(c) = &conn {
                     let fresh = std::mem::take(&mut moved);
-                    self.reattach(&places, fresh, &f, &mut batch);
+                    let owner = (c.incarnation, &mut seen);
+                    self.connected(owner, fresh, &places, &mut f, &mut batch);
                 }
             } else if conn.is_some() && f.moved && orphaned.is_some() {
                 // A queue's new owner named since: it may be the one this link follows.
@@ -310,6 +319,7 @@ impl EdgeLink {
                 return Err(std::io::Error::other(codec::CodecError::BadPreamble));
             }
             write_hello(&mut stream, &self.me)?;
+            let incarnation = read_incarnation(&mut stream)?;
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
             let pending = Pending::default();
@@ -334,6 +344,7 @@ impl EdgeLink {
                 stream,
                 broken,
                 pending,
+                incarnation,
             })
         };
         match attempt() {

@@ -1,8 +1,15 @@
-//! The edge's hello, right after the preamble exchange (see `codec`): the edge names
-//! itself so the owner can label the link's counters (`stats`) with the peer's node id.
+//! The handshake after the preamble exchange (see `codec`): the edge names itself so the
+//! owner can label the link's counters (`stats`) with the peer's node id, and the owner
+//! answers with its *incarnation*, a random u64 drawn once per process
+//! (`ClusterHandle::incarnation`). The edge remembers it: when a re-dial of the same
+//! address finds another incarnation, the owner process it served died and another
+//! one answers there (a restart, `kill -9` then a supervisor), so the places behind the
+//! link are not in that process's grace: they are re-submitted to whoever owns each
+//! queue now (`edge::relay`), never kicked to resume from a grace nobody has.
 //!
 //! ```text
-//! hello := len:u8 node_id[len]      (edge -> owner, once, after both preambles)
+//! hello       := len:u8 node_id[len]      (edge -> owner, once, after both preambles)
+//! incarnation := u64 (little-endian)      (owner -> edge, once, after the hello)
 //! ```
 
 use std::io::{self, Read, Write};
@@ -26,6 +33,18 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&id).into_owned())
 }
 
+/// Writes the owner's incarnation (its answer to the hello).
+pub fn write_incarnation(w: &mut impl Write, incarnation: u64) -> io::Result<()> {
+    w.write_all(&incarnation.to_le_bytes())
+}
+
+/// Reads the owner's incarnation.
+pub fn read_incarnation(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +56,16 @@ mod tests {
         assert_eq!(buf, b"\x04eu-1");
         assert_eq!(read_hello(&mut &buf[..]).unwrap(), "eu-1");
         assert!(read_hello(&mut &buf[..3]).is_err());
+    }
+
+    #[test]
+    fn an_incarnation_round_trips_and_a_short_one_fails() {
+        let mut buf = Vec::new();
+        write_incarnation(&mut buf, 0x0102_0304_0506_0708).unwrap();
+        assert_eq!(
+            read_incarnation(&mut &buf[..]).unwrap(),
+            0x0102_0304_0506_0708
+        );
+        assert!(read_incarnation(&mut &buf[..7]).is_err());
     }
 }

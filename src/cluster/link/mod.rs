@@ -9,7 +9,8 @@
 //!   queue that node owns;
 //! - [`router`]: which queue goes where (publishes `cluster::routes`), and starts the
 //!   clients;
-//! - [`hello`]: the edge names itself after the preambles;
+//! - [`hello`]: the edge names itself after the preambles, the owner answers with its
+//!   incarnation;
 //! - [`stats`]: per peer link and side, the counters `/metrics` shows
 //!   (`queue_cluster_link_*`), plain atomics bumped per frame.
 //!
@@ -22,8 +23,12 @@
 //! `owner::LINK_IO_TIMEOUT`): the owner detaches the virtual loop and puts its places
 //! into reconnect grace; the edge answers its logins in flight SHUTTING_DOWN and holds
 //! its waiting places (its book, `edge::places`) while it re-dials:
-//! - the same owner answers (a cut link): the link's sessions are kicked `shutdown`
-//!   with a retry hint, so they log in again and resume from grace;
+//! - the same owner process answers (a cut link; told apart by the incarnation the
+//!   owner answers the hello with, see [`hello`]): the link's sessions are kicked
+//!   `shutdown` with a retry hint, so they log in again and resume from grace;
+//! - another process answers at the owner's address (the owner was restarted): the
+//!   places are held until the router names each queue's owner at a new epoch (the
+//!   restarted node, or another) and re-submitted there as in a failover;
 //! - the owner died and the router saw other nodes take its queues (failover): each
 //!   queue's waiting places are re-submitted to that queue's new owner (this node's
 //!   own link port when it is the new owner), one batch sorted by key

@@ -2,7 +2,8 @@
 //! accepted edge connection becomes a *virtual loop* of this node's core.
 //!
 //! After the preambles the edge names itself (`hello`): the link's counters (`stats`)
-//! are labelled with that node id. Per connection, two threads:
+//! are labelled with that node id; the owner answers with its incarnation (`hello`), by
+//! which the edge tells this process from a later one at the same address. Per connection, two threads:
 //! - the reader decodes each frame's `Join`/`Leave`/`Disconnect` (as from the virtual
 //!   loop) and puts them into the core's inbox like an io loop does;
 //! - the writer sleeps on the virtual loop's doorbell (the same [`crate::doorbell`] pair
@@ -29,7 +30,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::codec::{self, FrameBuf, Reader, PREAMBLE};
-use super::hello::read_hello;
+use super::hello::{read_hello, write_incarnation};
 use super::stats::{LinkRegistry, LinkStats, Side};
 use crate::doorbell::{self, BellRx};
 use crate::msg::{CoreMsg, LoopEvent, LoopId};
@@ -48,6 +49,8 @@ struct Wiring {
     open: Arc<Mutex<Vec<TcpStream>>>,
     /// Every peer link's counters.
     stats: Arc<LinkRegistry>,
+    /// This process's incarnation, sent after the edge's hello.
+    incarnation: u64,
 }
 
 /// The running acceptor; stops (and shuts every link) on [`LinkAcceptor::stop`] or drop.
@@ -63,11 +66,12 @@ pub struct LinkAcceptor {
 }
 
 impl LinkAcceptor {
-    /// Accepts links on `listener`; the first becomes virtual loop `first_loop`.
+    /// Accepts links on `listener`; the first becomes virtual loop `first_loop`; each
+    /// edge is told `incarnation` (this process's, see `hello`).
     pub fn start(
         listener: TcpListener,
         core: Sender<CoreMsg>,
-        first_loop: LoopId,
+        (first_loop, incarnation): (LoopId, u64),
         channel_capacity: usize,
         stats: Arc<LinkRegistry>,
     ) -> std::io::Result<LinkAcceptor> {
@@ -79,6 +83,7 @@ impl LinkAcceptor {
             channel_capacity,
             open: Arc::default(),
             stats,
+            incarnation,
         };
         let open = wiring.open.clone();
         let flag = stop.clone();
@@ -169,6 +174,7 @@ fn open_link(mut stream: TcpStream, wiring: &Wiring, loop_id: LoopId) -> std::io
     }
     stream.write_all(PREAMBLE)?;
     let node = read_hello(&mut stream)?;
+    write_incarnation(&mut stream, wiring.incarnation)?;
     // Frames may be far apart (an idle queue): only writes keep a timeout.
     stream.set_read_timeout(None)?;
     let (events, rx) = crossbeam_channel::bounded(wiring.channel_capacity);

@@ -57,10 +57,15 @@ struct Known {
     threads: Vec<JoinHandle<()>>,
     /// Each link's retarget slot, by link index.
     retargets: Vec<Retarget>,
-    /// Queue -> the link that last served it (kept while the queue has no owner).
-    served: HashMap<String, usize>,
+    /// Queue -> the link that last served it and the epoch it served (kept while the
+    /// queue has no owner, or is owned here).
+    served: HashMap<String, (usize, u64)>,
     /// Queues the cluster layer tracks (configured, listed, or asked for by a login).
     tracked: HashSet<String>,
+    /// Queue -> the links that were told a new owner of it (their places of the queue,
+    /// or their child links', are at that owner): told again whenever it changes, so
+    /// places follow a new owner that dies too.
+    holders: HashMap<String, HashSet<usize>>,
 }
 
 impl Router {
@@ -104,15 +109,14 @@ impl Router {
         next.local = HashSet::new();
         next.unowned = HashSet::new();
         for (queue, owner) in &owners {
-            self.follow(queue, &owner.node_id, &next, links, &members);
+            self.follow(queue, owner, &next, links, &members);
             if owner.node_id == me {
                 continue;
             }
-            self.routes.saw_owned_elsewhere(queue);
             let Some(index) = self.link_index(&mut next, &owner.node_id, links, &members) else {
                 continue;
             };
-            links.served.insert(queue.clone(), index);
+            links.served.insert(queue.clone(), (index, owner.epoch));
             next.remote.insert(queue.clone(), index);
         }
         for queue in owners.keys().chain(links.tracked.iter()) {
@@ -183,35 +187,44 @@ impl Router {
         Some(table.nodes.len() - 1)
     }
 
-    /// Failover: `queue` was served by a link whose node is no longer a live member and
-    /// is now owned by `owner`: that link re-submits the queue's places to `owner`'s
+    /// Failover: `queue` was served by a link whose node is no longer a live member, or
+    /// is owned at another epoch than the link served (its owner process was replaced,
+    /// by a restart of the same node id or by another node), and is now owned by
+    /// `owner`: that link re-submits the queue's held places to `owner`'s
     /// `advertise_link` (this node's own when it took the queue); each queue to its own
-    /// new owner (see `edge::follow`).
+    /// new owner (see `edge::follow`). A link whose owner process still lives holds no
+    /// places, so the name moves nothing there.
     fn follow(
         &self,
         queue: &str,
-        owner: &str,
+        owner: &Owner,
         table: &RouteTable,
-        links: &Known,
+        links: &mut Known,
         members: &[Member],
     ) {
-        let Some(&k) = links.served.get(queue) else {
+        let Some(&(k, served_epoch)) = links.served.get(queue) else {
             return;
         };
         let old = &table.nodes[k];
-        if old == owner || members.iter().any(|m| m.node_id == *old) {
+        let gone = *old != owner.node_id && !members.iter().any(|m| m.node_id == *old);
+        if !gone && owner.epoch == served_epoch {
             return;
         }
+        let owner = owner.node_id.as_str();
         let Some(addr) = members
             .iter()
             .find(|m| m.node_id == owner && !m.advertise_link.is_empty())
         else {
             return;
         };
-        links.retargets[k]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(queue.to_string(), addr.advertise_link.clone());
+        let holders = links.holders.entry(queue.to_string()).or_default();
+        holders.insert(k);
+        for &h in holders.iter() {
+            links.retargets[h]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(queue.to_string(), addr.advertise_link.clone());
+        }
     }
 
     /// Starts the link client to `node`, appending it to `table`.

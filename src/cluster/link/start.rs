@@ -53,7 +53,7 @@ pub struct NodeLink {
     stop: Arc<AtomicBool>,
     /// The router thread.
     router: Option<JoinHandle<()>>,
-    /// The routes (which also remember queues owned elsewhere).
+    /// The routes the io loops read.
     routes: Arc<Routes>,
     /// `cluster.recovery_window_secs` in ms.
     recovery_window_ms: u64,
@@ -99,17 +99,18 @@ impl NodeLink {
             LinkStartError::Io(std::io::Error::other("too many io loops for node links"))
         })?;
         let link_stats = Arc::new(LinkRegistry::default());
+        let cluster = Cluster::start(p.config, p.queues)
+            .map_err(|e| LinkStartError::Cluster(e.to_string()))?;
+        let cluster = Arc::new(cluster);
+        // Edges are told this process's incarnation (`hello`): the cluster's.
         let acceptor = LinkAcceptor::start(
             listener,
             p.core,
-            first,
+            (first, cluster.incarnation()),
             p.loop_channel_capacity,
             link_stats.clone(),
         )
         .map_err(LinkStartError::Io)?;
-        let cluster = Cluster::start(p.config, p.queues)
-            .map_err(|e| LinkStartError::Cluster(e.to_string()))?;
-        let cluster = Arc::new(cluster);
         p.routes.set_auto_create(p.auto_create);
         // Until the router's first listing, every configured queue is ownerless: a
         // login is answered SHUTTING_DOWN (retry), never queued in a core that may not
@@ -146,7 +147,7 @@ impl NodeLink {
         })
     }
 
-    /// The routes (which remember queues owned elsewhere).
+    /// The routes the io loops read.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.clone()
     }

@@ -52,16 +52,16 @@ pub trait AdmitFence: Send {
     }
 }
 
-/// The cluster's fence with the failover hold: after taking over a queue that another
-/// node owned (as this node's router saw it), admission waits `recovery_window_ms`
-/// from the winning campaign, so places re-submitted late are in before anyone is
-/// admitted. A queue never seen owned elsewhere (a cold start, the last owner back
-/// after an etcd outage) is not held.
+/// The cluster's fence with the failover hold: after a takeover, admission waits
+/// `recovery_window_ms` from the winning campaign, so places re-submitted late, and
+/// players coming back with place tickets, are in before anyone is admitted. A takeover
+/// is decided from etcd when the campaign is won (`Ownership::takeover`): the queue's
+/// last owner record named another process (another node, or this node before a
+/// restart). A cold start (no last owner) or this process taking its queue back after
+/// an etcd outage is not held.
 pub struct ClusterFence {
     /// The cluster layer.
     pub cluster: Arc<ClusterHandle>,
-    /// The routes, which remember queues owned elsewhere.
-    pub routes: Arc<crate::cluster::routes::Routes>,
     /// `cluster.recovery_window_secs` in ms.
     pub recovery_window_ms: u64,
 }
@@ -71,7 +71,6 @@ impl ClusterFence {
     pub fn boxed(link: &crate::cluster::link::start::NodeLink) -> Box<dyn AdmitFence> {
         Box::new(ClusterFence {
             cluster: link.cluster.clone(),
-            routes: link.routes(),
             recovery_window_ms: link.recovery_window_ms(),
         })
     }
@@ -82,12 +81,13 @@ impl AdmitFence for ClusterFence {
         if !self.cluster.may_admit(queue) {
             return false;
         }
-        if self.recovery_window_ms == 0 || !self.routes.was_owned_elsewhere(queue) {
+        if self.recovery_window_ms == 0 {
             return true;
         }
         self.cluster.ownership(queue).is_some_and(|o| {
-            crate::cluster::fence::now_ms()
-                >= o.campaign_sent_ms.saturating_add(self.recovery_window_ms)
+            !o.takeover
+                || crate::cluster::fence::now_ms()
+                    >= o.campaign_sent_ms.saturating_add(self.recovery_window_ms)
         })
     }
 
@@ -100,10 +100,10 @@ impl AdmitFence for ClusterFence {
     }
 
     fn recovery_left_ms(&self, queue: &str) -> Option<u64> {
-        if !self.cluster.may_admit(queue) || !self.routes.was_owned_elsewhere(queue) {
+        if !self.cluster.may_admit(queue) {
             return None;
         }
-        let o = self.cluster.ownership(queue)?;
+        let o = self.cluster.ownership(queue).filter(|o| o.takeover)?;
         let end = o.campaign_sent_ms.saturating_add(self.recovery_window_ms);
         end.checked_sub(crate::cluster::fence::now_ms())
             .filter(|left| *left > 0)

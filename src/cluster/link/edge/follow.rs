@@ -6,12 +6,20 @@
 //! reach it: it forwards them to the child by queue id), its own connection, book and
 //! id maps, started with the places held and re-submitting them at once.
 //!
-//! Invariants: a queue is split off once (`handed`); a place goes to the owner the
-//! router named for its queue, never to another node (which would refuse it); places
-//! whose queue has no new owner yet stay held until it has one or `orphan_max` passed.
+//! When a new owner dies too, the router names the queue's next owner to every link it
+//! named one before (`router`): a link whose own connection went there splits the
+//! queue's places off to a child as above; a link that handed the queue to a child
+//! passes the name on to that child, which follows it the same way (a child of its
+//! own if need be).
+//!
+//! Invariants: a queue is split off once per link (`handed`); a place goes to the
+//! owner the router named for its queue, never to another node (which would refuse
+//! it); places whose queue has no new owner yet stay held until it has one or
+//! `orphan_max` passed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -28,10 +36,17 @@ pub(super) struct Follow {
     pub moved: bool,
     /// Queue name -> its new owner's `advertise_link`, as the router named it.
     pub targets: HashMap<String, String>,
+    /// Queue name -> when the router last named its owner (a name from before the
+    /// owner process restarted is stale: `Follow::restarted`).
+    named_at: HashMap<String, Instant>,
     /// Queues whose places went to a child link.
     handed: HashSet<String>,
     /// Queue id (link bits cleared) -> the child link holding its places.
     pub children: HashMap<QueueId, Sender<CoreMsg>>,
+    /// Queue name -> the retarget slot of the child link holding its places: a later
+    /// new owner of the queue (the child's owner died too) is named to the child,
+    /// which follows it like this link does.
+    child_retargets: HashMap<String, Retarget>,
 }
 
 impl Follow {
@@ -44,6 +59,21 @@ impl Follow {
             moved,
             ..Follow::default()
         }
+    }
+
+    /// The owner process at this link's address was replaced (its places were behind
+    /// a connection broken at `since`): from now on the link only re-submits, to the
+    /// owner the router names for each queue after `since` (this address's new process,
+    /// at a new epoch, or another node through a child link); names from before are
+    /// dropped (they named the dead process).
+    pub fn restarted(&mut self, since: Option<Instant>) {
+        self.moved = true;
+        let named_at = &self.named_at;
+        self.targets.retain(|queue, _| {
+            named_at
+                .get(queue)
+                .is_some_and(|t| since.is_none_or(|since| *t >= since))
+        });
     }
 
     /// True when `queue`'s places belong on this link's connection now.
@@ -79,15 +109,24 @@ impl EdgeLink {
             .drain()
             .collect();
         let mut moved = false;
+        let now = Instant::now();
         for (queue, addr) in named {
-            if !f.moved {
-                f.moved = true;
-                if addr != f.addr {
-                    tracing::info!(node = %self.node, from = %f.addr, to = %addr, "node link follows its queues to a new owner");
-                    f.addr = addr.clone();
-                    moved = true;
-                }
+            if let Some(child) = f.child_retargets.get(&queue) {
+                child
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(queue, addr);
+                continue;
             }
+            // A name of this link's own address (its owner took the queue back at a new
+            // epoch: a restart, or an etcd outage) moves nothing by itself.
+            if !f.moved && addr != f.addr {
+                f.moved = true;
+                tracing::info!(node = %self.node, from = %f.addr, to = %addr, "node link follows its queues to a new owner");
+                f.addr = addr.clone();
+                moved = true;
+            }
+            f.named_at.insert(queue.clone(), now);
             f.targets.insert(queue, addr);
         }
         let mut by_addr: HashMap<&str, HashSet<String>> = HashMap::new();
@@ -103,23 +142,27 @@ impl EdgeLink {
                 continue;
             }
             let ids = seed.edge_queues();
-            if let Some(child) = self.spawn_child(addr, seed, &queues) {
+            if let Some((child, retarget)) = self.spawn_child(addr, seed, &queues) {
                 f.children
                     .extend(ids.into_iter().map(|id| (id, child.clone())));
+                f.child_retargets
+                    .extend(queues.iter().map(|q| (q.clone(), retarget.clone())));
             }
         }
         moved
     }
 
-    /// Starts a child link to `addr` holding `seed` (places of `queues`).
+    /// Starts a child link to `addr` holding `seed` (places of `queues`); its inbox and
+    /// its retarget slot.
     fn spawn_child(
         &self,
         addr: &str,
         seed: Book,
         queues: &HashSet<String>,
-    ) -> Option<Sender<CoreMsg>> {
+    ) -> Option<(Sender<CoreMsg>, Retarget)> {
         let capacity = self.inbox.capacity().unwrap_or(1024);
         let (tx, inbox) = crossbeam_channel::bounded(capacity);
+        let retarget = Retarget::default();
         let child = EdgeLink {
             index: self.index,
             me: self.me.clone(),
@@ -129,7 +172,7 @@ impl EdgeLink {
             inbox,
             loops: self.loops.clone(),
             stop: self.stop.clone(),
-            retarget: Retarget::default(),
+            retarget: retarget.clone(),
             orphan_max: self.orphan_max,
         };
         let follow = Follow::new(addr.to_string(), queues);
@@ -138,7 +181,7 @@ impl EdgeLink {
             .name(format!("link-to-{}+", self.node))
             .spawn(move || child.run_with(seed, follow));
         match spawned {
-            Ok(_) => Some(tx),
+            Ok(_) => Some((tx, retarget)),
             Err(e) => {
                 tracing::error!(node = %self.node, error = %e, "node link child not started: its places are lost");
                 None

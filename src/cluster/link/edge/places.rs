@@ -157,6 +157,14 @@ impl Book {
         }
     }
 
+    /// Forgets the id maps and the re-submissions in flight: the connection now goes to
+    /// another owner process (whose queue ids are its own).
+    pub fn forget_ids(&mut self) {
+        self.to_edge.clear();
+        self.to_owner.clear();
+        self.resubmitting.clear();
+    }
+
     /// The held places whose queue `wanted` names, to re-submit on the connection (to
     /// a new owner), sorted by key, each marked as re-submitted; the others stay held.
     /// `fresh`: a new connection (the old owner's id maps are forgotten).
@@ -166,9 +174,7 @@ impl Book {
         wanted: impl Fn(&str) -> bool,
     ) -> Vec<(SessionId, Live)> {
         if fresh {
-            self.to_edge.clear();
-            self.to_owner.clear();
-            self.resubmitting.clear();
+            self.forget_ids();
         }
         let mut all: Vec<(SessionId, Live)> = Vec::new();
         for s in &self.held {

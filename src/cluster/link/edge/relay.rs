@@ -1,6 +1,7 @@
 //! The reader side of an edge link ([`Relay`]: the owner's events to the loops, the
 //! book of places kept up to date) and what the writer does with the places when the
-//! connection comes back ([`EdgeLink::reattach`]: re-submit to a new owner, or kick).
+//! connection comes back ([`EdgeLink::connected`]: re-submit to a new owner, wait for a
+//! restarted owner's queues to be named, or kick after a cut).
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -22,17 +23,51 @@ impl EdgeLink {
     /// key, and the players notice nothing; to the same owner (a cut link), they are
     /// kicked as before (their places wait in grace there: logging in again resumes
     /// them).
-    pub(super) fn reattach(
-        &self,
-        places: &Mutex<Book>,
-        moved: bool,
-        f: &Follow,
-        batch: &mut Vec<CoreMsg>,
-    ) {
+    fn reattach(&self, places: &Mutex<Book>, moved: bool, f: &Follow, batch: &mut Vec<CoreMsg>) {
         if !moved {
             self.give_up(places, f.moved);
             return;
         }
+        self.resubmit(places, true, f, batch);
+    }
+
+    /// A connection was made to owner process `incarnation` (`seen`: the one last
+    /// connected at this address, updated); `fresh`: to a new address (the link followed
+    /// a new owner). Places behind the link go to the new owner, wait for a restarted
+    /// one's queues to be named, or are kicked after a cut to the same process.
+    pub(super) fn connected(
+        &self,
+        (incarnation, seen): (u64, &mut Option<u64>),
+        fresh: bool,
+        places: &Mutex<Book>,
+        f: &mut Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
+        let restarted = !fresh && seen.is_some_and(|s| s != incarnation);
+        *seen = Some(incarnation);
+        if fresh || restarted {
+            // Another process: the old one's queue ids mean nothing here.
+            book(places).forget_ids();
+        }
+        if book(places).orphaned_since.is_none() {
+            return;
+        }
+        if restarted {
+            self.owner_restarted(places, f, batch);
+        } else {
+            self.reattach(places, fresh, f, batch);
+        }
+    }
+
+    /// Connected again to the same address, but another owner process answered (the
+    /// owner was restarted): its places are in no grace there, so they are held, not
+    /// kicked, until the router names each queue's owner after the restart (a new epoch:
+    /// this process, or another node) and are re-submitted to it; names already given
+    /// since the connection broke are used at once.
+    fn owner_restarted(&self, places: &Mutex<Book>, f: &mut Follow, batch: &mut Vec<CoreMsg>) {
+        let since = book(places).orphaned_since;
+        tracing::info!(node = %self.node, addr = %f.addr, "node link: the owner process was replaced; its places wait for each queue's owner");
+        f.restarted(since);
         self.resubmit(places, true, f, batch);
     }
 

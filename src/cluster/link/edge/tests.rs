@@ -95,6 +95,12 @@ fn next(rx: &Receiver<LoopEvent>) -> LoopEvent {
 
 /// Accepts one link and exchanges preambles; returns the owner's end.
 fn accept(listener: &TcpListener) -> TcpStream {
+    // One owner process throughout (a re-dial finds the same one: a cut link).
+    accept_as(listener, 1)
+}
+
+/// [`accept`] by the owner process `incarnation`.
+fn accept_as(listener: &TcpListener, incarnation: u64) -> TcpStream {
     let (mut s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut p = [0u8; 4];
@@ -105,6 +111,7 @@ fn accept(listener: &TcpListener) -> TcpStream {
         crate::cluster::link::hello::read_hello(&mut s).unwrap(),
         "edge-1"
     );
+    crate::cluster::link::hello::write_incarnation(&mut s, incarnation).unwrap();
     s
 }
 
@@ -358,6 +365,51 @@ fn a_cut_link_to_the_same_owner_kicks_its_places() {
         next(&edge.rxs[0]),
         LoopEvent::LinkLost { link: 3 }
     ));
+}
+
+/// The owner process is replaced at the same address (kill -9, then a restart): the
+/// re-dial finds another incarnation, so the waiting place is neither kicked nor sent
+/// at once (the new process owns nothing yet); once the router names the queue's owner
+/// (this address again, at a new epoch) it is re-submitted there and the player gets a
+/// resync of its position, never a `LinkLost`. Before incarnations the link took the
+/// new process for the old one after a cut and kicked the place.
+#[test]
+fn a_restarted_owner_gets_the_places_back_once_named_not_kicked() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let retarget = Retarget::default();
+    let edge = start_with(addr.clone(), retarget.clone());
+    edge.tx.send(join(0, 1)).unwrap();
+    let mut owner = accept_as(&listener, 1);
+    let msgs = read_msgs(&mut owner);
+    let CoreMsg::Join { conn, .. } = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    answer_joins(&mut owner, &[conn.session]);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    drop(owner);
+    let mut restarted = accept_as(&listener, 2);
+    // A join after the re-dial goes out on its own: the held place is not in front.
+    edge.tx.send(join_to(2, "q")).unwrap();
+    match &read_msgs(&mut restarted)[..] {
+        [CoreMsg::Join { conn, .. }] => assert_eq!(conn.session, 2),
+        other => panic!("the held place was sent before its owner was named: {other:?}"),
+    }
+    retarget.lock().unwrap().insert("q".into(), addr);
+    let msgs = read_msgs(&mut restarted);
+    assert!(
+        matches!(
+            &msgs[..],
+            [CoreMsg::Resubmit {
+                user: 41,
+                key: 100,
+                ..
+            }]
+        ),
+        "{msgs:?}"
+    );
+    answer_resubmits(&mut restarted, &msgs, 5);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Resync(v) if v == vec![(1, 1)]));
 }
 
 /// A join of `queue` from loop 0.

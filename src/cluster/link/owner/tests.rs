@@ -86,7 +86,8 @@ fn a_dialed_link_is_a_loop_of_the_core() {
     let (core, core_thread, _loop0) = start_core();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let stats = Arc::new(LinkRegistry::default());
-    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64, stats.clone()).unwrap();
+    let mut acceptor =
+        LinkAcceptor::start(listener, core.clone(), (1, 7), 64, stats.clone()).unwrap();
     let mut link = TcpStream::connect(acceptor.addr()).unwrap();
     link.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -95,6 +96,10 @@ fn a_dialed_link_is_a_loop_of_the_core() {
     link.read_exact(&mut preamble).unwrap();
     assert_eq!(&preamble, PREAMBLE);
     crate::cluster::link::hello::write_hello(&mut link, "edge-1").unwrap();
+    assert_eq!(
+        crate::cluster::link::hello::read_incarnation(&mut link).unwrap(),
+        7
+    );
 
     // Three joins in one frame: answered in order with positions 1, 2, 3.
     let mut frame = FrameBuf::default();
@@ -180,7 +185,7 @@ fn a_peer_without_the_preamble_is_not_attached() {
     let (core, core_thread, _loop0) = start_core();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let stats = Arc::new(LinkRegistry::default());
-    let mut acceptor = LinkAcceptor::start(listener, core.clone(), 1, 64, stats).unwrap();
+    let mut acceptor = LinkAcceptor::start(listener, core.clone(), (1, 7), 64, stats).unwrap();
     let mut bad = TcpStream::connect(acceptor.addr()).unwrap();
     bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
