@@ -63,14 +63,13 @@ pub struct ClusterControl {
 
 impl ClusterControl {
     /// The control side of the cluster pieces that `server::start_cluster` started (the
-    /// same handle, link counters and routes the node link and the core's fence use).
+    /// same handle and link counters the node link and the core's fence use).
     pub fn new(link: &NodeLink) -> ClusterControl {
         ClusterControl {
             handle: link.cluster.clone(),
             links: link.link_stats(),
             fence: ClusterFence {
                 cluster: link.cluster.clone(),
-                routes: link.routes(),
                 recovery_window_ms: link.recovery_window_ms(),
             },
             forwarded: AtomicU64::new(0),

@@ -130,9 +130,30 @@ impl Etcd {
     }
 
     /// SIGSTOP: etcd stops answering, its connections stay open.
+    /// Returns once the kernel shows the process stopped (`T` in /proc/PID/stat): a
+    /// signal is delivered asynchronously, and on a loaded box etcd could still answer
+    /// a request sent right after `kill` returned.
     pub fn pause(&self) {
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGSTOP) }, 0);
+        let stat = format!("/proc/{}/stat", self.pid());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name, which is in parentheses.
+            let state = text
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd not stopped: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// SIGCONT after [`Self::pause`].
