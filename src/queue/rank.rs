@@ -12,11 +12,11 @@
 //! rebuilt. Seqs are kept, positions are internal, so compaction renumbers nothing
 //! anybody holds.
 //!
-//! A place re-submitted after a failover (`insert_at`, in `rank::insert`) goes where its seq belongs: into a
-//! dead slot there, or by shifting at most [`SHIFT_MAX`] neighbours to the nearest one;
-//! failing that, the ring is laid out again with a dead slot (a gap) after every live
-//! slot whose successor's seq leaves room, in O(n), so the keys of the next batch find
-//! their gaps in O(log n).
+//! A place re-submitted after a failover (`insert_at`, in `rank::insert`) goes where its
+//! seq belongs: into a dead slot there, or by shifting at most [`SHIFT_MAX`] neighbours
+//! to the nearest one; failing that, the ring is laid out again with a dead slot (a gap)
+//! after every live slot whose successor's seq leaves room, in O(n), so the keys of the
+//! next batch find their gaps in O(log n).
 //!
 //! Costs: `rank`, `get` O(log n); `push` O(log n), amortized O(1) extra for growth;
 //! `insert_at` O(log n) at the end, else O(log n + SHIFT_MAX) or one O(n) gapped layout
