@@ -12,7 +12,15 @@
 //! rebuilt. Seqs are kept, positions are internal, so compaction renumbers nothing
 //! anybody holds.
 //!
+//! A place re-submitted after a failover (`insert_at`, in `rank::insert`) goes where its
+//! seq belongs: into a dead slot there, or by shifting at most [`SHIFT_MAX`] neighbours
+//! to the nearest one; failing that, the ring is laid out again with a dead slot (a gap)
+//! after every live slot whose successor's seq leaves room, in O(n), so the keys of the
+//! next batch find their gaps in O(log n).
+//!
 //! Costs: `rank`, `get` O(log n); `push` O(log n), amortized O(1) extra for growth;
+//! `insert_at` O(log n) at the end, else O(log n + SHIFT_MAX) or one O(n) gapped layout
+//! (several edges' sorted batches: about one layout per batch);
 //! `remove` O(log n) plus amortized O(1) for compaction and head advance (each dead slot
 //! is walked over a bounded number of times); `front` O(1); `iter` O(live + dead) with
 //! dead <= max(live, COMPACT_MIN); `walk_from` O(log n) to start, O(1) a slot. Memory: 20 bytes per slot, and the ring holds at most
@@ -32,6 +40,10 @@
 //! - every seq handed out is below `next_seq`.
 
 use crate::msg::{PlaceKey, UserId};
+
+mod insert;
+
+pub use insert::{HOLE_MAX, SHIFT_MAX};
 
 /// Bit that puts normal-lane keys after every priority-lane key.
 const NORMAL_LANE_BIT: u64 = 1 << 63;
@@ -187,45 +199,6 @@ impl Lane {
         self.next_seq += 1;
         self.len += 1;
         seq
-    }
-
-    /// Puts `user` at `seq` (a place re-submitted after a failover keeps the seq the
-    /// previous owner gave it); false when a live place holds `seq` already or the seq
-    /// cannot be a lane's. Past the last slot of the span it is an append (O(log n):
-    /// one edge's batch, sorted by key, into an empty lane); before it the ring is
-    /// rebuilt around it, O(n): failover only, never a steady-state join.
-    pub fn insert_at(&mut self, seq: u64, user: UserId) -> bool {
-        if seq >= DEAD - 1 {
-            return false;
-        }
-        let past_tail = self.head == self.tail || self.slot(self.tail - 1).seq & !DEAD < seq;
-        if past_tail {
-            // After every slot of the span (a batch sorted by key): an append.
-            let next = self.next_seq.max(seq + 1);
-            self.next_seq = seq;
-            self.push(user);
-            self.next_seq = next;
-            return true;
-        }
-        if self.find(seq).is_some() {
-            return false;
-        }
-        let mut live: Vec<Slot> = (self.head..self.tail)
-            .map(|pos| *self.slot(pos))
-            .filter(Slot::live)
-            .collect();
-        let at = live.partition_point(|s| s.seq < seq);
-        live.insert(at, Slot { seq, user });
-        let capacity = (live.len() * 2).next_power_of_two().max(MIN_CAPACITY);
-        let n = live.len();
-        live.resize(capacity, Slot::default());
-        self.slots = live;
-        self.tree = vec![0; capacity + 1];
-        self.head = 0;
-        self.tail = n as u64;
-        self.len = n;
-        self.rebuild_tree();
-        true
     }
 
     /// Makes every later seq at least `floor` (a new owner's arrivals sort after every
@@ -612,5 +585,115 @@ mod tests {
         assert_eq!(lane.push(9), 500);
         assert_eq!(lane.rank(500), 0);
         assert_eq!(lane.next_seq(), 501);
+    }
+
+    /// Re-submission batches of `edges` edges, each sorted by key, arriving one after
+    /// the other into one lane: the old owner handed seqs out in arrival order over
+    /// every edge, so edge `e` holds the seqs `e, e + edges, ...`; `arrivals` players
+    /// joined the new owner first (after its seq floor, so behind every batch). Returns
+    /// the lane.
+    fn interleaved_batches(edges: u64, keys_per_edge: u64, arrivals: u64) -> Lane {
+        let mut lane = Lane::default();
+        lane.raise_floor(1 << 32);
+        for user in 0..arrivals {
+            lane.push(user);
+        }
+        for edge in 0..edges {
+            for i in 0..keys_per_edge {
+                let seq = i * edges + edge;
+                assert!(lane.insert_at(seq, seq + 1_000_000));
+            }
+        }
+        lane
+    }
+
+    /// Interleaved batches end in seq order, every place found and ranked exactly.
+    #[test]
+    fn interleaved_resubmission_batches_keep_seq_order() {
+        for arrivals in [0, 1_000] {
+            let lane = interleaved_batches(3, 2_000, arrivals);
+            lane.check();
+            assert_eq!(lane.len() as u64, 6_000 + arrivals);
+            for (i, (seq, user)) in lane.iter().enumerate().take(6_000) {
+                assert_eq!((seq, user), (i as u64, i as u64 + 1_000_000));
+                assert_eq!(lane.rank(seq), i as u64);
+            }
+            assert_eq!(lane.rank(1 << 32), 6_000);
+        }
+    }
+
+    /// Measurement (no assertion on time): `RESUBMIT_EDGES=3 RESUBMIT_KEYS=100000
+    /// [RESUBMIT_ARRIVALS=1000] cargo test --release --lib interleaved_resubmission_cost
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn interleaved_resubmission_cost() {
+        let env = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (edges, keys) = (env("RESUBMIT_EDGES", 3), env("RESUBMIT_KEYS", 100_000));
+        let arrivals = env("RESUBMIT_ARRIVALS", 0);
+        let started = std::time::Instant::now();
+        let lane = interleaved_batches(edges, keys, arrivals);
+        let took = started.elapsed();
+        assert_eq!(lane.len() as u64, edges * keys + arrivals);
+        println!(
+            "{edges} batches x {keys} keys interleaved, {arrivals} arrivals behind: {:.3} s \
+             ({:.0} ns a key)",
+            took.as_secs_f64(),
+            took.as_nanos() as f64 / (edges * keys) as f64
+        );
+    }
+
+    /// Re-submissions in any order (interleaved sorted batches, clustered runs between
+    /// two neighbours, before the head, around dead slots) mixed with pushes and
+    /// removals, against a sorted map: order, ranks, lookups and the invariants hold.
+    #[test]
+    fn insert_at_anywhere_matches_a_map() {
+        for seed in [7u64, 8, 9, 0xfeed] {
+            let mut rng = Rng::new(seed);
+            let mut lane = Lane::default();
+            let mut model = std::collections::BTreeMap::new();
+            for step in 0..30_000u64 {
+                let r = rng.next() % 20;
+                if r < 3 {
+                    let seq = lane.push(step);
+                    model.insert(seq, step);
+                } else if r < 5 {
+                    let probe = rng.next() % (lane.next_seq() + 1);
+                    if let Some((&seq, _)) = model.range(probe..).next() {
+                        assert_eq!(lane.remove(seq), model.remove(&seq));
+                    }
+                } else {
+                    // Mostly clustered near a few spots, sometimes anywhere.
+                    let spread = if r < 15 { 50 } else { lane.next_seq() + 10 };
+                    let spot = [1000, 5000, 20_000][(rng.next() % 3) as usize];
+                    let seq = if r < 15 {
+                        spot + rng.next() % spread
+                    } else {
+                        rng.next() % spread
+                    };
+                    let taken = model.contains_key(&seq);
+                    assert_eq!(lane.insert_at(seq, step), !taken, "step {step} seq {seq}");
+                    model.entry(seq).or_insert(step);
+                }
+                assert_eq!(lane.len(), model.len());
+                if step % 499 == 0 {
+                    lane.check();
+                    let listed: Vec<(u64, UserId)> = lane.iter().collect();
+                    let expected: Vec<(u64, UserId)> =
+                        model.iter().map(|(&s, &u)| (s, u)).collect();
+                    assert_eq!(listed, expected, "seed {seed} step {step}");
+                    for (i, (&seq, &user)) in model.iter().enumerate().step_by(7) {
+                        assert_eq!(lane.rank(seq), i as u64, "seed {seed} step {step}");
+                        assert_eq!(lane.get(seq), Some(user));
+                    }
+                }
+            }
+            lane.check();
+        }
     }
 }

@@ -48,7 +48,21 @@ impl NodeProcess {
     /// after `[tokens] key` (bare keys there are `[tokens]` keys; then `[[queues.list]]`
     /// tables, never one written here). Returns once it logged "listening".
     pub fn start(etcd_url: &str, prefix: &str, id: &str, key: &str, extra: &str) -> NodeProcess {
-        let (dir, config, player, control) = write_config(etcd_url, prefix, id, key, extra);
+        Self::start_with_window(etcd_url, prefix, id, key, extra, 1)
+    }
+
+    /// [`Self::start`] with `recovery_window_secs = window_secs` (place tickets are
+    /// honored only in that hold after a takeover).
+    pub fn start_with_window(
+        etcd_url: &str,
+        prefix: &str,
+        id: &str,
+        key: &str,
+        extra: &str,
+        window_secs: u64,
+    ) -> NodeProcess {
+        let (dir, config, player, control) =
+            write_config(etcd_url, prefix, id, key, extra, window_secs);
         let (child, lines) = launch(&config);
         let mut node = NodeProcess {
             id: id.to_string(),
@@ -119,7 +133,8 @@ impl NodeProcess {
     }
 }
 
-/// Writes node `id`'s config (see [`NodeProcess::start`]) to a fresh temp dir:
+/// Writes node `id`'s config (see [`NodeProcess::start`]; recovery window
+/// `window_secs`) to a fresh temp dir:
 /// (dir, config path, player port, control port).
 fn write_config(
     etcd_url: &str,
@@ -127,6 +142,7 @@ fn write_config(
     id: &str,
     key: &str,
     extra: &str,
+    window_secs: u64,
 ) -> (PathBuf, PathBuf, u16, u16) {
     let (player, control, link) = (free_port(), free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("qs-proc-{}-{id}", std::process::id()));
@@ -141,7 +157,7 @@ fn write_config(
          advertise_player = \"127.0.0.1:{player}\"\n\
          advertise_control = \"127.0.0.1:{control}\"\n\
          advertise_link = \"127.0.0.1:{link}\"\n\
-         lease_ttl_secs = 2\nrecovery_window_secs = 1\nprefix = \"{prefix}\"\n\
+         lease_ttl_secs = 2\nrecovery_window_secs = {window_secs}\nprefix = \"{prefix}\"\n\
          [tokens]\nkey = \"{key}\"\n{extra}\n"
     );
     std::fs::write(&config, text).unwrap();
@@ -151,7 +167,7 @@ fn write_config(
 /// Runs node `id` expecting it to refuse to start: its exit status must be a failure
 /// within [`START_WAIT`] (it fails the test if it starts listening); returns stderr.
 pub fn start_refused(etcd_url: &str, prefix: &str, id: &str, key: &str, extra: &str) -> String {
-    let (dir, config, _, _) = write_config(etcd_url, prefix, id, key, extra);
+    let (dir, config, _, _) = write_config(etcd_url, prefix, id, key, extra, 1);
     let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
         .arg("--cores")
         .arg("1")

@@ -7,6 +7,8 @@
 //!   when [`logged`] says it may have changed the state;
 //! - nothing here sends to a loop: events wait in the round's outputs until the flush,
 //!   after the round is committed;
+//! - cluster mode: a join for a queue the cluster tracks is queued only by its owner
+//!   (fenced or not); on any other node it is answered SHUTTING_DOWN;
 //! - per op: no allocation in steady state (the event scratch and the deltas are
 //!   reused), except a token's signature for an admission.
 
@@ -90,7 +92,9 @@ impl Core {
 
     /// A login to the queue named `name`: [`Op::Join`] (or, with a place ticket's
     /// `claim` the owner honors, the old place back: `core::claim`), unless the core is
-    /// degraded or draining. The outcome is answered at flush.
+    /// degraded or draining, or (cluster mode) the cluster tracks the queue and this node
+    /// does not own it: SHUTTING_DOWN, which the loop answers with a retry hint. The
+    /// outcome is answered at flush.
     fn join(
         &mut self,
         name: &str,
@@ -103,7 +107,14 @@ impl Core {
         if self.degraded || self.draining.load(Ordering::Relaxed) {
             return Err(JoinError::ShuttingDown);
         }
-        if self.fence.is_some() {
+        if let Some(f) = &self.fence {
+            // A queue the cluster tracks and another node owns (or nobody yet): a stale
+            // route, or a link join racing an ownership change. Queued here it would be
+            // fenced for good and split from the real queue: come back. An owner cut
+            // off from etcd keeps its epoch (fenced, not disowned) and keeps queueing.
+            if f.fence.epoch(name).is_none() && f.fence.tracks(name) {
+                return Err(JoinError::ShuttingDown);
+            }
             if let Some(outcome) = claim.and_then(|key| self.claim(name, user, key, conn, now_ms)) {
                 return outcome;
             }

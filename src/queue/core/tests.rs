@@ -845,3 +845,70 @@ fn a_claim_is_honored_only_in_the_hold_above_the_watermark() {
     assert!(!core.joins[0].outcome.as_ref().unwrap().2);
     assert_ne!(core.state.place(0, 2).unwrap().key, normal(2, 11));
 }
+
+/// A fence whose node may not admit for "q": owner at `epoch` but cut off from etcd
+/// (its lease deadline passed), or (`None`) not the owner at all.
+struct LapsedFence(Option<u64>);
+
+impl AdmitFence for LapsedFence {
+    fn may_admit(&self, _queue: &str) -> bool {
+        false
+    }
+    fn owner(&self, _queue: &str) -> Option<String> {
+        Some("n2".into())
+    }
+    fn epoch(&self, _queue: &str) -> Option<u64> {
+        self.0
+    }
+    fn tracks(&self, queue: &str) -> bool {
+        queue != "auto"
+    }
+}
+
+/// Issue 11: a plain join (no ticket) reaching a node that does not own a queue the
+/// cluster tracks (a stale route, a link join racing an ownership change) is answered
+/// SHUTTING_DOWN and queued nowhere: before, it made a place here, fenced for good and
+/// split from the real queue. The owner cut off from etcd still queues (it only stops
+/// admitting), and a queue the cluster does not track is a normal join.
+#[test]
+fn a_join_on_a_node_that_does_not_own_the_queue_is_answered_retry() {
+    let now = unix_ms();
+    let core_behind = |fence: LapsedFence, queue: &str| {
+        let (core, _rx, _bell) = core_with_loop(1024);
+        let mut core = core.with_fence(Some(Box::new(fence)));
+        core.state = QueueState::new(
+            Limits::from_config(&Config::default()),
+            &[(queue.into(), 100, 0.0)],
+            1,
+        );
+        core
+    };
+    let join_of = |queue: &str| {
+        let mut msg = claim_join(1, None);
+        if let CoreMsg::Join { queue: q, .. } = &mut msg {
+            *q = queue.into();
+        }
+        msg
+    };
+    let mut other = core_behind(LapsedFence(None), "q");
+    assert!(other.handle(join_of("q"), now));
+    assert!(
+        matches!(other.joins[0].outcome, Err(JoinError::ShuttingDown)),
+        "a non-owner answered {:?}",
+        other.joins[0].outcome
+    );
+    assert!(other.state.place(0, 1).is_none(), "queued on a non-owner");
+
+    let mut fenced_owner = core_behind(LapsedFence(Some(3)), "q");
+    assert!(fenced_owner.handle(join_of("q"), now));
+    assert!(fenced_owner.joins[0].outcome.is_ok());
+    assert!(
+        fenced_owner.state.place(0, 1).is_some(),
+        "the fenced owner refused"
+    );
+
+    let mut untracked = core_behind(LapsedFence(None), "auto");
+    assert!(untracked.handle(join_of("auto"), now));
+    assert!(untracked.joins[0].outcome.is_ok());
+    assert!(untracked.state.place(0, 1).is_some());
+}
