@@ -7,7 +7,9 @@
 //! where `sent` is the instant the successful grant or keep-alive request was *sent*:
 //! etcd counts the TTL from when it *received* it, so etcd cannot expire the lease, and
 //! no other node can take the key, before this node has stopped admitting (see
-//! `/work/notes/cluster-design.md` and the module doc of `cluster` for the argument).
+//! docs/cluster.md "Fencing" and the module doc of `cluster` for the argument). Each
+//! queue's slot also keeps the last epoch this node held and whether it was won in a
+//! takeover (`ownership::is_takeover`), which the core's recovery hold reads.
 //!
 //! Invariants:
 //! - [`now_ms`] is CLOCK_BOOTTIME in milliseconds: it never goes back, does not jump

@@ -8,6 +8,10 @@
 //! - `{prefix}/nodes/{node_id}` = JSON [`Member`], on the node's lease ([`membership`]);
 //! - `{prefix}/owners/{queue}` = owner node id, on the owner's lease, created by
 //!   put-if-absent; its create_revision is the ownership epoch ([`ownership`]);
+//! - `{prefix}/last_owner/{queue}` = `"<node_id> <incarnation>"` of the latest owner,
+//!   no lease, written (and the previous value read) by the winning campaign's
+//!   transaction: a win over any other process is a takeover, held for the recovery
+//!   window ([`ownership`]);
 //! - `{prefix}/used/{jti}` = node id that consumed the token, on a per-expiry-bucket
 //!   lease ([`used_tokens`]);
 //! - `{prefix}/admitted/{queue}` = `"<normal>,<priority>"`, the highest place keys its
@@ -20,7 +24,8 @@
 //! keep-alive (later than `sent`), deletes the key only when the lease expires or is
 //! revoked, and only then can another node's put-if-absent succeed. So the old owner's
 //! deadline passes before the new owner's campaign is even sent, as long as the two
-//! clocks' rates differ by less than margin/TTL (20%).
+//! clocks' rates differ by less than m / (2T - m) (about 11 % with the margin T/5; see
+//! docs/cluster.md).
 //!
 //! Used by the control port (`control::cluster`, `control::forward`): requests about a
 //! queue another node owns are forwarded to it, tokens are consumed here. The data path:

@@ -1,9 +1,12 @@
 //! A loop's routes to remote owners (cluster mode only): which core a login goes to,
-//! and one ordered, bounded [`CoreLink`] per node link, as into the local core.
+//! and one ordered, bounded [`CoreLink`] per node link, as into the local core; and the
+//! loop's place-ticket state (`tickets`: issuing a ticket in a `waiting` answer needs
+//! the queue's name, which the core's answer does not carry).
 //!
 //! Invariants: the loop re-reads the shared [`RouteTable`] only when the router's
-//! generation moved (steady state: one atomic load and one hash lookup per login, no
-//! lock, no allocation); `links[k]` exists for every link index of the table it holds,
+//! generation moved (steady state: one atomic load and up to three hash lookups per
+//! login, remote, local, unowned; no lock; an allocation only for a long auto-created
+//! name); `links[k]` exists for every link index of the table it holds,
 //! so a session's `Leave`/`Disconnect` always finds the link its `Join` went over.
 
 use std::cell::{Cell, RefCell};

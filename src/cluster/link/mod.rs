@@ -43,8 +43,11 @@
 //! past `BACKLOG_MAX` the core waits for it like for an io loop, at most until the
 //! link's write times out (then the link closes and the core stops sending to it).
 //!
-//! Not here yet: place tickets (players of the dead node), the ownership epoch on
-//! frames, fencing re-checked at flush, sharing one encoded rank batch between links.
+//! The dead node's own players come back with place tickets: a `Join` carries the
+//! ticket's claim (`codec`), judged by the owner's core (`queue::core::claim`).
+//!
+//! Not here yet: fencing re-checked at flush, sharing one encoded rank batch between
+//! links.
 
 pub mod codec;
 pub mod edge;
