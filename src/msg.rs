@@ -181,6 +181,10 @@ pub enum CoreMsg {
         queue: QueueName,
         /// The place's key at the previous owner.
         key: PlaceKey,
+        /// The queue's admitted marks [normal, priority] as the edge last saw them in
+        /// the previous owner's rank batches (0 = none): the new owner refuses place
+        /// tickets at or below them (`queue::core::claim`).
+        admitted: [PlaceKey; 2],
     },
     /// The connection of a logged-in player closed (not a `leave`): grace starts.
     Disconnect {
@@ -459,6 +463,10 @@ pub struct QueueDelta {
     pub queue_len: u64,
     /// Measured admission rate after this batch, players/s.
     pub rate_per_s: f64,
+    /// The queue's highest admitted key per lane [normal, priority] after this batch
+    /// (0 = none): edges keep the latest and hand it to a new owner with their
+    /// re-submitted places (`cluster::watermark`); io loops ignore it.
+    pub admitted_max: [PlaceKey; 2],
 }
 
 impl QueueDelta {

@@ -18,14 +18,28 @@
 //!   sees one read per takeover and at most one small write per [`SYNC_MS`] per queue
 //!   while it admits. A frozen node (test hook) sends nothing.
 //!
+//! The marks also travel over the node link, which closes most of etcd's window: the
+//! owner's rank batches (`Ranks`, per queue, every flush that touched the queue) carry
+//! its admitted marks; each edge's book keeps the latest per queue; an edge's
+//! `Resubmit` batch to the new owner carries them, and the new owner's core reports
+//! them here ([`ClusterHandle::report_admitted`]) before it applies the places.
+//! [`ClusterHandle::admitted_before`] is the max of etcd's value and every report; the
+//! reports are written to etcd with this node's marks (a next owner sees them).
+//!
 //! The value only grows: one task writes, in order, the max of what was read at
-//! takeover and what this node admitted since. Residual window: admissions made after
-//! the owner's last successful write (up to [`SYNC_MS`] plus a core tick and an etcd
-//! round trip) are not in etcd when it dies; a player admitted then who presents its
-//! ticket to the next owner within the recovery window gets its place back and can be
-//! admitted a second time.
+//! takeover, what edges reported and what this node admitted since. Residual window:
+//! an admission is missing from both when the owner died after admitting it and
+//! before (a) its next successful etcd write (up to [`SYNC_MS`] plus a core tick and an
+//! etcd round trip) and (b) the rank batch of that round reached a surviving edge that
+//! re-submits places of that queue (a batch leaves in the same flush as the
+//! admission's answers, so (b) is one link write and read); or when that edge's
+//! re-submission reaches the new owner only after the ticket was judged (a report only
+//! raises the mark: it refuses later claims, and a claim honored earlier was above every
+//! mark known then). A player admitted in that window who presents its ticket to the
+//! next owner within the recovery window gets its place back and can be admitted a
+//! second time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +55,18 @@ use crate::msg::PlaceKey;
 /// How often the marks are synced with etcd: the residual window's bound (see the
 /// module doc), and the delay from a takeover to the read that lets claims in.
 pub const SYNC_MS: u64 = 100;
+
+/// Test hook ([`hold_writes_for_test`]): no mark is written to etcd in this process
+/// (reads still happen), as if every owner died before its next write.
+static WRITES_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Test hook: `true` stops every node of this process from writing its marks to etcd
+/// (the residual window made as long as the test needs; reads go on), `false` lets
+/// them write again.
+#[doc(hidden)]
+pub fn hold_writes_for_test(held: bool) {
+    WRITES_HELD.store(held, Ordering::Release);
+}
 
 /// `{prefix}/admitted/{queue}`.
 pub fn admitted_key(prefix: &str, queue: &str) -> String {
@@ -66,6 +92,10 @@ struct Mark {
     admitted: [AtomicU64; 2],
     /// What earlier owners admitted, as read at `read_epoch`.
     before: [AtomicU64; 2],
+    /// What surviving edges reported earlier owners admitted (from the rank batches
+    /// they saw, carried by their re-submissions), raised, never lowered or reset: each
+    /// report is a key some owner admitted, true at any later epoch too.
+    reported: [AtomicU64; 2],
     /// The epoch `before` was read for (0 = not read).
     read_epoch: AtomicU64,
     /// The last value written to etcd (cluster thread only).
@@ -108,13 +138,30 @@ impl ClusterHandle {
         m.admitted[1].fetch_max(marks[1], Ordering::AcqRel);
     }
 
-    /// What earlier owners of `queue` admitted [normal, priority], once read from etcd
-    /// for this node's current ownership epoch; `None` before that (or not owned).
+    /// A surviving edge's report: earlier owners of `queue` admitted up to `marks`
+    /// [normal, priority] (raised, never lowered; an untracked queue is ignored; synced
+    /// to etcd with this node's own marks). Lock-free.
+    pub fn report_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
+        let Some(index) = self.shared.queues.index(queue) else {
+            return;
+        };
+        let m = &self.shared.watermarks.slots[index];
+        m.reported[0].fetch_max(marks[0], Ordering::AcqRel);
+        m.reported[1].fetch_max(marks[1], Ordering::AcqRel);
+    }
+
+    /// What earlier owners of `queue` admitted [normal, priority]: the greater of
+    /// etcd's value, once read for this node's current ownership epoch, and every
+    /// edge's report so far; `None` before that read (or not owned).
     pub fn admitted_before(&self, queue: &str) -> Option<[PlaceKey; 2]> {
         let index = self.shared.queues.index(queue)?;
         let epoch = self.shared.queues.ownership(index)?.epoch;
         let m = &self.shared.watermarks.slots[index];
-        (m.read_epoch.load(Ordering::Acquire) == epoch).then(|| load(&m.before))
+        if m.read_epoch.load(Ordering::Acquire) != epoch {
+            return None;
+        }
+        let (before, reported) = (load(&m.before), load(&m.reported));
+        Some([before[0].max(reported[0]), before[1].max(reported[1])])
     }
 }
 
@@ -166,8 +213,12 @@ pub async fn sync(
             m.read_epoch.store(own.epoch, Ordering::Release);
         }
         let (before, admitted) = (load(&m.before), load(&m.admitted));
-        let want = [before[0].max(admitted[0]), before[1].max(admitted[1])];
-        if want == load(&m.written) {
+        let reported = load(&m.reported);
+        let want = [
+            before[0].max(admitted[0]).max(reported[0]),
+            before[1].max(admitted[1]).max(reported[1]),
+        ];
+        if want == load(&m.written) || WRITES_HELD.load(Ordering::Acquire) {
             continue;
         }
         let txn = Txn::new()

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! connection := preamble frame*            (each side sends the preamble first)
-//! preamble   := "QSL3"                    (then the edge's hello and the owner's
+//! preamble   := "QSL4"                    (then the edge's hello and the owner's
 //!                                          incarnation: see `hello`)
 //! frame      := body_len:u32 body          (body_len <= FRAME_BYTES_MAX)
 //! body       := count:u32 message{count}
@@ -13,10 +13,13 @@
 //!   2 Leave      session:u64 queue:u32 user:u64
 //!   3 Disconnect session:u64 queue:u32 user:u64 answered:u32 pushed:u32
 //!                last_position:u64 kicked:u8 (0 none, 1 + kick index)
-//!   4 Resubmit   session:u64 user:u64 key:u64 queue:str16   (failover: a place put
-//!                back at its old key at a new owner; answered by a Joined)
+//!   4 Resubmit   session:u64 user:u64 key:u64 queue:str16 admitted:u64 u64
+//!                (failover: a place put back at its old key at a new owner, with the
+//!                queue's admitted marks [normal, priority] the edge last saw;
+//!                answered by a Joined)
 //! owner -> edge messages (LoopEvent):
-//!   10 Ranks     n:u32 { queue:u32 queue_len:u64 rate:f64 departed:keys inserted:keys }
+//!   10 Ranks     n:u32 { queue:u32 queue_len:u64 rate:f64 departed:keys inserted:keys
+//!                        admitted:u64 u64 }   (highest admitted key per lane)
 //!   11 Resync    n:u32 { session:u64 position:u64 }
 //!   12 Joined    session:u64 seq:u32 user:u64 ok:u8, then
 //!                ok=1: queue:u32 key:u64 position:u64 queue_len:u64 rate:f64
@@ -48,9 +51,11 @@ use crate::msg::{
 
 /// What each side writes first.
 /// Version 2: the edge's hello after the preambles (`hello`) and the claim on `Join`;
-/// version 3: the owner answers the hello with its incarnation (`hello`). A node of
-/// another version fails the preamble check and never misreads a frame.
-pub const PREAMBLE: &[u8; 4] = b"QSL3";
+/// version 3: the owner answers the hello with its incarnation (`hello`); version 4:
+/// `Ranks` carries each queue's admitted marks and `Resubmit` the marks the edge last
+/// saw (`cluster::watermark`). A node of another version fails the preamble check and
+/// never misreads a frame.
+pub const PREAMBLE: &[u8; 4] = b"QSL4";
 /// Largest frame body accepted (a full `admit` of 100,000 tokens is ~40 MB: the writer
 /// splits frames before this).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -179,10 +184,7 @@ impl FrameBuf {
                 put_u32(b, *seq);
                 put_u64(b, *user);
                 b.push(u8::from(*prio));
-                let name = queue.as_str().as_bytes();
-                let name = &name[..name.len().min(u16::MAX as usize)];
-                b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-                b.extend_from_slice(name);
+                put_str16(b, queue.as_str());
                 put_peer(b, peer);
                 put_claim(b, *claim);
             }
@@ -212,7 +214,11 @@ impl FrameBuf {
                 b.push(report.kicked.map_or(0, |k| kick_number(k) + 1));
             }
             CoreMsg::Resubmit {
-                user, queue, key, ..
+                user,
+                queue,
+                key,
+                admitted,
+                ..
             } => {
                 self.start();
                 let b = &mut self.buf;
@@ -220,10 +226,9 @@ impl FrameBuf {
                 put_u64(b, session);
                 put_u64(b, *user);
                 put_u64(b, *key);
-                let name = queue.as_str().as_bytes();
-                let name = &name[..name.len().min(u16::MAX as usize)];
-                b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-                b.extend_from_slice(name);
+                put_str16(b, queue.as_str());
+                put_u64(b, admitted[0]);
+                put_u64(b, admitted[1]);
             }
             _ => return false,
         }
@@ -247,6 +252,8 @@ impl FrameBuf {
                     put_u64(b, d.rate_per_s.to_bits());
                     put_keys(b, &d.departed);
                     put_keys(b, &d.inserted);
+                    put_u64(b, d.admitted_max[0]);
+                    put_u64(b, d.admitted_max[1]);
                 }
             }
             LoopEvent::Resync(list) => {
@@ -296,6 +303,13 @@ fn put_u32(b: &mut Vec<u8>, v: u32) {
 
 fn put_u64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A queue name (cut at `u16::MAX` bytes: longer names are invalid anyway).
+fn put_str16(b: &mut Vec<u8>, s: &str) {
+    let name = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    b.extend_from_slice(name);
 }
 
 fn put_str32(b: &mut Vec<u8>, s: &str) {

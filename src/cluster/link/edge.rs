@@ -15,7 +15,9 @@
 //!   client retries later), never left waiting; `Leave`/`Disconnect` are not sent
 //!   (the owner's places of a broken link are not released: see the module `link`)
 //!   but end the place in the book, so it is never re-submitted;
-//! - the book (`places`) knows every waiting place behind the link; after a broken
+//! - the book (`places`) knows every waiting place behind the link, and each queue's
+//!   latest admitted marks from the owner's rank batches (the reader updates them with
+//!   the frame's lock, no allocation), sent with every re-submission; after a broken
 //!   connection they are re-submitted to a new owner the router names ([`Retarget`]),
 //!   each queue's to its own new owner (`follow`), or kicked once the same owner
 //!   process answers or `orphan_max` passed (`relay`);

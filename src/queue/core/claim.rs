@@ -14,9 +14,18 @@
 //!   ownerless gap is not a place in the queue;
 //! - the user holds no place and no admission here (else it is a normal resume), and
 //!   no one holds the key;
-//! - the key is above the lane's admission watermark (what earlier owners admitted, read
-//!   from etcd for this epoch): every key an owner admitted is at most it, so a place
-//!   that may have been admitted is never given back.
+//! - the key is above the lane's admission watermark (what earlier owners admitted: the
+//!   max of etcd's value, read for this epoch, and the marks surviving edges reported
+//!   with their re-submitted places, `core::failover`): every key an owner admitted and
+//!   either wrote to etcd or sent in a rank batch a surviving edge re-submits with is at
+//!   most it, so such a place is never given back.
+//!
+//! Reports arrive whenever each edge's re-submission does, possibly after some claims
+//! were judged: a report only raises the mark, so it can only refuse more claims (the
+//! marks are true facts, "some owner admitted up to here", never stale in the unsafe
+//! direction). A claim honored before a higher report arrived was above every mark
+//! known then; if the report shows its key was admitted, that is the residual window
+//! (`cluster::watermark`), not a wrong judgment of what was known.
 //!
 //! Otherwise the login is a normal join (a place at the end, `resumed: false`), never an
 //! error, except when it cannot be told yet: on a node that does not own the queue (a

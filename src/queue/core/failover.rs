@@ -11,7 +11,11 @@
 //! - a re-submission is answered like a join (at flush, with the position), to the
 //!   link session that sent it;
 //! - a re-submission is taken only by a node that owns the queue now (an epoch from
-//!   the fence); any other node (and one node without a fence) refuses it.
+//!   the fence); any other node (and one node without a fence) refuses it;
+//! - the admitted marks a re-submission carries (what the edge last saw in the old
+//!   owner's rank batches) reach the fence before the place is applied, whatever the
+//!   place's fate: they are true of the queue (keys some owner admitted) and only ever
+//!   raise the mark claims are judged against (`core::claim`).
 
 use std::sync::atomic::Ordering;
 
@@ -23,16 +27,21 @@ use crate::queue::state::Op;
 pub const EPOCH_SEQ_SHIFT: u32 = 32;
 
 impl Core {
-    /// [`CoreMsg::Resubmit`](crate::msg::CoreMsg::Resubmit): applied now, answered at
-    /// flush like a join (`seq` 0).
+    /// [`CoreMsg::Resubmit`](crate::msg::CoreMsg::Resubmit): the edge's admitted
+    /// marks are reported first (they only raise what claims are judged against), then
+    /// the place is applied now and answered at flush like a join (`seq` 0).
     pub(super) fn resubmit_msg(
         &mut self,
         conn: ConnRef,
-        user: UserId,
-        name: &str,
-        key: PlaceKey,
+        (user, name, key): (UserId, &str, PlaceKey),
+        admitted: [PlaceKey; 2],
         now_ms: u64,
     ) {
+        if let Some(f) = &self.fence {
+            if admitted != [0, 0] {
+                f.fence.report_admitted(name, admitted);
+            }
+        }
         let outcome = self.resubmit(name, user, key, conn, now_ms);
         self.joins.push(PendingJoin {
             conn,

@@ -45,6 +45,9 @@ pub trait AdmitFence: Send {
     /// This node admitted up to `marks` [normal, priority] in `queue` (published to
     /// the next owners, `cluster::watermark`).
     fn publish_admitted(&self, _queue: &str, _marks: [PlaceKey; 2]) {}
+    /// A surviving edge reported that earlier owners admitted up to `marks` in `queue`
+    /// (seen in their rank batches; raises [`AdmitFence::admitted_before`]).
+    fn report_admitted(&self, _queue: &str, _marks: [PlaceKey; 2]) {}
     /// True when the cluster decides who owns `queue` (a configured queue); false for
     /// one it never owns anywhere (an auto-created queue: each node keeps its own).
     fn tracks(&self, _queue: &str) -> bool {
@@ -117,6 +120,10 @@ impl AdmitFence for ClusterFence {
 
     fn publish_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
         ClusterHandle::publish_admitted(&self.cluster, queue, marks);
+    }
+
+    fn report_admitted(&self, queue: &str, marks: [PlaceKey; 2]) {
+        ClusterHandle::report_admitted(&self.cluster, queue, marks);
     }
 
     fn tracks(&self, queue: &str) -> bool {

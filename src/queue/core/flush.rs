@@ -48,6 +48,7 @@ impl Core {
                 d.inserted.sort_unstable();
                 d.queue_len = q.waiting();
                 d.rate_per_s = q.meter.rate(now_ms);
+                d.admitted_max = q.admitted_max;
                 batch.queues.push(d);
             }
             self.touched.clear();

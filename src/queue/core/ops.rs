@@ -55,7 +55,8 @@ impl Core {
                 user,
                 queue,
                 key,
-            } => self.resubmit_msg(conn, user, queue.as_str(), key, now_ms),
+                admitted,
+            } => self.resubmit_msg(conn, (user, queue.as_str(), key), admitted, now_ms),
             CoreMsg::Disconnect { .. } | CoreMsg::Leave { .. } if self.degraded => {}
             CoreMsg::Disconnect {
                 conn,

@@ -652,6 +652,7 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
             user: 10 + session,
             queue: "q".into(),
             key: (1 << 63) | old,
+            admitted: [0, 0],
         };
         assert!(core.handle(msg, now));
     }
@@ -671,6 +672,7 @@ fn a_new_owner_takes_places_back_ahead_of_new_arrivals() {
         user: 12,
         queue: "q".into(),
         key: 5,
+        admitted: [0, 0],
     };
     assert!(other.handle(msg, now));
     assert!(matches!(

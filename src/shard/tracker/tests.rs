@@ -122,6 +122,7 @@ fn batch(departed: Vec<u64>, inserted: Vec<u64>) -> Arc<RankBatch> {
             inserted,
             queue_len: 100,
             rate_per_s: 0.0,
+            admitted_max: [0, 0],
         }],
     })
 }
@@ -248,6 +249,7 @@ impl ModelQueue {
             inserted,
             queue_len: self.keys.len() as u64,
             rate_per_s: 0.0,
+            admitted_max: [0, 0],
         }
     }
 }

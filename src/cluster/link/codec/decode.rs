@@ -98,6 +98,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(len)?).map_err(|_| CodecError::BadText)
     }
 
+    fn str16(&mut self) -> Result<&'a str, CodecError> {
+        let len = self.u16()? as usize;
+        self.str(len)
+    }
+
     fn keys(&mut self) -> Result<Vec<u64>, CodecError> {
         let n = self.u32()? as usize;
         // Each key is 8 bytes: a count past the frame's end is a lie, not an allocation.
@@ -135,8 +140,7 @@ impl<'a> Reader<'a> {
                 let seq = self.u32()?;
                 let user = self.u64()?;
                 let prio = self.flag()?;
-                let len = self.u16()? as usize;
-                let queue = self.str(len)?.into();
+                let queue = self.str16()?.into();
                 let peer = self.peer()?;
                 let claim = match self.flag()? {
                     true => Some(self.u64()?),
@@ -182,12 +186,13 @@ impl<'a> Reader<'a> {
             RESUBMIT => {
                 let user = self.u64()?;
                 let key = self.u64()?;
-                let len = self.u16()? as usize;
+                let queue = self.str16()?.into();
                 CoreMsg::Resubmit {
                     conn,
                     user,
                     key,
-                    queue: self.str(len)?.into(),
+                    queue,
+                    admitted: [self.u64()?, self.u64()?],
                 }
             }
             t => return Err(CodecError::BadValue(t)),
@@ -211,12 +216,14 @@ impl<'a> Reader<'a> {
                     let rate_per_s = f64::from_bits(self.u64()?);
                     let departed = self.keys()?;
                     let inserted = self.keys()?;
+                    let admitted_max = [self.u64()?, self.u64()?];
                     queues.push(QueueDelta {
                         queue,
                         departed,
                         inserted,
                         queue_len,
                         rate_per_s,
+                        admitted_max,
                     });
                 }
                 LoopEvent::Ranks(Arc::new(RankBatch { queues }))

@@ -184,6 +184,7 @@ fn loop_events_round_trip() {
             inserted: vec![2],
             queue_len: 40,
             rate_per_s: 2.5,
+            admitted_max: [(3 << 32) | 7, (1 << 63) | (3 << 32) | 2],
         }],
     };
     let ok = JoinOk {
@@ -249,6 +250,8 @@ fn loop_events_round_trip() {
                 (vec![1, 5, 9], vec![2])
             );
             assert_eq!((d.queue_len, d.rate_per_s), (40, 2.5));
+            let marks = [(3 << 32) | 7, (1 << 63) | (3 << 32) | 2];
+            assert_eq!(d.admitted_max, marks);
         }
         other => panic!("{other:?}"),
     }
@@ -325,7 +328,8 @@ fn broken_frames_are_refused() {
     assert!(!read_frame(&mut &[][..], &mut Vec::new()).unwrap());
 }
 
-/// A failover re-submission crosses with its user, key and queue name.
+/// A failover re-submission crosses with its user, key, queue name and the queue's
+/// admitted marks.
 #[test]
 fn resubmit_round_trips() {
     let msg = CoreMsg::Resubmit {
@@ -336,6 +340,7 @@ fn resubmit_round_trips() {
         user: 77,
         key: (1 << 63) | (3 << 32) | 12,
         queue: "world-1".into(),
+        admitted: [(3 << 32) | 9, (1 << 63) | (3 << 32) | 4],
     };
     let out = core_round_trip(&[msg], 0x0100_0005);
     match &out[..] {
@@ -344,12 +349,14 @@ fn resubmit_round_trips() {
             user,
             key,
             queue,
+            admitted,
         }] => {
             assert_eq!(conn.loop_id, 9);
             assert_eq!(conn.session, 0x0100_0005);
             assert_eq!(*user, 77);
             assert_eq!(*key, (1 << 63) | (3 << 32) | 12);
             assert_eq!(queue.as_str(), "world-1");
+            assert_eq!(*admitted, [(3 << 32) | 9, (1 << 63) | (3 << 32) | 4]);
         }
         other => panic!("{other:?}"),
     }

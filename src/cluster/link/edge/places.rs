@@ -13,7 +13,12 @@
 //! - a join's queue name is interned (`names`): the writer allocates no string per
 //!   join;
 //! - queue ids held by sessions never change: after a re-submission the owner's new id
-//!   is mapped onto the old one (`to_edge`, `to_owner`), per connection.
+//!   is mapped onto the old one (`to_edge`, `to_owner`), per connection;
+//! - `marks` holds, per queue id sessions hold, the latest admitted marks of the
+//!   owner's rank batches (kept across connections: a key some owner admitted stays
+//!   admitted); each re-submission carries its queue's, so the new owner refuses place
+//!   tickets of places the dead owner admitted after its last etcd write. Updating them
+//!   is a map lookup per queue in a batch: no allocation once a queue is known.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,7 +65,14 @@ pub(super) struct Book {
     /// When the connection broke with places behind it (until every held place is
     /// re-submitted or given up).
     pub orphaned_since: Option<Instant>,
+    /// The id sessions hold (link bits cleared) -> the highest admitted key per lane
+    /// [normal, priority] the owners' rank batches reported ([`MARKS_MAX`] queues).
+    marks: HashMap<QueueId, [PlaceKey; 2]>,
 }
+
+/// Most queues whose admitted marks a book keeps (past that, a new queue's marks are
+/// not kept: its claims are judged on etcd's marks alone).
+pub(super) const MARKS_MAX: usize = 4096;
 
 /// What the reader does with a join answer.
 pub(super) enum Answer {
@@ -89,6 +101,27 @@ impl Book {
             self.names.insert(name.clone());
         }
         name
+    }
+
+    /// A rank batch reported `marks` for the queue sessions hold as `edge_queue` (link
+    /// bits cleared): kept when higher (per lane). No allocation once the queue is known.
+    #[inline]
+    pub fn saw_marks(&mut self, edge_queue: QueueId, marks: [PlaceKey; 2]) {
+        if marks == [0, 0] {
+            return;
+        }
+        if let Some(m) = self.marks.get_mut(&edge_queue) {
+            m[0] = m[0].max(marks[0]);
+            m[1] = m[1].max(marks[1]);
+        } else if self.marks.len() < MARKS_MAX {
+            self.marks.insert(edge_queue, marks);
+        }
+    }
+
+    /// The admitted marks last seen for the queue sessions hold as `edge_queue` ([0, 0]
+    /// when none).
+    pub fn marks_of(&self, edge_queue: QueueId) -> [PlaceKey; 2] {
+        self.marks.get(&edge_queue).copied().unwrap_or([0, 0])
     }
 
     /// The session's place ended (leave, disconnect, admitted, kicked).
@@ -198,6 +231,7 @@ impl Book {
     pub fn split_off(&mut self, queues: &HashSet<String>) -> Book {
         let mut out = Book {
             orphaned_since: self.orphaned_since,
+            marks: self.marks.clone(),
             ..Book::default()
         };
         let moving: Vec<SessionId> = self

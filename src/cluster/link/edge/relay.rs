@@ -13,8 +13,8 @@ use super::places::{Answer, Book};
 use super::{book, lock, relay, ring, EdgeLink, LinkStats, LoopOut, Pending};
 use crate::cluster::link::codec::{self, unpack_session, Reader};
 use crate::msg::{
-    remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, QueueId, SessionId,
-    UserId,
+    local_queue, remote_queue, ConnRef, CoreMsg, JoinError, JoinOk, KickReason, LoopEvent, QueueId,
+    SessionId, UserId,
 };
 
 impl EdgeLink {
@@ -80,21 +80,31 @@ impl EdgeLink {
         f: &Follow,
         batch: &mut Vec<CoreMsg>,
     ) {
-        let all = book(places).take_resubmissions(fresh, |q| f.here(q));
+        let (all, marks): (Vec<_>, Vec<_>) = {
+            let mut b = book(places);
+            let all = b.take_resubmissions(fresh, |q| f.here(q));
+            let marks = all.iter().map(|(_, l)| b.marks_of(l.edge_queue)).collect();
+            (all, marks)
+        };
         if all.is_empty() {
             return;
         }
         self.stats.resubmitted(all.len() as u64);
         tracing::info!(node = %self.node, places = all.len(), "re-submitting places to the new owner");
-        let resubmits = all.into_iter().map(|(packed, live)| {
-            let (loop_id, session) = unpack_session(packed);
-            CoreMsg::Resubmit {
-                conn: ConnRef { loop_id, session },
-                user: live.user,
-                queue: (&*live.queue).into(),
-                key: live.key,
-            }
-        });
+        // Each place carries its queue's admitted marks (the new owner takes the max).
+        let resubmits = all
+            .into_iter()
+            .zip(marks)
+            .map(|((packed, live), admitted)| {
+                let (loop_id, session) = unpack_session(packed);
+                CoreMsg::Resubmit {
+                    conn: ConnRef { loop_id, session },
+                    user: live.user,
+                    queue: (&*live.queue).into(),
+                    key: live.key,
+                    admitted,
+                }
+            });
         batch.splice(0..0, resubmits);
     }
 
@@ -266,6 +276,11 @@ impl Relay {
             let one = |s: SessionId| unpack_session(s);
             match event {
                 LoopEvent::Ranks(batch) => {
+                    for d in &batch.queues {
+                        locked
+                            .places
+                            .saw_marks(local_queue(d.queue), d.admitted_max);
+                    }
                     for loop_id in 0..self.loops.len() {
                         let e = LoopEvent::Ranks(batch.clone());
                         relay(&self.loops, &self.stop, loop_id, e, rung);

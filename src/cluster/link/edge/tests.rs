@@ -217,6 +217,19 @@ fn a_login_to_an_unreachable_owner_is_answered_shutting_down() {
     ));
 }
 
+/// A rank batch of the owner's queue `queue` reporting its admitted `marks`.
+fn send_marks(owner: &mut TcpStream, queue: u32, marks: [u64; 2]) {
+    let mut f = FrameBuf::default();
+    f.put_event(&LoopEvent::Ranks(Arc::new(RankBatch {
+        queues: vec![QueueDelta {
+            queue,
+            admitted_max: marks,
+            ..QueueDelta::default()
+        }],
+    })));
+    owner.write_all(f.finish()).unwrap();
+}
+
 /// Joined answers for `sessions` (packed), each waiting at `key = 100 - i`, queue 2.
 fn answer_joins(owner: &mut TcpStream, sessions: &[SessionId]) {
     let mut f = FrameBuf::default();
@@ -276,6 +289,14 @@ fn resubmit_and_leave(split: bool) {
     answer_joins(&mut owner, &packed);
     assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
     assert!(matches!(next(&edge.rxs[1]), LoopEvent::Joined { .. }));
+    // The old owner's rank batches report its admitted marks; the book keeps the
+    // highest per lane.
+    for marks in [[60, 5], [77, 3]] {
+        send_marks(&mut owner, 2, marks);
+        for rx in &edge.rxs {
+            assert!(matches!(next(rx), LoopEvent::Ranks(_)));
+        }
+    }
     drop(owner);
     drop(old); // dead: nothing listens there any more
     let to = new.local_addr().unwrap().to_string();
@@ -286,9 +307,14 @@ fn resubmit_and_leave(split: bool) {
         .iter()
         .map(|m| match m {
             CoreMsg::Resubmit {
-                user, key, queue, ..
+                user,
+                key,
+                queue,
+                admitted,
+                ..
             } => {
                 assert_eq!(queue.as_str(), "q");
+                assert_eq!(*admitted, [77, 5], "the marks the edge saw, per lane");
                 (*key, *user)
             }
             other => panic!("{other:?}"),
@@ -447,6 +473,7 @@ fn answer_resubmits(owner: &mut TcpStream, msgs: &[CoreMsg], queue: u32) -> Vec<
             user,
             key,
             queue: name,
+            ..
         } = m
         else {
             panic!("{m:?}")
