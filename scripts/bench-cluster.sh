@@ -41,6 +41,7 @@ OUT=bench/results
 RUN=$(mktemp -d /tmp/bench-cluster.XXXXXX)
 mkdir -p "$OUT"
 cargo build --release -q -p queue-server -p queue-bench
+export BUILT_AT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench client || echo +local)
 cp target/release/queue-server target/release/queue-bench "$RUN/"
 SERVER=$RUN/queue-server
 BENCH=$RUN/queue-bench
@@ -221,7 +222,7 @@ rows = [("storm logins/s", "storm", "qps"), ("steady answers/s", "steady", "qps"
         ("drainmax admit->admitted push p99 us", "drainmax", "p99")]
 md = [f"# A 3-node cluster against one node, and the failover gap ({date})", "",
       f"Machine: {os.cpu_count()} cores ({cpu}), "
-      f"kernel {sh('uname -r')}, commit {sh('git rev-parse --short HEAD')}, release build. "
+      f"kernel {sh('uname -r')}, commit {os.environ['BUILT_AT']} (built at the start of the run), release build. "
       f"Load average (1/5/15 min) before: {load0}; after: {load1} (the box is shared with other helpers compiling).", "",
       ]
 if runs:
