@@ -50,6 +50,9 @@ pub struct Router {
     pub link_stats: Arc<LinkRegistry>,
 }
 
+/// The owner a link was last told for a queue: (node id, epoch).
+type Told = (String, u64);
+
 /// What the router remembers between polls.
 #[derive(Default)]
 struct Known {
@@ -63,9 +66,56 @@ struct Known {
     /// Queues the cluster layer tracks (configured, listed, or asked for by a login).
     tracked: HashSet<String>,
     /// Queue -> the links that were told a new owner of it (their places of the queue,
-    /// or their child links', are at that owner): told again whenever it changes, so
-    /// places follow a new owner that dies too.
-    holders: HashMap<String, HashSet<usize>>,
+    /// or their child links', are at that owner), each with the owner and epoch it was
+    /// told last: told again only when that changes, so places follow a new owner that
+    /// dies too, and a settled takeover names nothing (no lock, no allocation a poll).
+    holders: HashMap<String, HashMap<usize, Told>>,
+}
+
+impl Known {
+    /// Failover: `queue` was served by a link whose node is no longer a live member, or
+    /// is owned at another epoch than the link served (its owner process was replaced,
+    /// by a restart of the same node id or by another node), and is now owned by
+    /// `owner`: that link re-submits the queue's held places to `owner`'s
+    /// `advertise_link` (this node's own when it took the queue); each queue to its own
+    /// new owner (see `edge::follow`). A link whose owner process still lives holds no
+    /// places, so the name moves nothing there. Each holder is told each (owner, epoch)
+    /// once: a settled takeover costs a poll a few map lookups.
+    fn follow(&mut self, queue: &str, owner: &Owner, table: &RouteTable, members: &[Member]) {
+        let Some(&(k, served_epoch)) = self.served.get(queue) else {
+            return;
+        };
+        let old = &table.nodes[k];
+        let gone = *old != owner.node_id && !members.iter().any(|m| m.node_id == *old);
+        if !gone && owner.epoch == served_epoch {
+            return;
+        }
+        // The queue stays served by the dead link while this node owns it (`served`
+        // is kept then): what each holder was told decides, not the served link.
+        let stale = |t: &Told| t.0 != owner.node_id || t.1 != owner.epoch;
+        let settled = self
+            .holders
+            .get(queue)
+            .is_some_and(|hs| hs.contains_key(&k) && !hs.values().any(stale));
+        if settled {
+            return;
+        }
+        let Some(addr) = members
+            .iter()
+            .find(|m| m.node_id == owner.node_id && !m.advertise_link.is_empty())
+        else {
+            return;
+        };
+        let holders = self.holders.entry(queue.to_string()).or_default();
+        holders.entry(k).or_default();
+        for (&h, told) in holders.iter_mut().filter(|(_, t)| stale(t)) {
+            self.retargets[h]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(queue.to_string(), addr.advertise_link.clone());
+            *told = (owner.node_id.clone(), owner.epoch);
+        }
+    }
 }
 
 impl Router {
@@ -109,7 +159,7 @@ impl Router {
         next.local = HashSet::new();
         next.unowned = HashSet::new();
         for (queue, owner) in &owners {
-            self.follow(queue, owner, &next, links, &members);
+            links.follow(queue, owner, &next, &members);
             if owner.node_id == me {
                 continue;
             }
@@ -187,46 +237,6 @@ impl Router {
         Some(table.nodes.len() - 1)
     }
 
-    /// Failover: `queue` was served by a link whose node is no longer a live member, or
-    /// is owned at another epoch than the link served (its owner process was replaced,
-    /// by a restart of the same node id or by another node), and is now owned by
-    /// `owner`: that link re-submits the queue's held places to `owner`'s
-    /// `advertise_link` (this node's own when it took the queue); each queue to its own
-    /// new owner (see `edge::follow`). A link whose owner process still lives holds no
-    /// places, so the name moves nothing there.
-    fn follow(
-        &self,
-        queue: &str,
-        owner: &Owner,
-        table: &RouteTable,
-        links: &mut Known,
-        members: &[Member],
-    ) {
-        let Some(&(k, served_epoch)) = links.served.get(queue) else {
-            return;
-        };
-        let old = &table.nodes[k];
-        let gone = *old != owner.node_id && !members.iter().any(|m| m.node_id == *old);
-        if !gone && owner.epoch == served_epoch {
-            return;
-        }
-        let owner = owner.node_id.as_str();
-        let Some(addr) = members
-            .iter()
-            .find(|m| m.node_id == owner && !m.advertise_link.is_empty())
-        else {
-            return;
-        };
-        let holders = links.holders.entry(queue.to_string()).or_default();
-        holders.insert(k);
-        for &h in holders.iter() {
-            links.retargets[h]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(queue.to_string(), addr.advertise_link.clone());
-        }
-    }
-
     /// Starts the link client to `node`, appending it to `table`.
     fn start_link(
         &self,
@@ -263,5 +273,100 @@ impl Router {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(node_id: &str) -> Member {
+        Member {
+            node_id: node_id.into(),
+            advertise_player: String::new(),
+            advertise_control: String::new(),
+            advertise_link: format!("{node_id}:7000"),
+            started_at_unix_ms: 0,
+            config: None,
+        }
+    }
+
+    fn owner(node_id: &str, epoch: u64) -> Owner {
+        Owner {
+            node_id: node_id.into(),
+            epoch,
+        }
+    }
+
+    /// Links to `nodes` (index = position), none started: only their retarget slots.
+    fn known(nodes: &[&str]) -> (Known, RouteTable) {
+        let links = Known {
+            retargets: nodes.iter().map(|_| Retarget::default()).collect(),
+            ..Known::default()
+        };
+        let table = RouteTable {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..RouteTable::default()
+        };
+        (links, table)
+    }
+
+    /// One poll of the router for queue `q` as `next_table` makes it on node `me`:
+    /// the names given, then the link serving a remote owner remembered.
+    fn poll(links: &mut Known, table: &RouteTable, me: &str, o: &Owner, members: &[Member]) {
+        links.follow("q", o, table, members);
+        if o.node_id != me {
+            let k = table.nodes.iter().position(|n| *n == o.node_id).unwrap();
+            links.served.insert("q".into(), (k, o.epoch));
+        }
+    }
+
+    /// How many names each link was given since the last call.
+    fn told(links: &Known) -> Vec<usize> {
+        let drain = |r: &Retarget| r.lock().unwrap().drain().count();
+        links.retargets.iter().map(drain).collect()
+    }
+
+    /// This node (b) takes the queue over from d, whose link served it: link 0 is
+    /// told the new owner once, not again every poll (before: every 50 ms, forever,
+    /// each time an allocation per holder and a write to the link's slot).
+    #[test]
+    fn a_takeover_here_is_named_once_not_every_poll() {
+        let (mut links, table) = known(&["d"]);
+        links.served.insert("q".into(), (0, 5));
+        let members = [member("b"), member("c")];
+        let mine = owner("b", 7);
+        poll(&mut links, &table, "b", &mine, &members);
+        assert_eq!(told(&links), [1]);
+        for _ in 0..5 {
+            poll(&mut links, &table, "b", &mine, &members);
+            assert_eq!(told(&links), [0], "named again with nothing changed");
+        }
+        // It changes (this node lost the queue and took it back at a new epoch):
+        // named once more.
+        poll(&mut links, &table, "b", &owner("b", 9), &members);
+        assert_eq!(told(&links), [1]);
+        poll(&mut links, &table, "b", &owner("b", 9), &members);
+        assert_eq!(told(&links), [0]);
+    }
+
+    /// d dies, c takes the queue (link 1), then c dies and this node (b) takes it:
+    /// every link ever named an owner of the queue is told each new owner once.
+    #[test]
+    fn each_new_owner_is_named_once_to_every_holder() {
+        let (mut links, table) = known(&["d", "c"]);
+        links.served.insert("q".into(), (0, 5));
+        let members = [member("b"), member("c")];
+        for _ in 0..3 {
+            poll(&mut links, &table, "b", &owner("c", 7), &members);
+        }
+        assert_eq!(told(&links), [1, 0]);
+        let members = [member("b")];
+        poll(&mut links, &table, "b", &owner("b", 9), &members);
+        assert_eq!(told(&links), [1, 1]);
+        for _ in 0..3 {
+            poll(&mut links, &table, "b", &owner("b", 9), &members);
+        }
+        assert_eq!(told(&links), [0, 0]);
     }
 }

@@ -12,12 +12,22 @@
 //! passes the name on to that child, which follows it the same way (a child of its
 //! own if need be).
 //!
+//! A child link ends once no waiting place is left behind it (each admitted, left,
+//! refused or kicked) and it has no child of its own left: it raises its `empty` flag,
+//! its parent drops every sender of its inbox (`Follow::reap`), and the child writes
+//! what it was still sent, sees its inbox disconnected, closes its connection (its
+//! reader ends with it) and its thread exits. A child that still holds a waiting
+//! place stays: that player waits at the owner through it.
+//!
 //! Invariants: a queue is split off once per link (`handed`); a place goes to the
 //! owner the router named for its queue, never to another node (which would refuse
 //! it); places whose queue has no new owner yet stay held until it has one or
-//! `orphan_max` passed.
+//! `orphan_max` passed; a child's `empty` flag, once raised, stays (its book only
+//! shrinks: a child is sent leaves and disconnects, never joins); in steady state
+//! (nothing named, no child ending) `follow` allocates nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -47,6 +57,23 @@ pub(super) struct Follow {
     /// new owner of the queue (the child's owner died too) is named to the child,
     /// which follows it like this link does.
     child_retargets: HashMap<String, Retarget>,
+    /// The child links this link started and that have not ended.
+    spawned: Vec<Child>,
+    /// A child link's own flag, raised when nothing waits behind it any more (its
+    /// parent then drops it); `None` for a link the router started.
+    empty: Option<Arc<AtomicBool>>,
+}
+
+/// A child link as its parent keeps it.
+struct Child {
+    /// Its inbox (the entries of `Follow::children` are clones of it).
+    tx: Sender<CoreMsg>,
+    /// Its retarget slot (the entries of `Follow::child_retargets` are clones of it).
+    retarget: Retarget,
+    /// Raised by the child when no place waits behind it (see the module doc).
+    empty: Arc<AtomicBool>,
+    /// Where it dials (for logs).
+    addr: String,
 }
 
 impl Follow {
@@ -96,6 +123,36 @@ impl Follow {
             None => Some(msg),
         }
     }
+
+    /// Drops the child links that raised their `empty` flag: every sender of their
+    /// inbox goes, so each writes what it was sent, then ends (see the module doc).
+    fn reap(&mut self) {
+        if !self.spawned.iter().any(|c| c.empty.load(Ordering::Acquire)) {
+            return;
+        }
+        let (ended, kept) = std::mem::take(&mut self.spawned)
+            .into_iter()
+            .partition::<Vec<_>, _>(|c| c.empty.load(Ordering::Acquire));
+        self.spawned = kept;
+        for c in ended {
+            self.children.retain(|_, tx| !tx.same_channel(&c.tx));
+            self.child_retargets
+                .retain(|_, r| !Arc::ptr_eq(r, &c.retarget));
+            tracing::info!(to = %c.addr, "node link child ends: no place waits behind it");
+        }
+    }
+
+    /// A child link with no waiting place behind it, nor a child of its own, raises
+    /// its `empty` flag (once: its book only shrinks).
+    fn check_empty(&self, places: &Mutex<Book>) {
+        let Some(empty) = &self.empty else {
+            return;
+        };
+        if !empty.load(Ordering::Relaxed) && self.spawned.is_empty() && book(places).live.is_empty()
+        {
+            empty.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl EdgeLink {
@@ -109,6 +166,7 @@ impl EdgeLink {
             .drain()
             .collect();
         let mut moved = false;
+        let any_named = !named.is_empty();
         let now = Instant::now();
         for (queue, addr) in named {
             if let Some(child) = f.child_retargets.get(&queue) {
@@ -129,6 +187,13 @@ impl EdgeLink {
             f.named_at.insert(queue.clone(), now);
             f.targets.insert(queue, addr);
         }
+        f.reap();
+        f.check_empty(places);
+        if !any_named {
+            // Nothing named: `targets` and `addr` are as the last call left them, every
+            // queue owned elsewhere is handed already.
+            return moved;
+        }
         let mut by_addr: HashMap<&str, HashSet<String>> = HashMap::new();
         for (queue, addr) in &f.targets {
             if *addr != f.addr && !f.handed.contains(queue) {
@@ -142,24 +207,19 @@ impl EdgeLink {
                 continue;
             }
             let ids = seed.edge_queues();
-            if let Some((child, retarget)) = self.spawn_child(addr, seed, &queues) {
+            if let Some(child) = self.spawn_child(addr, seed, &queues) {
                 f.children
-                    .extend(ids.into_iter().map(|id| (id, child.clone())));
+                    .extend(ids.into_iter().map(|id| (id, child.tx.clone())));
                 f.child_retargets
-                    .extend(queues.iter().map(|q| (q.clone(), retarget.clone())));
+                    .extend(queues.iter().map(|q| (q.clone(), child.retarget.clone())));
+                f.spawned.push(child);
             }
         }
         moved
     }
 
-    /// Starts a child link to `addr` holding `seed` (places of `queues`); its inbox and
-    /// its retarget slot.
-    fn spawn_child(
-        &self,
-        addr: &str,
-        seed: Book,
-        queues: &HashSet<String>,
-    ) -> Option<(Sender<CoreMsg>, Retarget)> {
+    /// Starts a child link to `addr` holding `seed` (places of `queues`).
+    fn spawn_child(&self, addr: &str, seed: Book, queues: &HashSet<String>) -> Option<Child> {
         let capacity = self.inbox.capacity().unwrap_or(1024);
         let (tx, inbox) = crossbeam_channel::bounded(capacity);
         let retarget = Retarget::default();
@@ -175,13 +235,20 @@ impl EdgeLink {
             retarget: retarget.clone(),
             orphan_max: self.orphan_max,
         };
-        let follow = Follow::new(addr.to_string(), queues);
+        let empty = Arc::new(AtomicBool::new(false));
+        let mut follow = Follow::new(addr.to_string(), queues);
+        follow.empty = Some(empty.clone());
         tracing::info!(node = %self.node, to = %addr, places = seed.live.len(), "node link hands places to a second new owner");
         let spawned = std::thread::Builder::new()
             .name(format!("link-to-{}+", self.node))
             .spawn(move || child.run_with(seed, follow));
         match spawned {
-            Ok(_) => Some((tx, retarget)),
+            Ok(_) => Some(Child {
+                tx,
+                retarget,
+                empty,
+                addr: addr.to_string(),
+            }),
             Err(e) => {
                 tracing::error!(node = %self.node, error = %e, "node link child not started: its places are lost");
                 None
@@ -189,3 +256,6 @@ impl EdgeLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
