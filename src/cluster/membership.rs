@@ -239,4 +239,13 @@ mod tests {
             "{json}"
         );
     }
+
+    #[test]
+    fn fingerprint_values_are_pinned() {
+        // Nodes of different builds compare these texts: a change of the hash, its
+        // label or its length would make every mixed cluster refuse to start.
+        let fp = Fingerprint::new("HS256", "kid", "iss", "secret-key", "api-key");
+        assert_eq!(fp.tokens_key_sha256, "zZet26WlwwLYDqfTj83m-j");
+        assert_eq!(fp.api_key_sha256, "Xa0Fi0nqfQUNuoRAPP3c6S");
+    }
 }
