@@ -39,6 +39,7 @@ pub mod error;
 pub mod fence;
 pub mod link;
 pub mod listing;
+pub mod mac;
 pub mod membership;
 pub mod node;
 pub mod ownership;
