@@ -12,19 +12,17 @@ mod common;
 mod etcd_support;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
-use common::{start_node, Client, TestServer};
-use etcd_support::Etcd;
+use common::{
+    admit, login_with_ticket, node_of, position, start_node, ticket_key, wait_until, Client,
+    TestServer,
+};
+use etcd_support::{published_marks, Etcd};
 use queue_server::server::ServerHandle;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
-const SETTLE: Duration = Duration::from_secs(30);
 const QUEUE: &str = "default";
 const PREFIX: &str = "/qs-tickets";
 const IDS: [&str; 3] = ["t1", "t2", "t3"];
@@ -43,14 +41,6 @@ fn node(etcd: &Etcd, id: &str) -> TestServer {
             etcd.url,
         )
     })
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn handle(nodes: &[TestServer], i: usize) -> &ServerHandle {
@@ -80,88 +70,6 @@ fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> us
         })
     });
     IDS.iter().position(|n| *n == owner).unwrap()
-}
-
-/// Player `i` (1-based) connects to node `(i - 1) % 3`.
-fn node_of(i: u64) -> usize {
-    ((i - 1) % 3) as usize
-}
-
-/// The player's position by a `position` request; any push but `position` fails.
-fn position(c: &mut Client, user: u64) -> u64 {
-    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
-    loop {
-        let v = c.next();
-        if v["seq"] == 7 {
-            assert_eq!(v["code"], 0, "player {user}: {v}");
-            return v["data"]["position"].as_u64().unwrap();
-        }
-        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
-    }
-}
-
-/// Admits `count` through node `via`, retrying while the queue is between owners or
-/// held for the recovery window (503); returns the admitted user ids.
-fn admit(nodes: &[TestServer], via: usize, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission", || {
-        let path = format!("/v1/queues/{QUEUE}/admit");
-        let (status, body) = nodes[via].http("POST", &path, Some(json!({ "count": count })));
-        if status != 200 {
-            assert_eq!(status, 503, "{body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
-/// The admission watermark the owner published in etcd (`{prefix}/admitted/{queue}`,
-/// "normal,priority"), read through etcd's JSON gateway.
-fn published_marks(etcd: &Etcd) -> Option<(u64, u64)> {
-    let addr = etcd.url.trim_start_matches("http://").parse().unwrap();
-    let key = STANDARD.encode(format!("{PREFIX}/admitted/{QUEUE}"));
-    let body = json!({ "key": key }).to_string();
-    let (status, v) = common::http(addr, "POST", "/v3/kv/range", Some(&body), None);
-    assert_eq!(status, 200, "{v}");
-    let value = v["kvs"].as_array()?.first()?["value"].as_str()?.to_string();
-    let text = String::from_utf8(STANDARD.decode(value).unwrap()).unwrap();
-    let (n, p) = text.split_once(',')?;
-    Some((n.parse().unwrap(), p.parse().unwrap()))
-}
-
-/// The key a place ticket names (its payload's bytes 10..18, little-endian).
-fn ticket_key(ticket: &str) -> u64 {
-    let payload = URL_SAFE_NO_PAD
-        .decode(ticket.split_once('.').unwrap().0)
-        .unwrap();
-    u64::from_le_bytes(payload[10..18].try_into().unwrap())
-}
-
-/// A login to node `via` presenting `ticket`, retried while the answer is
-/// SHUTTING_DOWN (9: the queue is between owners); the answer and the connection.
-fn login_with_ticket(nodes: &[TestServer], via: usize, user: u64, ticket: &str) -> (Value, Client) {
-    let data = json!({"user_id": user, "place_ticket": ticket});
-    let mut answer = None;
-    wait_until(
-        "a login with a place ticket that is not SHUTTING_DOWN",
-        || {
-            let mut c = nodes[via].client();
-            let v = c.request("login", 1, data.clone());
-            if v["code"] == 9 {
-                return false;
-            }
-            answer = Some((v, c));
-            true
-        },
-    );
-    answer.unwrap()
 }
 
 /// Ticket checks on the io loop: a changed byte, or another user's ticket, is refused
@@ -217,11 +125,11 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     // The owner admits players 1..=dead+1, the last of them on the owner itself, and
     // publishes how far it admitted before it dies.
     let first_dead = dead as u64 + 1;
-    let early = admit(&nodes, dead, first_dead);
+    let early = admit(nodes[dead].control, QUEUE, first_dead);
     assert_eq!(early, (1..=first_dead).collect::<Vec<_>>());
     let admitted_key = ticket_key(&players[dead].2);
     wait_until("the owner's admission watermark in etcd", || {
-        published_marks(&etcd).is_some_and(|(normal, _)| normal >= admitted_key)
+        published_marks(&etcd, PREFIX, QUEUE).is_some_and(|(normal, _)| normal >= admitted_key)
     });
     players.retain(|(i, _, _)| *i > first_dead || node_of(*i) == dead);
 
@@ -246,7 +154,7 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let mut again = None;
     for (n, (i, ticket)) in lost.iter().enumerate() {
         let via = alive[n % alive.len()];
-        let (answer, c) = login_with_ticket(&nodes, via, *i, ticket);
+        let (answer, c) = login_with_ticket(nodes[via].player, QUEUE, *i, ticket);
         assert_eq!(answer["code"], 0, "player {i}: {answer}");
         assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
         if *i == first_dead {
@@ -276,8 +184,8 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
 
     // Admission after the window takes them in that order, each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(&nodes, other, 3);
-    admitted.extend(admit(&nodes, owner, 100));
+    let mut admitted = admit(nodes[other].control, QUEUE, 3);
+    admitted.extend(admit(nodes[owner].control, QUEUE, 100));
     assert_eq!(admitted, expected, "admitted in the old relative order");
     let unique: HashSet<u64> = admitted.iter().copied().collect();
     assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");

@@ -231,3 +231,34 @@ impl Drop for NodeProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The index of the node every node in `alive` names as `queue`'s owner, once they
+/// agree on one that is not `not`.
+pub fn agreed_owner(
+    nodes: &[NodeProcess],
+    alive: &[usize],
+    queue: &str,
+    not: Option<&str>,
+) -> usize {
+    let mut owner = None;
+    crate::common::wait_until("every live node names the same owner", || {
+        let named: Vec<Option<String>> = alive.iter().map(|&i| nodes[i].owner_of(queue)).collect();
+        owner = named[0].clone().filter(|o| Some(o.as_str()) != not);
+        owner.is_some() && named.iter().all(|n| *n == owner)
+    });
+    let owner = owner.unwrap();
+    nodes.iter().position(|n| n.id == owner).unwrap()
+}
+
+/// Waits until `node` (not the owner) logged that its logins of its one queue go over
+/// a node link (its router published a route to the owner).
+pub fn wait_routed(node: &NodeProcess) {
+    crate::common::wait_until(
+        &format!("{} routes the queue to its owner", node.id),
+        || {
+            node.logged(|l| {
+                l.contains("node link routes changed") && l.contains("\"remote_queues\":1")
+            })
+        },
+    );
+}

@@ -332,3 +332,103 @@ pub fn get_within(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16
     let (_, body) = text.split_once("\r\n\r\n")?;
     Some((status, body.to_string()))
 }
+
+// ---- Cluster helpers (the cluster_* tests) ----
+
+/// Longest wait for a cluster to settle (a lease, a tick, a listing, a recovery
+/// window): the longest any cluster test needed on a loaded box.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 20 ms until it is true; fails naming `what` after [`SETTLE`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Player `i` (1-based) connects to node `(i - 1) % 3`.
+pub fn node_of(i: u64) -> usize {
+    ((i - 1) % 3) as usize
+}
+
+/// The player's position by a `position` request on its connection; any push but a
+/// `position` on the way (a `kicked`) fails the test.
+pub fn position(c: &mut Client, user: u64) -> u64 {
+    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
+    loop {
+        let v = c.next();
+        if v["seq"] == 7 {
+            assert_eq!(v["code"], 0, "player {user}: {v}");
+            return v["data"]["position"].as_u64().unwrap();
+        }
+        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
+    }
+}
+
+/// Admits `count` of `queue` through the control port at `control`, retrying while the
+/// queue is between owners or held for the recovery window (503); returns the admitted
+/// user ids in order.
+pub fn admit(control: SocketAddr, queue: &str, count: u64) -> Vec<u64> {
+    let mut admitted = Vec::new();
+    wait_until("an admission", || {
+        let path = format!("/v1/queues/{queue}/admit");
+        let body = json!({ "count": count }).to_string();
+        let (status, body) = http(control, "POST", &path, Some(&body), None);
+        if status != 200 {
+            assert_eq!(status, 503, "{control}: {body}");
+            return false;
+        }
+        admitted = body["admitted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["user_id"].as_u64().unwrap())
+            .collect();
+        true
+    });
+    admitted
+}
+
+/// The owner of `queue` as the in-process node `n` last listed it.
+pub fn owner_seen_by(n: &TestServer, queue: &str) -> Option<String> {
+    let cluster = n.handle.as_ref().unwrap().cluster.as_ref().unwrap();
+    cluster.owner_of(queue).map(|o| o.node_id)
+}
+
+/// The key a place ticket names (its payload's bytes 10..18, little-endian).
+pub fn ticket_key(ticket: &str) -> u64 {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let payload = URL_SAFE_NO_PAD
+        .decode(ticket.split_once('.').unwrap().0)
+        .unwrap();
+    u64::from_le_bytes(payload[10..18].try_into().unwrap())
+}
+
+/// A login of `user` to `queue` at `addr` presenting `ticket`, retried while the answer
+/// is SHUTTING_DOWN (9: the queue is between owners, or the new owner has not read the
+/// watermark yet); the answer and the connection.
+pub fn login_with_ticket(
+    addr: SocketAddr,
+    queue: &str,
+    user: u64,
+    ticket: &str,
+) -> (Value, Client) {
+    let data = json!({"user_id": user, "queue": queue, "place_ticket": ticket});
+    let mut answer = None;
+    wait_until(
+        "a login with a place ticket that is not SHUTTING_DOWN",
+        || {
+            let mut c = Client::connect(addr);
+            let v = c.request("login", 1, data.clone());
+            if v["code"] == 9 {
+                return false;
+            }
+            answer = Some((v, c));
+            true
+        },
+    );
+    answer.unwrap()
+}
