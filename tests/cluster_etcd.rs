@@ -6,7 +6,7 @@ mod common;
 mod etcd_support;
 
 use common::wait_until;
-use etcd_support::Etcd;
+use etcd_support::{with_etcd, Etcd};
 use queue_server::cluster::ownership::preferred_owner;
 use queue_server::cluster::used_tokens::{used_key, BUCKET_SECS, SLACK_SECS};
 use queue_server::cluster::{now_ms, Cluster, ClusterConfig, ClusterHandle};
@@ -38,14 +38,7 @@ fn member_ids(handle: &ClusterHandle) -> Vec<String> {
 
 /// A direct etcd client for checks from outside the nodes.
 fn etcd_get(etcd: &Etcd, key: &str) -> Option<(String, i64)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         let answer = client.get(key, None).await.unwrap();
         answer
             .kvs()
@@ -55,14 +48,7 @@ fn etcd_get(etcd: &Etcd, key: &str) -> Option<(String, i64)> {
 }
 
 fn lease_ttl_secs(etcd: &Etcd, lease: i64) -> i64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         client.lease_time_to_live(lease, None).await.unwrap().ttl()
     })
 }

@@ -86,12 +86,7 @@ fn players_on_every_node_wait_in_one_queue_with_exact_positions() {
         Some(json!({"count": 2})),
     );
     assert_eq!(status, 200, "{body}");
-    let admitted: Vec<u64> = body["admitted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["user_id"].as_u64().unwrap())
-        .collect();
+    let admitted: Vec<u64> = common::admitted_ids(&body);
     assert_eq!(admitted, vec![1, 2], "{body}");
     for (i, c) in players.iter_mut().take(2) {
         let push = c.next_cmd("admitted");

@@ -10,7 +10,7 @@ mod common;
 mod etcd_support;
 
 use common::{admit, owner_seen_by, position, wait_until, TestServer};
-use etcd_support::{node_in_process, two_queues_owned_by_d, Etcd};
+use etcd_support::{node_in_process, two_queues_owned_by_d, with_etcd, Etcd};
 use serde_json::{json, Value};
 
 /// One login of `user` to `queue` on a new connection of `n`.
@@ -46,18 +46,21 @@ fn login_when_owned(n: &TestServer, user: u64, queue: &str) -> (common::Client, 
     out.unwrap()
 }
 
-/// Runs `f` on a throw-away etcd client.
-fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
-        f(&mut client).await
-    })
+/// Users 1 and 2 log in to `queue`, one on each node, retrying until it has an owner:
+/// they wait in one queue, in arrival order; once both nodes list the owner, the node
+/// that does not own it (`nodes[0]` is `first_id`) admits both, in that order.
+fn two_players_in_one_queue(nodes: &[TestServer; 2], first_id: &str, queue: &str) {
+    let (_c1, p1) = login_when_owned(&nodes[0], 1, queue);
+    let (_c2, p2) = login_when_owned(&nodes[1], 2, queue);
+    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
+    for n in nodes {
+        wait_until("every node lists the owner", || {
+            owner_seen_by(n, queue).is_some()
+        });
+    }
+    let owner = owner_seen_by(&nodes[0], queue).unwrap();
+    let other = if owner == first_id { 1 } else { 0 };
+    assert_eq!(admit(nodes[other].control, queue, 10), vec![1, 2]);
 }
 
 /// The queue's owner key names a node that is no member (a dead owner whose key has
@@ -91,17 +94,7 @@ fn a_login_while_the_queue_has_no_reachable_owner_is_answered_retry() {
     }
 
     with_etcd(&etcd, async |c| c.lease_revoke(lease).await.unwrap());
-    let (_c1, p1) = login_when_owned(&nodes[0], 1, "default");
-    let (_c2, p2) = login_when_owned(&nodes[1], 2, "default");
-    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
-    for n in &nodes {
-        wait_until("every node lists the owner", || {
-            owner_seen_by(n, "default").is_some()
-        });
-    }
-    let owner = owner_seen_by(&nodes[0], "default").unwrap();
-    let other = if owner == "g1" { 1 } else { 0 };
-    assert_eq!(admit(nodes[other].control, "default", 10), vec![1, 2]);
+    two_players_in_one_queue(&nodes, "g1", "default");
 }
 
 /// `queues.auto_create` in a cluster: the first login for a name nobody has seen is
@@ -122,17 +115,7 @@ fn an_auto_created_queue_gets_one_owner_in_the_cluster() {
         });
     }
     assert_retry(&login(&nodes[0], 1, "world-7"));
-    let (_c1, p1) = login_when_owned(&nodes[0], 1, "world-7");
-    let (_c2, p2) = login_when_owned(&nodes[1], 2, "world-7");
-    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
-    for n in &nodes {
-        wait_until("every node lists the owner", || {
-            owner_seen_by(n, "world-7").is_some()
-        });
-    }
-    let owner = owner_seen_by(&nodes[0], "world-7").unwrap();
-    let other = if owner == "h1" { 1 } else { 0 };
-    assert_eq!(admit(nodes[other].control, "world-7", 10), vec![1, 2]);
+    two_players_in_one_queue(&nodes, "h1", "world-7");
 }
 
 /// The queue's owner dies as with `kill -9` (`kill_node_for_test`: no keep-alive, no

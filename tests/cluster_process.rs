@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{admit, wait_until, Client};
-use etcd_support::{node_in_process, node_toml, Etcd};
+use etcd_support::{node_in_process, node_toml, with_etcd, Etcd};
 use node::{agreed_owner, wait_routed, NodeProcess};
 use serde_json::{json, Value};
 
@@ -432,14 +432,7 @@ fn member_ids(node: &TestServer) -> Vec<String> {
 
 /// One key's value read straight from etcd.
 fn etcd_value(etcd: &Etcd, key: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         let answer = client.get(key, None).await.unwrap();
         answer
             .kvs()

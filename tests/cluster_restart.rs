@@ -121,12 +121,7 @@ fn a_restarted_owner_holds_admission_and_its_players_come_back_first() {
             return false;
         }
         assert_eq!(status, 200, "{body}");
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
+        admitted = common::admitted_ids(&body);
         true
     });
     assert_eq!(admitted, [1, 2, 3, 99], "the old players first, in order");

@@ -380,12 +380,7 @@ pub fn admit(control: SocketAddr, queue: &str, count: u64) -> Vec<u64> {
             assert_eq!(status, 503, "{control}: {body}");
             return false;
         }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
+        admitted = admitted_ids(&body);
         true
     });
     admitted
@@ -431,4 +426,13 @@ pub fn login_with_ticket(
         },
     );
     answer.unwrap()
+}
+
+/// The user ids of an admit answer (`{"admitted": [{"user_id": ..}, ..]}`), in order.
+pub fn admitted_ids(body: &Value) -> Vec<u64> {
+    let admitted = body["admitted"].as_array().unwrap();
+    admitted
+        .iter()
+        .map(|a| a["user_id"].as_u64().unwrap())
+        .collect()
 }

@@ -277,3 +277,18 @@ pub fn published_marks(etcd: &Etcd, prefix: &str, queue: &str) -> Option<(u64, u
     let (n, p) = text.split_once(',')?;
     Some((n.parse().unwrap(), p.parse().unwrap()))
 }
+
+/// Runs `f` on a throw-away etcd client (its own current-thread runtime), for checks
+/// and changes made from outside the nodes.
+pub fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        f(&mut client).await
+    })
+}
