@@ -11,9 +11,8 @@ mod etcd_support;
 
 use std::collections::HashSet;
 
-use common::{admit, node_of, position, start_node, wait_until, Client, TestServer};
+use common::{admit, node_of, position, settled_owner, start_node, wait_until, Client, TestServer};
 use etcd_support::Etcd;
-use queue_server::server::ServerHandle;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -34,47 +33,11 @@ fn node(etcd: &Etcd, id: &str) -> TestServer {
     })
 }
 
-fn handle(nodes: &[TestServer], i: usize) -> &ServerHandle {
-    nodes[i].handle.as_ref().unwrap()
-}
-
-/// The owner's index once every node routes its logins to it.
-fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> usize {
-    let mut owner = String::new();
-    wait_until("the queue has an owner every live node routes to", || {
-        let Some(o) = handle(nodes, alive[0])
-            .cluster
-            .as_ref()
-            .unwrap()
-            .owner_of(QUEUE)
-        else {
-            return false;
-        };
-        owner = o.node_id;
-        if Some(owner.as_str()) == not {
-            return false;
-        }
-        alive.iter().all(|&i| {
-            let routed = handle(nodes, i)
-                .routes
-                .as_ref()
-                .unwrap()
-                .remote_owner(QUEUE);
-            if IDS[i] == owner {
-                routed.is_none()
-            } else {
-                routed.as_deref() == Some(owner.as_str())
-            }
-        })
-    });
-    IDS.iter().position(|n| *n == owner).unwrap()
-}
-
 #[test]
 fn players_on_surviving_nodes_keep_their_order_when_the_owner_dies() {
     let etcd = Etcd::start();
     let mut nodes: Vec<TestServer> = IDS.iter().map(|id| node(&etcd, id)).collect();
-    let dead = settled_owner(&nodes, &[0, 1, 2], None);
+    let dead = settled_owner(&nodes, &IDS, &[0, 1, 2], QUEUE, None);
 
     // Twelve players, one at a time, spread over the nodes: positions 1..=12.
     let mut players: Vec<(u64, Client)> = Vec::new();
@@ -91,7 +54,7 @@ fn players_on_surviving_nodes_keep_their_order_when_the_owner_dies() {
     nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
     players.retain(|(i, _)| node_of(*i) != dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
-    let owner = settled_owner(&nodes, &alive, Some(IDS[dead]));
+    let owner = settled_owner(&nodes, &IDS, &alive, QUEUE, Some(IDS[dead]));
     assert_ne!(owner, dead);
 
     // Every survivor, on the same connection, converges to its rank among survivors

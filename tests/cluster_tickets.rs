@@ -14,11 +14,10 @@ mod etcd_support;
 use std::collections::HashSet;
 
 use common::{
-    admit, login_with_ticket, node_of, position, start_node, ticket_key, wait_until, Client,
-    TestServer,
+    admit, login_with_ticket, node_of, position, settled_owner, start_node, ticket_key, wait_until,
+    Client, TestServer,
 };
 use etcd_support::{published_marks, Etcd};
-use queue_server::server::ServerHandle;
 use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
@@ -41,35 +40,6 @@ fn node(etcd: &Etcd, id: &str) -> TestServer {
             etcd.url,
         )
     })
-}
-
-fn handle(nodes: &[TestServer], i: usize) -> &ServerHandle {
-    nodes[i].handle.as_ref().unwrap()
-}
-
-/// The owner's index once every live node routes its logins to it.
-fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> usize {
-    let mut owner = String::new();
-    wait_until("the queue has an owner every live node routes to", || {
-        let cluster = handle(nodes, alive[0]).cluster.as_ref().unwrap();
-        let Some(o) = cluster.owner_of(QUEUE) else {
-            return false;
-        };
-        owner = o.node_id;
-        if Some(owner.as_str()) == not {
-            return false;
-        }
-        alive.iter().all(|&i| {
-            let routes = handle(nodes, i).routes.as_ref().unwrap();
-            let routed = routes.remote_owner(QUEUE);
-            if IDS[i] == owner {
-                routed.is_none()
-            } else {
-                routed.as_deref() == Some(owner.as_str())
-            }
-        })
-    });
-    IDS.iter().position(|n| *n == owner).unwrap()
 }
 
 /// Ticket checks on the io loop: a changed byte, or another user's ticket, is refused
@@ -107,7 +77,7 @@ fn bad_tickets_are_refused(nodes: &[TestServer], via: usize, user: u64, ticket: 
 fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let etcd = Etcd::start();
     let mut nodes: Vec<TestServer> = IDS.iter().map(|id| node(&etcd, id)).collect();
-    let dead = settled_owner(&nodes, &[0, 1, 2], None);
+    let dead = settled_owner(&nodes, &IDS, &[0, 1, 2], QUEUE, None);
 
     // Twelve players, one at a time, over the three nodes: positions 1..=12, each
     // waiting answer with a ticket naming its place.
@@ -147,7 +117,7 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
         })
         .collect();
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
-    let owner = settled_owner(&nodes, &alive, Some(IDS[dead]));
+    let owner = settled_owner(&nodes, &IDS, &alive, QUEUE, Some(IDS[dead]));
 
     // They come back on the surviving nodes, in turn, presenting their tickets.
     let mut returned: Vec<(u64, Client)> = Vec::new();

@@ -436,3 +436,36 @@ pub fn admitted_ids(body: &Value) -> Vec<u64> {
         .map(|a| a["user_id"].as_u64().unwrap())
         .collect()
 }
+
+/// The index in `nodes` (named `ids`) of `queue`'s owner, once every node in `alive`
+/// routes its logins to it (the owner: its own core; the others: the link to it) and
+/// it is not `not`.
+pub fn settled_owner(
+    nodes: &[TestServer],
+    ids: &[&str],
+    alive: &[usize],
+    queue: &str,
+    not: Option<&str>,
+) -> usize {
+    let handle = |i: usize| nodes[i].handle.as_ref().unwrap();
+    let mut owner = String::new();
+    wait_until("the queue has an owner every live node routes to", || {
+        let cluster = handle(alive[0]).cluster.as_ref().unwrap();
+        let Some(o) = cluster.owner_of(queue) else {
+            return false;
+        };
+        owner = o.node_id;
+        if Some(owner.as_str()) == not {
+            return false;
+        }
+        alive.iter().all(|&i| {
+            let routed = handle(i).routes.as_ref().unwrap().remote_owner(queue);
+            if ids[i] == owner {
+                routed.is_none()
+            } else {
+                routed.as_deref() == Some(owner.as_str())
+            }
+        })
+    });
+    ids.iter().position(|n| *n == owner).unwrap()
+}
