@@ -11,7 +11,10 @@ mod etcd_support;
 
 use std::collections::HashSet;
 
-use common::{admit, node_of, position, settled_owner, start_node, wait_until, Client, TestServer};
+use common::{
+    admit, admit_all_in_order, node_of, position, settled_owner, start_node, wait_until, Client,
+    TestServer,
+};
 use etcd_support::Etcd;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
@@ -68,11 +71,7 @@ fn players_on_surviving_nodes_keep_their_order_when_the_owner_dies() {
     // admits the survivors in their old order, each exactly once.
     let expected: Vec<u64> = players.iter().map(|(i, _)| *i).collect();
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(nodes[other].control, QUEUE, 3);
-    admitted.extend(admit(nodes[owner].control, QUEUE, 100));
-    assert_eq!(admitted, expected, "admitted in the old relative order");
-    let unique: HashSet<u64> = admitted.iter().copied().collect();
-    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
+    admit_all_in_order(nodes[other].control, nodes[owner].control, QUEUE, &expected);
     let mut pushed = HashSet::new();
     for (i, c) in players.iter_mut() {
         let push = c.next_cmd("admitted");

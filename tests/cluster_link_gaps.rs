@@ -9,7 +9,7 @@
 mod common;
 mod etcd_support;
 
-use common::{admit, owner_seen_by, position, wait_until, TestServer};
+use common::{admit, owner_seen_by, position, settled_owner, wait_until, TestServer};
 use etcd_support::{node_in_process, two_queues_owned_by_d, with_etcd, Etcd};
 use serde_json::{json, Value};
 
@@ -132,19 +132,7 @@ fn logins_during_a_failover_wait_for_the_new_owner() {
         .iter()
         .map(|id| node_in_process(&etcd, prefix, id, ""))
         .collect();
-    let mut owner = String::new();
-    wait_until("one owner every node routes to", || {
-        let Some(o) = owner_seen_by(&nodes[0], "default") else {
-            return false;
-        };
-        owner = o;
-        nodes.iter().zip(ids).all(|(n, id)| {
-            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
-            let routed = routed.remote_owner("default");
-            routed.as_deref() == (id != owner).then_some(owner.as_str())
-        })
-    });
-    let dead = ids.iter().position(|id| *id == owner).unwrap();
+    let dead = settled_owner(&nodes, &ids, &[0, 1, 2], "default", None);
     nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
     let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
     let (_c1, p1) = login_when_owned(&nodes[alive[0]], 1, "default");
@@ -176,19 +164,7 @@ fn node_link_metrics_name_the_peer_and_follow_cuts() {
         .iter()
         .map(|id| node_in_process(&etcd, prefix, id, ""))
         .collect();
-    let mut owner = String::new();
-    wait_until("one owner every node routes to", || {
-        let Some(o) = owner_seen_by(&nodes[0], "default") else {
-            return false;
-        };
-        owner = o;
-        nodes.iter().zip(ids).all(|(n, id)| {
-            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
-            let routed = routed.remote_owner("default");
-            routed.as_deref() == (id != owner).then_some(owner.as_str())
-        })
-    });
-    let o = ids.iter().position(|id| *id == owner).unwrap();
+    let o = settled_owner(&nodes, &ids, &[0, 1], "default", None);
     let e = 1 - o;
     let (o_id, e_id) = (ids[o], ids[e]);
     let (_p1, _) = login_when_owned(&nodes[e], 1, "default");

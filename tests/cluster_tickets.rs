@@ -11,13 +11,11 @@
 mod common;
 mod etcd_support;
 
-use std::collections::HashSet;
-
 use common::{
-    admit, login_with_ticket, node_of, position, settled_owner, start_node, ticket_key, wait_until,
-    Client, TestServer,
+    admit_all_in_order, come_back_with_tickets, node_of, place_ticket, position, settled_owner,
+    start_node, wait_until, Client, TestServer,
 };
-use etcd_support::{published_marks, Etcd};
+use etcd_support::{admit_and_wait_published, Etcd};
 use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
@@ -85,22 +83,20 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     for i in 1..=12u64 {
         let mut c = nodes[node_of(i)].client();
         let answer = c.login(i);
-        assert_eq!(answer["code"], 0, "login of {i}: {answer}");
-        assert_eq!(answer["data"]["position"], i, "player {i}: {answer}");
-        let ticket = answer["data"]["place_ticket"].as_str();
-        let ticket = ticket.unwrap_or_else(|| panic!("player {i}: no place_ticket: {answer}"));
-        players.push((i, c, ticket.to_string()));
+        players.push((i, c, place_ticket(&answer, i)));
     }
 
     // The owner admits players 1..=dead+1, the last of them on the owner itself, and
     // publishes how far it admitted before it dies.
     let first_dead = dead as u64 + 1;
-    let early = admit(nodes[dead].control, QUEUE, first_dead);
-    assert_eq!(early, (1..=first_dead).collect::<Vec<_>>());
-    let admitted_key = ticket_key(&players[dead].2);
-    wait_until("the owner's admission watermark in etcd", || {
-        published_marks(&etcd, PREFIX, QUEUE).is_some_and(|(normal, _)| normal >= admitted_key)
-    });
+    let dead_control = nodes[dead].control;
+    admit_and_wait_published(
+        &etcd,
+        (PREFIX, QUEUE),
+        dead_control,
+        first_dead,
+        &players[dead].2,
+    );
     players.retain(|(i, _, _)| *i > first_dead || node_of(*i) == dead);
 
     // The owner dies; its players' connections are gone with it.
@@ -120,32 +116,15 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let owner = settled_owner(&nodes, &IDS, &alive, QUEUE, Some(IDS[dead]));
 
     // They come back on the surviving nodes, in turn, presenting their tickets.
-    let mut returned: Vec<(u64, Client)> = Vec::new();
-    let mut again = None;
-    for (n, (i, ticket)) in lost.iter().enumerate() {
-        let via = alive[n % alive.len()];
-        let (answer, c) = login_with_ticket(nodes[via].player, QUEUE, *i, ticket);
-        assert_eq!(answer["code"], 0, "player {i}: {answer}");
-        assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
-        if *i == first_dead {
-            // Admitted by the dead owner: at most the watermark, never given back.
-            assert_eq!(
-                answer["data"]["resumed"], false,
-                "admitted player {i}: {answer}"
-            );
-            again = Some((*i, c));
-        } else {
-            assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
-            returned.push((*i, c));
-        }
-    }
+    let via: Vec<_> = alive.iter().map(|&n| nodes[n].player).collect();
+    let (returned, again) = come_back_with_tickets(&via, QUEUE, &lost, first_dead);
     bad_tickets_are_refused(&nodes, alive[0], lost[1].0, &lost[1].1);
 
     // Everyone converges to the old relative order, the re-joined admitted player last.
     survivors.extend(returned);
     survivors.sort_by_key(|(i, _)| *i);
     let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
-    survivors.push(again.unwrap());
+    survivors.push(again);
     expected.push(first_dead);
     for (rank, (i, c)) in survivors.iter_mut().enumerate() {
         let rank = rank as u64 + 1;
@@ -154,11 +133,7 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
 
     // Admission after the window takes them in that order, each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(nodes[other].control, QUEUE, 3);
-    admitted.extend(admit(nodes[owner].control, QUEUE, 100));
-    assert_eq!(admitted, expected, "admitted in the old relative order");
-    let unique: HashSet<u64> = admitted.iter().copied().collect();
-    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
+    admit_all_in_order(nodes[other].control, nodes[owner].control, QUEUE, &expected);
     for (i, c) in survivors.iter_mut() {
         let push = c.next_cmd("admitted");
         assert!(push["data"]["token"].is_string(), "player {i}: {push}");

@@ -469,3 +469,55 @@ pub fn settled_owner(
     });
     ids.iter().position(|n| *n == owner).unwrap()
 }
+
+/// The place ticket of player `user`'s first `login` answer, which must be OK at
+/// position `user` (players log in one at a time, in order).
+pub fn place_ticket(answer: &Value, user: u64) -> String {
+    assert_eq!(answer["code"], 0, "login of {user}: {answer}");
+    assert_eq!(answer["data"]["position"], user, "player {user}: {answer}");
+    let ticket = answer["data"]["place_ticket"].as_str();
+    let ticket = ticket.unwrap_or_else(|| panic!("player {user}: no place_ticket: {answer}"));
+    ticket.to_string()
+}
+
+/// Admits everyone waiting in `queue`, three through the node at `first` (a non-owner:
+/// forwarded) and then the rest through `then`; asserts they come in `expected`'s
+/// order, each once.
+pub fn admit_all_in_order(first: SocketAddr, then: SocketAddr, queue: &str, expected: &[u64]) {
+    let mut admitted = admit(first, queue, 3);
+    admitted.extend(admit(then, queue, 100));
+    assert_eq!(admitted, expected, "admitted in the old relative order");
+    let unique: std::collections::HashSet<u64> = admitted.iter().copied().collect();
+    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
+}
+
+/// The players a dead owner lost, `(user, ticket)`, log in again presenting their
+/// tickets, in turn on the nodes at `players`: each gets a new ticket and its place back
+/// (`resumed`), except `admitted` (admitted by the dead owner: at most the watermark,
+/// never given back). Returns the ones given their place back, and `admitted`'s.
+pub fn come_back_with_tickets(
+    players: &[SocketAddr],
+    queue: &str,
+    lost: &[(u64, String)],
+    admitted: u64,
+) -> (Vec<(u64, Client)>, (u64, Client)) {
+    let mut returned: Vec<(u64, Client)> = Vec::new();
+    let mut again = None;
+    for (n, (i, ticket)) in lost.iter().enumerate() {
+        let via = players[n % players.len()];
+        let (answer, c) = login_with_ticket(via, queue, *i, ticket);
+        assert_eq!(answer["code"], 0, "player {i}: {answer}");
+        assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
+        if *i == admitted {
+            assert_eq!(
+                answer["data"]["resumed"], false,
+                "admitted player {i}: {answer}"
+            );
+            again = Some((*i, c));
+        } else {
+            assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
+            returned.push((*i, c));
+        }
+    }
+    (returned, again.expect("the admitted player came back"))
+}

@@ -292,3 +292,22 @@ pub fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -
         f(&mut client).await
     })
 }
+
+/// Admits players `1..=count` of `queue` through the owner at `control` (they logged
+/// in one at a time, in order: the first `count` in the queue), and waits until the
+/// owner published in etcd a watermark at or past `last_ticket`'s place (player
+/// `count`'s).
+pub fn admit_and_wait_published(
+    etcd: &Etcd,
+    (prefix, queue): (&str, &str),
+    control: std::net::SocketAddr,
+    count: u64,
+    last_ticket: &str,
+) {
+    let early = crate::common::admit(control, queue, count);
+    assert_eq!(early, (1..=count).collect::<Vec<_>>());
+    let admitted_key = crate::common::ticket_key(last_ticket);
+    crate::common::wait_until("the owner's admission watermark in etcd", || {
+        published_marks(etcd, prefix, queue).is_some_and(|(normal, _)| normal >= admitted_key)
+    });
+}
