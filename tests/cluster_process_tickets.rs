@@ -14,9 +14,7 @@ mod etcd_support;
 mod node;
 mod server_process;
 
-use common::{
-    admit_all_in_order, come_back_with_tickets, node_of, place_ticket, position, wait_until, Client,
-};
+use common::{come_back_with_tickets, converge_and_admit, node_of, place_ticket, Client};
 use etcd_support::{admit_and_wait_published, Etcd};
 use node::{agreed_owner, wait_routed, NodeProcess};
 use serde_json::json;
@@ -76,7 +74,7 @@ fn the_killed_owner_process_players_get_their_places_back_with_tickets() {
     let (lost, survivors): (Vec<_>, Vec<_>) = players
         .into_iter()
         .partition(|(i, _, _)| node_of(*i) == dead);
-    let mut survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
+    let survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
     let lost: Vec<(u64, String)> = lost
         .into_iter()
         .map(|(i, c, t)| {
@@ -92,22 +90,10 @@ fn the_killed_owner_process_players_get_their_places_back_with_tickets() {
     let (returned, again) = come_back_with_tickets(&via, QUEUE, &lost, first_dead);
     let owner = agreed_owner(&nodes, &alive, QUEUE, Some(IDS[dead]));
 
-    // Everyone converges to the old relative order, the re-joined admitted player last.
-    survivors.extend(returned);
-    survivors.sort_by_key(|(i, _)| *i);
-    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
-    survivors.push(again);
-    expected.push(first_dead);
-    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
-        let rank = rank as u64 + 1;
-        wait_until("a player's exact rank", || position(c, *i) == rank);
-    }
-
-    // Admission after the window, through both survivors: in that order, each once.
+    // Everyone converges to the old relative order, the re-joined admitted player last;
+    // admission after the window, through both survivors, takes them in that order,
+    // each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    admit_all_in_order(nodes[other].control, nodes[owner].control, QUEUE, &expected);
-    for (i, c) in survivors.iter_mut() {
-        let push = c.next_cmd("admitted");
-        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
-    }
+    let controls = (nodes[other].control, nodes[owner].control);
+    converge_and_admit(survivors, returned, again, controls, QUEUE);
 }

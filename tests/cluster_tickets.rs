@@ -12,8 +12,8 @@ mod common;
 mod etcd_support;
 
 use common::{
-    admit_all_in_order, come_back_with_tickets, node_of, place_ticket, position, settled_owner,
-    start_node, wait_until, Client, TestServer,
+    come_back_with_tickets, converge_and_admit, node_of, place_ticket, settled_owner, start_node,
+    Client, TestServer,
 };
 use etcd_support::{admit_and_wait_published, Etcd};
 use serde_json::json;
@@ -104,7 +104,7 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let (lost, survivors): (Vec<_>, Vec<_>) = players
         .into_iter()
         .partition(|(i, _, _)| node_of(*i) == dead);
-    let mut survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
+    let survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
     let lost: Vec<(u64, String)> = lost
         .into_iter()
         .map(|(i, c, t)| {
@@ -120,24 +120,12 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let (returned, again) = come_back_with_tickets(&via, QUEUE, &lost, first_dead);
     bad_tickets_are_refused(&nodes, alive[0], lost[1].0, &lost[1].1);
 
-    // Everyone converges to the old relative order, the re-joined admitted player last.
-    survivors.extend(returned);
-    survivors.sort_by_key(|(i, _)| *i);
-    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
-    survivors.push(again);
-    expected.push(first_dead);
-    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
-        let rank = rank as u64 + 1;
-        wait_until("a player's exact rank", || position(c, *i) == rank);
-    }
-
-    // Admission after the window takes them in that order, each exactly once.
+    // Everyone converges to the old relative order, the re-joined admitted player last;
+    // admission after the window, through both survivors, takes them in that order,
+    // each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    admit_all_in_order(nodes[other].control, nodes[owner].control, QUEUE, &expected);
-    for (i, c) in survivors.iter_mut() {
-        let push = c.next_cmd("admitted");
-        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
-    }
+    let controls = (nodes[other].control, nodes[owner].control);
+    converge_and_admit(survivors, returned, again, controls, QUEUE);
 }
 
 /// One node: the protocol is unchanged: no `place_ticket` in the answer, and one

@@ -521,3 +521,31 @@ pub fn come_back_with_tickets(
     }
     (returned, again.expect("the admitted player came back"))
 }
+
+/// The end of a place-ticket failover: the `survivors` (kept their connections) and the
+/// `returned` (came back with tickets) converge to their old relative order, `again`
+/// (admitted by the dead owner, came back) last; then admission, three through
+/// `first` and the rest through `then`, takes them in that order, each exactly once,
+/// and each gets its `admitted` push.
+pub fn converge_and_admit(
+    mut survivors: Vec<(u64, Client)>,
+    returned: Vec<(u64, Client)>,
+    again: (u64, Client),
+    (first, then): (SocketAddr, SocketAddr),
+    queue: &str,
+) {
+    survivors.extend(returned);
+    survivors.sort_by_key(|(i, _)| *i);
+    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
+    expected.push(again.0);
+    survivors.push(again);
+    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
+        let rank = rank as u64 + 1;
+        wait_until("a player's exact rank", || position(c, *i) == rank);
+    }
+    admit_all_in_order(first, then, queue, &expected);
+    for (i, c) in survivors.iter_mut() {
+        let push = c.next_cmd("admitted");
+        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
+    }
+}
