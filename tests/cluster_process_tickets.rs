@@ -14,7 +14,9 @@ mod etcd_support;
 mod node;
 mod server_process;
 
-use common::{come_back_with_tickets, converge_and_admit, node_of, place_ticket, Client};
+use common::{
+    come_back_with_tickets, converge_and_admit, node_of, place_ticket, split_lost, Client,
+};
 use etcd_support::{admit_and_wait_published, Etcd};
 use node::{agreed_owner, wait_routed, NodeProcess};
 use serde_json::json;
@@ -71,17 +73,7 @@ fn the_killed_owner_process_players_get_their_places_back_with_tickets() {
 
     // SIGKILL: the owner's players lose their connections with it.
     nodes[dead].kill9();
-    let (lost, survivors): (Vec<_>, Vec<_>) = players
-        .into_iter()
-        .partition(|(i, _, _)| node_of(*i) == dead);
-    let survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
-    let lost: Vec<(u64, String)> = lost
-        .into_iter()
-        .map(|(i, c, t)| {
-            drop(c);
-            (i, t)
-        })
-        .collect();
+    let (lost, survivors) = split_lost(players, dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
 
     // They come back on the surviving processes, in turn, presenting their tickets

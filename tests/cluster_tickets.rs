@@ -12,8 +12,8 @@ mod common;
 mod etcd_support;
 
 use common::{
-    come_back_with_tickets, converge_and_admit, node_of, place_ticket, settled_owner, start_node,
-    Client, TestServer,
+    come_back_with_tickets, converge_and_admit, node_of, place_ticket, settled_owner, split_lost,
+    start_node, Client, TestServer,
 };
 use etcd_support::{admit_and_wait_published, Etcd};
 use serde_json::json;
@@ -101,17 +101,7 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
 
     // The owner dies; its players' connections are gone with it.
     nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
-    let (lost, survivors): (Vec<_>, Vec<_>) = players
-        .into_iter()
-        .partition(|(i, _, _)| node_of(*i) == dead);
-    let survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
-    let lost: Vec<(u64, String)> = lost
-        .into_iter()
-        .map(|(i, c, t)| {
-            drop(c);
-            (i, t)
-        })
-        .collect();
+    let (lost, survivors) = split_lost(players, dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
     let owner = settled_owner(&nodes, &IDS, &alive, QUEUE, Some(IDS[dead]));
 

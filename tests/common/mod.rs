@@ -549,3 +549,29 @@ pub fn converge_and_admit(
         assert!(push["data"]["token"].is_string(), "player {i}: {push}");
     }
 }
+
+/// A player who lost its connection: (user, place ticket).
+pub type Ticketed = (u64, String);
+/// A player waiting on its connection: (user, connection).
+pub type Waiting = (u64, Client);
+
+/// Splits `players` (user, connection, ticket; player `i` on node [`node_of`]`(i)`)
+/// once node `dead` died: those on it lost their connection (dropped here) and keep
+/// their ticket; the others keep their connection.
+pub fn split_lost(
+    players: Vec<(u64, Client, String)>,
+    dead: usize,
+) -> (Vec<Ticketed>, Vec<Waiting>) {
+    let (lost, survivors): (Vec<_>, Vec<_>) = players
+        .into_iter()
+        .partition(|(i, _, _)| node_of(*i) == dead);
+    let survivors = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
+    let lost = lost
+        .into_iter()
+        .map(|(i, c, t)| {
+            drop(c);
+            (i, t)
+        })
+        .collect();
+    (lost, survivors)
+}
