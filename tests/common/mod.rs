@@ -1,5 +1,8 @@
 //! Test harness: a server on 127.0.0.1:0, a raw-frame player client and a raw HTTP/1.1
 //! client for the control port. Everything goes over real sockets.
+//!
+//! Also the helpers the cluster_* tests share (waits with [`SETTLE`], admission, place
+//! tickets, owner views): one copy each, whatever the node kind (in-process or child).
 
 #![allow(dead_code)]
 
