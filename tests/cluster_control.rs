@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{http, start_node, TestServer, WAIT};
-use etcd_support::{free_port, Etcd};
+use etcd_support::{free_port, with_etcd, Etcd};
 use queue_server::config::Config;
 use serde_json::{json, Value};
 
@@ -348,14 +348,7 @@ fn a_node_that_cannot_reach_etcd_answers_503_for_its_queues_and_for_verify() {
 
 /// Puts `key` = `value` in etcd (no lease), from outside the nodes.
 fn etcd_put(etcd: &Etcd, key: &str, value: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         client.put(key, value, None).await.unwrap();
     });
 }

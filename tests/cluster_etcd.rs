@@ -2,17 +2,15 @@
 //! `Cluster` handles in this process, each with its own etcd client, lease and thread.
 //! Lease TTL 2 s keeps the waits short; every wait polls with a deadline.
 
+mod common;
 mod etcd_support;
 
-use std::time::{Duration, Instant};
-
-use etcd_support::Etcd;
+use common::wait_until;
+use etcd_support::{with_etcd, Etcd};
 use queue_server::cluster::ownership::preferred_owner;
 use queue_server::cluster::used_tokens::{used_key, BUCKET_SECS, SLACK_SECS};
 use queue_server::cluster::{now_ms, Cluster, ClusterConfig, ClusterHandle};
 
-/// Longest wait for any cluster event (failover needs TTL + a tick; CI is slow).
-const WAIT: Duration = Duration::from_secs(20);
 const TTL_SECS: u64 = 2;
 const PREFIX: &str = "/qs-test";
 
@@ -34,29 +32,13 @@ fn node(etcd: &Etcd, node_id: &str, queues: &[&str]) -> ClusterHandle {
     Cluster::start(&config(etcd, node_id), queues).expect("cluster starts")
 }
 
-/// Polls `check` until it is true; fails naming `what` after [`WAIT`].
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn member_ids(handle: &ClusterHandle) -> Vec<String> {
     handle.members().into_iter().map(|m| m.node_id).collect()
 }
 
 /// A direct etcd client for checks from outside the nodes.
 fn etcd_get(etcd: &Etcd, key: &str) -> Option<(String, i64)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         let answer = client.get(key, None).await.unwrap();
         answer
             .kvs()
@@ -66,14 +48,7 @@ fn etcd_get(etcd: &Etcd, key: &str) -> Option<(String, i64)> {
 }
 
 fn lease_ttl_secs(etcd: &Etcd, lease: i64) -> i64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         client.lease_time_to_live(lease, None).await.unwrap().ttl()
     })
 }

@@ -5,9 +5,7 @@
 mod common;
 mod etcd_support;
 
-use std::time::{Duration, Instant};
-
-use common::{start_node, Client, TestServer};
+use common::{node_of, start_node, wait_until, Client, TestServer};
 use etcd_support::Etcd;
 use serde_json::json;
 
@@ -15,8 +13,6 @@ use serde_json::json;
 /// every node must sign with the same key.
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
-/// Longest wait for the cluster to settle (a lease, a tick, a listing).
-const SETTLE: Duration = Duration::from_secs(20);
 const QUEUE: &str = "default";
 
 /// Node `id` as a full server whose player, control and link addresses are the ones it
@@ -32,14 +28,6 @@ fn node(etcd: &Etcd, id: &str) -> TestServer {
             etcd.url,
         )
     })
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Starts three nodes and waits until the queue has an owner that every other node
@@ -66,11 +54,6 @@ fn cluster(etcd: &Etcd) -> (Vec<TestServer>, usize) {
         })
     });
     (nodes, owner_index)
-}
-
-/// Player `i` (1-based) connects to node `(i - 1) % 3`.
-fn node_of(i: u64) -> usize {
-    ((i - 1) % 3) as usize
 }
 
 #[test]
@@ -103,12 +86,7 @@ fn players_on_every_node_wait_in_one_queue_with_exact_positions() {
         Some(json!({"count": 2})),
     );
     assert_eq!(status, 200, "{body}");
-    let admitted: Vec<u64> = body["admitted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["user_id"].as_u64().unwrap())
-        .collect();
+    let admitted: Vec<u64> = common::admitted_ids(&body);
     assert_eq!(admitted, vec![1, 2], "{body}");
     for (i, c) in players.iter_mut().take(2) {
         let push = c.next_cmd("admitted");

@@ -9,43 +9,9 @@
 mod common;
 mod etcd_support;
 
-use std::time::{Duration, Instant};
-
-use common::{start_node, TestServer};
-use etcd_support::Etcd;
+use common::{admit, owner_seen_by, position, settled_owner, wait_until, TestServer};
+use etcd_support::{node_in_process, two_queues_owned_by_d, with_etcd, Etcd};
 use serde_json::{json, Value};
-
-/// The cluster's shared token key (32-byte Ed25519 seed, base64url).
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
-const SETTLE: Duration = Duration::from_secs(20);
-
-fn node(etcd: &Etcd, id: &str, prefix: &str, extra: &str) -> TestServer {
-    start_node(|player, control, link| {
-        format!(
-            "[server]\npush_interval_ms = 20\n\
-             [tokens]\nkey = \"{KEY}\"\n{extra}\n\
-             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-             recovery_window_secs = 1\nprefix = \"{prefix}\"\n",
-            etcd.url,
-        )
-    })
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn owner_seen_by(n: &TestServer, queue: &str) -> Option<String> {
-    let cluster = n.handle.as_ref().unwrap().cluster.as_ref().unwrap();
-    cluster.owner_of(queue).map(|o| o.node_id)
-}
 
 /// One login of `user` to `queue` on a new connection of `n`.
 fn login(n: &TestServer, user: u64, queue: &str) -> Value {
@@ -80,40 +46,21 @@ fn login_when_owned(n: &TestServer, user: u64, queue: &str) -> (common::Client, 
     out.unwrap()
 }
 
-/// Admits `count` of `queue` through `n`, retrying while the queue is between owners
-/// or held for the recovery window (503); returns the admitted user ids.
-fn admit(n: &TestServer, queue: &str, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission", || {
-        let path = format!("/v1/queues/{queue}/admit");
-        let (status, body) = n.http("POST", &path, Some(json!({ "count": count })));
-        if status != 200 {
-            assert_eq!(status, 503, "{body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
-/// Runs `f` on a throw-away etcd client.
-fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
-        f(&mut client).await
-    })
+/// Users 1 and 2 log in to `queue`, one on each node, retrying until it has an owner:
+/// they wait in one queue, in arrival order; once both nodes list the owner, the node
+/// that does not own it (`nodes[0]` is `first_id`) admits both, in that order.
+fn two_players_in_one_queue(nodes: &[TestServer; 2], first_id: &str, queue: &str) {
+    let (_c1, p1) = login_when_owned(&nodes[0], 1, queue);
+    let (_c2, p2) = login_when_owned(&nodes[1], 2, queue);
+    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
+    for n in nodes {
+        wait_until("every node lists the owner", || {
+            owner_seen_by(n, queue).is_some()
+        });
+    }
+    let owner = owner_seen_by(&nodes[0], queue).unwrap();
+    let other = if owner == first_id { 1 } else { 0 };
+    assert_eq!(admit(nodes[other].control, queue, 10), vec![1, 2]);
 }
 
 /// The queue's owner key names a node that is no member (a dead owner whose key has
@@ -133,7 +80,10 @@ fn a_login_while_the_queue_has_no_reachable_owner_is_answered_retry() {
             .unwrap();
         lease
     });
-    let nodes = [node(&etcd, "g1", prefix, ""), node(&etcd, "g2", prefix, "")];
+    let nodes = [
+        node_in_process(&etcd, prefix, "g1", ""),
+        node_in_process(&etcd, prefix, "g2", ""),
+    ];
     for n in &nodes {
         wait_until("the ghost owner is listed", || {
             owner_seen_by(n, "default").as_deref() == Some("ghost")
@@ -144,17 +94,7 @@ fn a_login_while_the_queue_has_no_reachable_owner_is_answered_retry() {
     }
 
     with_etcd(&etcd, async |c| c.lease_revoke(lease).await.unwrap());
-    let (_c1, p1) = login_when_owned(&nodes[0], 1, "default");
-    let (_c2, p2) = login_when_owned(&nodes[1], 2, "default");
-    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
-    for n in &nodes {
-        wait_until("every node lists the owner", || {
-            owner_seen_by(n, "default").is_some()
-        });
-    }
-    let owner = owner_seen_by(&nodes[0], "default").unwrap();
-    let other = if owner == "g1" { 1 } else { 0 };
-    assert_eq!(admit(&nodes[other], "default", 10), vec![1, 2]);
+    two_players_in_one_queue(&nodes, "g1", "default");
 }
 
 /// `queues.auto_create` in a cluster: the first login for a name nobody has seen is
@@ -166,8 +106,8 @@ fn an_auto_created_queue_gets_one_owner_in_the_cluster() {
     let prefix = "/qs-gap-auto";
     let extra = "[queues]\nauto_create = true\n";
     let nodes = [
-        node(&etcd, "h1", prefix, extra),
-        node(&etcd, "h2", prefix, extra),
+        node_in_process(&etcd, prefix, "h1", extra),
+        node_in_process(&etcd, prefix, "h2", extra),
     ];
     for n in &nodes {
         wait_until("the configured queue is owned", || {
@@ -175,17 +115,7 @@ fn an_auto_created_queue_gets_one_owner_in_the_cluster() {
         });
     }
     assert_retry(&login(&nodes[0], 1, "world-7"));
-    let (_c1, p1) = login_when_owned(&nodes[0], 1, "world-7");
-    let (_c2, p2) = login_when_owned(&nodes[1], 2, "world-7");
-    assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
-    for n in &nodes {
-        wait_until("every node lists the owner", || {
-            owner_seen_by(n, "world-7").is_some()
-        });
-    }
-    let owner = owner_seen_by(&nodes[0], "world-7").unwrap();
-    let other = if owner == "h1" { 1 } else { 0 };
-    assert_eq!(admit(&nodes[other], "world-7", 10), vec![1, 2]);
+    two_players_in_one_queue(&nodes, "h1", "world-7");
 }
 
 /// The queue's owner dies as with `kill -9` (`kill_node_for_test`: no keep-alive, no
@@ -198,26 +128,17 @@ fn logins_during_a_failover_wait_for_the_new_owner() {
     let etcd = Etcd::start();
     let prefix = "/qs-gap-kill";
     let ids = ["k1", "k2", "k3"];
-    let mut nodes: Vec<TestServer> = ids.iter().map(|id| node(&etcd, id, prefix, "")).collect();
-    let mut owner = String::new();
-    wait_until("one owner every node routes to", || {
-        let Some(o) = owner_seen_by(&nodes[0], "default") else {
-            return false;
-        };
-        owner = o;
-        nodes.iter().zip(ids).all(|(n, id)| {
-            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
-            let routed = routed.remote_owner("default");
-            routed.as_deref() == (id != owner).then_some(owner.as_str())
-        })
-    });
-    let dead = ids.iter().position(|id| *id == owner).unwrap();
+    let mut nodes: Vec<TestServer> = ids
+        .iter()
+        .map(|id| node_in_process(&etcd, prefix, id, ""))
+        .collect();
+    let dead = settled_owner(&nodes, &ids, &[0, 1, 2], "default", None);
     nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
     let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
     let (_c1, p1) = login_when_owned(&nodes[alive[0]], 1, "default");
     let (_c2, p2) = login_when_owned(&nodes[alive[1]], 2, "default");
     assert_eq!((p1, p2), (1, 2), "one queue, in arrival order");
-    assert_eq!(admit(&nodes[alive[0]], "default", 10), vec![1, 2]);
+    assert_eq!(admit(nodes[alive[0]].control, "default", 10), vec![1, 2]);
 }
 
 /// The value of `name{peer="peer",side="side"}` on `n`'s `/metrics` (None: no series).
@@ -239,20 +160,11 @@ fn node_link_metrics_name_the_peer_and_follow_cuts() {
     let etcd = Etcd::start();
     let prefix = "/qs-gap-metrics";
     let ids = ["m1", "m2"];
-    let mut nodes: Vec<TestServer> = ids.iter().map(|id| node(&etcd, id, prefix, "")).collect();
-    let mut owner = String::new();
-    wait_until("one owner every node routes to", || {
-        let Some(o) = owner_seen_by(&nodes[0], "default") else {
-            return false;
-        };
-        owner = o;
-        nodes.iter().zip(ids).all(|(n, id)| {
-            let routed = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
-            let routed = routed.remote_owner("default");
-            routed.as_deref() == (id != owner).then_some(owner.as_str())
-        })
-    });
-    let o = ids.iter().position(|id| *id == owner).unwrap();
+    let mut nodes: Vec<TestServer> = ids
+        .iter()
+        .map(|id| node_in_process(&etcd, prefix, id, ""))
+        .collect();
+    let o = settled_owner(&nodes, &ids, &[0, 1], "default", None);
     let e = 1 - o;
     let (o_id, e_id) = (ids[o], ids[e]);
     let (_p1, _) = login_when_owned(&nodes[e], 1, "default");
@@ -297,47 +209,17 @@ fn node_link_metrics_name_the_peer_and_follow_cuts() {
     });
 }
 
-/// The player's position by a `position` request on its connection; any push but a
-/// `position` on the way (a `kicked`) fails.
-fn position(c: &mut common::Client, user: u64) -> u64 {
-    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
-    loop {
-        let v = c.next();
-        if v["seq"] == 7 {
-            assert_eq!(v["code"], 0, "player {user}: {v}");
-            return v["data"]["position"].as_u64().unwrap();
-        }
-        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
-    }
-}
-
 /// The dead owner held two queues, and rendezvous gives them to two different
 /// survivors: every survivor's players keep their connection and their place, each in
 /// its own queue's new owner (each survivor's link to the dead node re-submits to both
 /// new owners, one of them itself), and are admitted there in their old order.
 #[test]
 fn each_queue_of_a_dead_owner_follows_its_own_new_owner() {
-    use queue_server::cluster::ownership::preferred_owner;
     let etcd = Etcd::start();
     let prefix = "/qs-gap-split";
     let (d, b, c) = ("s-d", "s-b", "s-c");
-    let name = |wanted: &str| {
-        (0..)
-            .map(|i| format!("w{i}"))
-            .find(|q| preferred_owner(q, [b, c]) == Some(wanted))
-            .unwrap()
-    };
-    let (qb, qc) = (name(b), name(c));
-    let extra = format!("[[queues.list]]\nname = \"{qb}\"\n[[queues.list]]\nname = \"{qc}\"\n");
     // d starts alone and owns both; a live owner is never displaced by b or c.
-    let mut nodes = vec![node(&etcd, d, prefix, &extra)];
-    wait_until("d owns both queues", || {
-        [&qb, &qc]
-            .iter()
-            .all(|q| owner_seen_by(&nodes[0], q).as_deref() == Some(d))
-    });
-    nodes.push(node(&etcd, b, prefix, &extra));
-    nodes.push(node(&etcd, c, prefix, &extra));
+    let (mut nodes, qb, qc) = two_queues_owned_by_d(&etcd, prefix, [d, b, c]);
     wait_until("b and c route both queues to d", || {
         nodes[1..].iter().all(|n| {
             let routes = n.handle.as_ref().unwrap().routes.as_ref().unwrap();
@@ -367,8 +249,12 @@ fn each_queue_of_a_dead_owner_follows_its_own_new_owner() {
             position(client, *user) == *pos
         });
     }
-    assert_eq!(admit(&nodes[1], &qb, 10), vec![1, 3]);
-    assert_eq!(admit(&nodes[1], &qc, 10), vec![2, 4], "forwarded to c");
+    assert_eq!(admit(nodes[1].control, &qb, 10), vec![1, 3]);
+    assert_eq!(
+        admit(nodes[1].control, &qc, 10),
+        vec![2, 4],
+        "forwarded to c"
+    );
     for (user, client, _) in players.iter_mut() {
         let push = client.next_cmd("admitted");
         assert!(push["data"]["token"].is_string(), "player {user}: {push}");

@@ -12,26 +12,16 @@ mod node;
 mod server_process;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Client;
-use etcd_support::Etcd;
-use node::NodeProcess;
+use common::{admit, wait_until, Client};
+use etcd_support::{node_in_process, node_toml, with_etcd, Etcd};
+use node::{agreed_owner, wait_routed, NodeProcess};
 use serde_json::{json, Value};
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
-const SETTLE: Duration = Duration::from_secs(25);
 const QUEUE: &str = "default";
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The next frame on a waiting player's connection, which must be a `position` push or
 /// the answer to request `seq`, or (when `admitted_ok`) an `admitted` push: a `kicked`,
@@ -80,55 +70,6 @@ fn verify(node: &NodeProcess, token: &str) -> (u16, Value) {
     node.http("POST", "/v1/tokens/verify", Some(json!({ "token": token })))
 }
 
-/// Admits `count` through `node`, retrying while the queue is between owners or held
-/// for the recovery window (503); returns the admitted user ids in order.
-fn admit(control: std::net::SocketAddr, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission through a live node", || {
-        let path = format!("/v1/queues/{QUEUE}/admit");
-        let body = json!({ "count": count }).to_string();
-        let (status, body) = common::http(control, "POST", &path, Some(&body), None);
-        if status != 200 {
-            assert_eq!(status, 503, "{control}: {body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
-/// The index of the node every node in `alive` names as the queue's owner, once they
-/// agree on one that is not `not`.
-fn agreed_owner(nodes: &[NodeProcess], alive: &[usize], not: Option<&str>) -> usize {
-    let mut owner = None;
-    wait_until("every live node names the same owner", || {
-        let named: Vec<Option<String>> = alive.iter().map(|&i| nodes[i].owner_of(QUEUE)).collect();
-        owner = named[0].clone().filter(|o| Some(o.as_str()) != not);
-        owner.is_some() && named.iter().all(|n| *n == owner)
-    });
-    let owner = owner.unwrap();
-    nodes.iter().position(|n| n.id == owner).unwrap()
-}
-
-/// Waits until node `i` (not the owner) logged that its logins of the queue go over a
-/// node link (its router published a route to the owner).
-fn wait_routed(node: &NodeProcess) {
-    wait_until(
-        &format!("{} routes the queue to its owner", node.id),
-        || {
-            node.logged(|l| {
-                l.contains("node link routes changed") && l.contains("\"remote_queues\":1")
-            })
-        },
-    );
-}
-
 /// Issue 11, kill -9 of the owner, with real processes: players on every node, three
 /// admitted and their tokens used before the kill; after it another node owns the
 /// queue, every player on a surviving node keeps its connection (only `position`
@@ -142,7 +83,7 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
         .iter()
         .map(|id| NodeProcess::start(&etcd.url, "/qs-kill", id, KEY, ""))
         .collect();
-    let dead = agreed_owner(&nodes, &[0, 1, 2], None);
+    let dead = agreed_owner(&nodes, &[0, 1, 2], QUEUE, None);
     (0..3)
         .filter(|&i| i != dead)
         .for_each(|i| wait_routed(&nodes[i]));
@@ -157,7 +98,7 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
     // Three admitted through a node that does not own the queue (forwarded); their
     // tokens used, each through another node (forwarded to the owner or answered there).
     let via = (dead + 1) % 3;
-    assert_eq!(admit(nodes[via].control, 3), [1, 2, 3]);
+    assert_eq!(admit(nodes[via].control, QUEUE, 3), [1, 2, 3]);
     let mut used = Vec::new();
     for (i, c) in players.iter_mut().take(3) {
         let token = admitted_token(c, *i);
@@ -183,7 +124,7 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
         (200, &json!("already_used")),
         "{body}"
     );
-    let owner = agreed_owner(&nodes, &alive, Some(&nodes[dead].id.clone()));
+    let owner = agreed_owner(&nodes, &alive, QUEUE, Some(&nodes[dead].id.clone()));
     assert_ne!(owner, dead);
     for (rank, (i, c)) in players.iter_mut().enumerate() {
         let rank = rank as u64 + 1;
@@ -194,8 +135,8 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
 
     // Admission through the other survivor first (forwarded), then the owner.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(nodes[other].control, 2);
-    admitted.extend(admit(nodes[owner].control, 100));
+    let mut admitted = admit(nodes[other].control, QUEUE, 2);
+    admitted.extend(admit(nodes[owner].control, QUEUE, 100));
     let expected: Vec<u64> = players.iter().map(|(i, _)| *i).collect();
     assert_eq!(admitted, expected, "admitted in the old relative order");
     let everyone: HashSet<u64> = admitted.iter().copied().chain(1..=3).collect();
@@ -204,7 +145,7 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
         admitted_token(c, *i);
     }
     assert!(
-        admit(nodes[other].control, 100).is_empty(),
+        admit(nodes[other].control, QUEUE, 100).is_empty(),
         "nobody left to admit"
     );
 
@@ -219,28 +160,8 @@ fn kill_9_of_the_owner_process_keeps_survivors_order_and_used_tokens() {
 
 // ---- In-process full servers (`common::start_node`) for the remaining failures ----
 
-use common::{start_node, TestServer};
+use common::TestServer;
 use queue_server::server::ServerHandle;
-
-/// A full node `id` on `etcd` under `prefix` (TTL 2 s, window 1 s); `extra` is appended
-/// to its config right after `[tokens] key`: bare keys there are `[tokens]` keys, then
-/// any tables.
-fn node_in_process(etcd: &Etcd, prefix: &str, id: &str, extra: &str) -> TestServer {
-    start_node(|player, control, link| node_toml(etcd, prefix, id, extra, (player, control, link)))
-}
-
-fn node_toml(etcd: &Etcd, prefix: &str, id: &str, extra: &str, ports: (u16, u16, u16)) -> String {
-    let (player, control, link) = ports;
-    format!(
-        "[server]\npush_interval_ms = 20\n\
-         [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-         advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-         advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-         recovery_window_secs = 1\nprefix = \"{prefix}\"\n\
-         [tokens]\nkey = \"{KEY}\"\n{extra}\n",
-        etcd.url,
-    )
-}
 
 fn handle(node: &TestServer) -> &ServerHandle {
     node.handle.as_ref().unwrap()
@@ -347,7 +268,7 @@ fn etcd_stopped_stops_admission_and_resumed_restores_it_with_players_kept() {
     // Everyone left is admitted (through the other node), and every player, on its
     // first connection, saw only positions and then exactly one admission.
     wait_until("everyone admitted", || {
-        admit(nodes[1 - o].control, 100);
+        admit(nodes[1 - o].control, QUEUE, 100);
         admitted_total(&nodes[o], QUEUE) == 40
     });
     for (i, c) in players.iter_mut() {
@@ -511,14 +432,7 @@ fn member_ids(node: &TestServer) -> Vec<String> {
 
 /// One key's value read straight from etcd.
 fn etcd_value(etcd: &Etcd, key: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-            .await
-            .unwrap();
+    with_etcd(etcd, async |client| {
         let answer = client.get(key, None).await.unwrap();
         answer
             .kvs()
@@ -750,7 +664,7 @@ fn kill_9_and_an_immediate_restart_of_the_owner_keeps_survivors_places() {
         .iter()
         .map(|id| NodeProcess::start(&etcd.url, "/qs-restart", id, KEY, ""))
         .collect();
-    let dead = agreed_owner(&nodes, &[0, 1], None);
+    let dead = agreed_owner(&nodes, &[0, 1], QUEUE, None);
     let alive = 1 - dead;
     wait_routed(&nodes[alive]);
     let node_of = |i: u64| ((i - 1) % 2) as usize;
@@ -763,7 +677,7 @@ fn kill_9_and_an_immediate_restart_of_the_owner_keeps_survivors_places() {
     nodes[dead].kill9();
     nodes[dead].restart();
     players.retain(|(i, _)| node_of(*i) != dead);
-    agreed_owner(&nodes, &[0, 1], None);
+    agreed_owner(&nodes, &[0, 1], QUEUE, None);
     for (rank, (i, c)) in players.iter_mut().enumerate() {
         let rank = rank as u64 + 1;
         wait_until("a survivor's exact rank among survivors", || {
@@ -772,7 +686,7 @@ fn kill_9_and_an_immediate_restart_of_the_owner_keeps_survivors_places() {
     }
     let expected: Vec<u64> = players.iter().map(|(i, _)| *i).collect();
     assert_eq!(
-        admit(nodes[alive].control, 100),
+        admit(nodes[alive].control, QUEUE, 100),
         expected,
         "old relative order"
     );

@@ -12,22 +12,17 @@ mod common;
 mod etcd_support;
 #[path = "cluster_process/node.rs"]
 mod node;
+mod server_process;
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
-use common::Client;
-use etcd_support::Etcd;
-use node::NodeProcess;
-use serde_json::{json, Value};
+use common::{
+    come_back_with_tickets, converge_and_admit, node_of, place_ticket, split_lost, Client,
+};
+use etcd_support::{admit_and_wait_published, Etcd};
+use node::{agreed_owner, wait_routed, NodeProcess};
+use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
-const SETTLE: Duration = Duration::from_secs(30);
 const QUEUE: &str = "default";
 const PREFIX: &str = "/qs-proc-tickets";
 const IDS: [&str; 3] = ["pt1", "pt2", "pt3"];
@@ -35,123 +30,6 @@ const IDS: [&str; 3] = ["pt1", "pt2", "pt3"];
 /// loaded box (claims are honored only in it), short enough to keep the test to
 /// seconds (admission waits it out).
 const WINDOW_SECS: u64 = 6;
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The index of the node every node in `alive` names as the queue's owner, once they
-/// agree on one that is not `not`.
-fn agreed_owner(nodes: &[NodeProcess], alive: &[usize], not: Option<&str>) -> usize {
-    let mut owner = None;
-    wait_until("every live node names the same owner", || {
-        let named: Vec<Option<String>> = alive.iter().map(|&i| nodes[i].owner_of(QUEUE)).collect();
-        owner = named[0].clone().filter(|o| Some(o.as_str()) != not);
-        owner.is_some() && named.iter().all(|n| *n == owner)
-    });
-    let owner = owner.unwrap();
-    nodes.iter().position(|n| n.id == owner).unwrap()
-}
-
-/// Waits until `node` logged that its logins of the queue go over a node link.
-fn wait_routed(node: &NodeProcess) {
-    wait_until(
-        &format!("{} routes the queue to its owner", node.id),
-        || {
-            node.logged(|l| {
-                l.contains("node link routes changed") && l.contains("\"remote_queues\":1")
-            })
-        },
-    );
-}
-
-/// Player `i` (1-based) connects to node `(i - 1) % 3`.
-fn node_of(i: u64) -> usize {
-    ((i - 1) % 3) as usize
-}
-
-/// The player's position by a `position` request; any push but `position` fails.
-fn position(c: &mut Client, user: u64) -> u64 {
-    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
-    loop {
-        let v = c.next();
-        if v["seq"] == 7 {
-            assert_eq!(v["code"], 0, "player {user}: {v}");
-            return v["data"]["position"].as_u64().unwrap();
-        }
-        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
-    }
-}
-
-/// Admits `count` through the node at `control`, retrying while the queue is between
-/// owners or held for the recovery window (503); returns the admitted user ids.
-fn admit(control: SocketAddr, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission through a live node", || {
-        let path = format!("/v1/queues/{QUEUE}/admit");
-        let body = json!({ "count": count }).to_string();
-        let (status, body) = common::http(control, "POST", &path, Some(&body), None);
-        if status != 200 {
-            assert_eq!(status, 503, "{control}: {body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
-/// The admission watermark the owner published in etcd (`{prefix}/admitted/{queue}`,
-/// "normal,priority"), read through etcd's JSON gateway.
-fn published_marks(etcd: &Etcd) -> Option<(u64, u64)> {
-    let addr = etcd.url.trim_start_matches("http://").parse().unwrap();
-    let key = STANDARD.encode(format!("{PREFIX}/admitted/{QUEUE}"));
-    let body = json!({ "key": key }).to_string();
-    let (status, v) = common::http(addr, "POST", "/v3/kv/range", Some(&body), None);
-    assert_eq!(status, 200, "{v}");
-    let value = v["kvs"].as_array()?.first()?["value"].as_str()?.to_string();
-    let text = String::from_utf8(STANDARD.decode(value).unwrap()).unwrap();
-    let (n, p) = text.split_once(',')?;
-    Some((n.parse().unwrap(), p.parse().unwrap()))
-}
-
-/// The key a place ticket names (its payload's bytes 10..18, little-endian).
-fn ticket_key(ticket: &str) -> u64 {
-    let payload = URL_SAFE_NO_PAD
-        .decode(ticket.split_once('.').unwrap().0)
-        .unwrap();
-    u64::from_le_bytes(payload[10..18].try_into().unwrap())
-}
-
-/// A login to `addr` presenting `ticket`, retried while the answer is SHUTTING_DOWN
-/// (9: the queue is between owners, or the new owner has not read the watermark yet);
-/// the answer and the connection.
-fn login_with_ticket(addr: SocketAddr, user: u64, ticket: &str) -> (Value, Client) {
-    let data = json!({"user_id": user, "queue": QUEUE, "place_ticket": ticket});
-    let mut answer = None;
-    wait_until(
-        "a login with a place ticket that is not SHUTTING_DOWN",
-        || {
-            let mut c = Client::connect(addr);
-            let v = c.request("login", 1, data.clone());
-            if v["code"] == 9 {
-                return false;
-            }
-            answer = Some((v, c));
-            true
-        },
-    );
-    answer.unwrap()
-}
 
 /// Issue 11, place tickets with real processes: the owner process is SIGKILLed with
 /// players of its own waiting; they come back on the survivors with their tickets and
@@ -164,7 +42,7 @@ fn the_killed_owner_process_players_get_their_places_back_with_tickets() {
         .iter()
         .map(|id| NodeProcess::start_with_window(&etcd.url, PREFIX, id, KEY, "", WINDOW_SECS))
         .collect();
-    let dead = agreed_owner(&nodes, &[0, 1, 2], None);
+    let dead = agreed_owner(&nodes, &[0, 1, 2], QUEUE, None);
     for (i, n) in nodes.iter().enumerate() {
         if i != dead {
             wait_routed(n);
@@ -177,82 +55,37 @@ fn the_killed_owner_process_players_get_their_places_back_with_tickets() {
     for i in 1..=12u64 {
         let mut c = Client::connect(nodes[node_of(i)].player);
         let answer = c.request("login", 1, json!({"user_id": i, "queue": QUEUE}));
-        assert_eq!(answer["code"], 0, "login of {i}: {answer}");
-        assert_eq!(answer["data"]["position"], i, "player {i}: {answer}");
-        let ticket = answer["data"]["place_ticket"].as_str();
-        let ticket = ticket.unwrap_or_else(|| panic!("player {i}: no place_ticket: {answer}"));
-        players.push((i, c, ticket.to_string()));
+        players.push((i, c, place_ticket(&answer, i)));
     }
 
     // The owner admits players 1..=dead+1, the last of them connected to the owner
     // itself, and publishes how far it admitted before it is killed.
     let first_dead = dead as u64 + 1;
-    let early = admit(nodes[dead].control, first_dead);
-    assert_eq!(early, (1..=first_dead).collect::<Vec<_>>());
-    let admitted_key = ticket_key(&players[dead].2);
-    wait_until("the owner's admission watermark in etcd", || {
-        published_marks(&etcd).is_some_and(|(normal, _)| normal >= admitted_key)
-    });
+    let dead_control = nodes[dead].control;
+    admit_and_wait_published(
+        &etcd,
+        (PREFIX, QUEUE),
+        dead_control,
+        first_dead,
+        &players[dead].2,
+    );
     players.retain(|(i, _, _)| *i > first_dead || node_of(*i) == dead);
 
     // SIGKILL: the owner's players lose their connections with it.
     nodes[dead].kill9();
-    let (lost, survivors): (Vec<_>, Vec<_>) = players
-        .into_iter()
-        .partition(|(i, _, _)| node_of(*i) == dead);
-    let mut survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
-    let lost: Vec<(u64, String)> = lost
-        .into_iter()
-        .map(|(i, c, t)| {
-            drop(c);
-            (i, t)
-        })
-        .collect();
+    let (lost, survivors) = split_lost(players, dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
 
     // They come back on the surviving processes, in turn, presenting their tickets
     // (answered 9 until a survivor owns the queue and read the watermark).
-    let mut returned: Vec<(u64, Client)> = Vec::new();
-    let mut again = None;
-    for (n, (i, ticket)) in lost.iter().enumerate() {
-        let via = alive[n % alive.len()];
-        let (answer, c) = login_with_ticket(nodes[via].player, *i, ticket);
-        assert_eq!(answer["code"], 0, "player {i}: {answer}");
-        assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
-        if *i == first_dead {
-            // Admitted by the dead owner: at most the watermark, never given back.
-            assert_eq!(
-                answer["data"]["resumed"], false,
-                "admitted player {i}: {answer}"
-            );
-            again = Some((*i, c));
-        } else {
-            assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
-            returned.push((*i, c));
-        }
-    }
-    let owner = agreed_owner(&nodes, &alive, Some(IDS[dead]));
+    let via: Vec<_> = alive.iter().map(|&n| nodes[n].player).collect();
+    let (returned, again) = come_back_with_tickets(&via, QUEUE, &lost, first_dead);
+    let owner = agreed_owner(&nodes, &alive, QUEUE, Some(IDS[dead]));
 
-    // Everyone converges to the old relative order, the re-joined admitted player last.
-    survivors.extend(returned);
-    survivors.sort_by_key(|(i, _)| *i);
-    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
-    survivors.push(again.expect("the admitted player came back"));
-    expected.push(first_dead);
-    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
-        let rank = rank as u64 + 1;
-        wait_until("a player's exact rank", || position(c, *i) == rank);
-    }
-
-    // Admission after the window, through both survivors: in that order, each once.
+    // Everyone converges to the old relative order, the re-joined admitted player last;
+    // admission after the window, through both survivors, takes them in that order,
+    // each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(nodes[other].control, 3);
-    admitted.extend(admit(nodes[owner].control, 100));
-    assert_eq!(admitted, expected, "admitted in the old relative order");
-    let unique: HashSet<u64> = admitted.iter().copied().collect();
-    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
-    for (i, c) in survivors.iter_mut() {
-        let push = c.next_cmd("admitted");
-        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
-    }
+    let controls = (nodes[other].control, nodes[owner].control);
+    converge_and_admit(survivors, returned, again, controls, QUEUE);
 }

@@ -11,29 +11,17 @@ mod etcd_support;
 mod node;
 mod server_process;
 
-use std::time::{Duration, Instant};
-
-use common::Client;
-use etcd_support::Etcd;
+use common::{owner_seen_by, position, wait_until, Client, TestServer};
+use etcd_support::{two_queues_owned_by_d, Etcd};
 use node::NodeProcess;
 use serde_json::{json, Value};
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing).
-const SETTLE: Duration = Duration::from_secs(25);
 const QUEUE: &str = "default";
 /// The restarted node's recovery window: long enough that the checks made while it
 /// holds (one admit, four logins) fit in it on a loaded box.
 const WINDOW_SECS: u64 = 6;
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The queue's (owner, epoch) in the node's `/v1/stats`.
 fn owner_epoch(node: &NodeProcess) -> (Option<String>, u64) {
@@ -133,39 +121,13 @@ fn a_restarted_owner_holds_admission_and_its_players_come_back_first() {
             return false;
         }
         assert_eq!(status, 200, "{body}");
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
+        admitted = common::admitted_ids(&body);
         true
     });
     assert_eq!(admitted, [1, 2, 3, 99], "the old players first, in order");
 }
 
 // ---- A new owner that dies too (in-process full servers, `common::start_node`) ----
-
-use common::{start_node, TestServer};
-
-fn node_in_process(etcd: &Etcd, id: &str, prefix: &str, extra: &str) -> TestServer {
-    start_node(|player, control, link| {
-        format!(
-            "[server]\npush_interval_ms = 20\n\
-             [tokens]\nkey = \"{KEY}\"\n{extra}\n\
-             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-             recovery_window_secs = 1\nprefix = \"{prefix}\"\n",
-            etcd.url,
-        )
-    })
-}
-
-fn owner_seen_by(n: &TestServer, queue: &str) -> Option<String> {
-    let cluster = n.handle.as_ref().unwrap().cluster.as_ref().unwrap();
-    cluster.owner_of(queue).map(|o| o.node_id)
-}
 
 /// Logs `user` in to `queue` on `n`, retrying while the answer is 9 (no owner yet).
 fn login_in_process(n: &TestServer, user: u64, queue: &str) -> (Client, u64) {
@@ -183,41 +145,6 @@ fn login_in_process(n: &TestServer, user: u64, queue: &str) -> (Client, u64) {
     out.unwrap()
 }
 
-/// The player's position by a `position` request; any push but `position` (a
-/// `kicked`) on the way fails the test.
-fn position(c: &mut Client, user: u64) -> u64 {
-    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
-    loop {
-        let v = c.next();
-        if v["seq"] == 7 {
-            assert_eq!(v["code"], 0, "player {user}: {v}");
-            return v["data"]["position"].as_u64().unwrap();
-        }
-        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
-    }
-}
-
-/// Admits up to `count` of `queue` through `n`, retrying on 503; the admitted users.
-fn admit_in_process(n: &TestServer, queue: &str, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission", || {
-        let path = format!("/v1/queues/{queue}/admit");
-        let (status, body) = n.http("POST", &path, Some(json!({ "count": count })));
-        if status != 200 {
-            assert_eq!(status, 503, "{body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
 /// d owns two queues; b's players wait in both. d dies: each queue goes to its
 /// preferred survivor (qb to b itself, qc to c), b's link to d re-submits each queue's
 /// places to its new owner (one of them through a second connection, a child link).
@@ -227,27 +154,11 @@ fn admit_in_process(n: &TestServer, queue: &str, count: u64) -> Vec<u64> {
 /// to a new owner were never followed again when it died.
 #[test]
 fn places_follow_again_when_their_new_owner_dies_too() {
-    use queue_server::cluster::ownership::preferred_owner;
     let etcd = Etcd::start();
     let prefix = "/qs-refollow";
     let (d, b, c) = ("f-d", "f-b", "f-c");
-    let name = |wanted: &str| {
-        (0..)
-            .map(|i| format!("w{i}"))
-            .find(|q| preferred_owner(q, [b, c]) == Some(wanted))
-            .unwrap()
-    };
-    let (qb, qc) = (name(b), name(c));
-    let extra = format!("[[queues.list]]\nname = \"{qb}\"\n[[queues.list]]\nname = \"{qc}\"\n");
     // d starts alone and owns both; a live owner is never displaced by b or c.
-    let mut nodes = vec![node_in_process(&etcd, d, prefix, &extra)];
-    wait_until("d owns both queues", || {
-        [&qb, &qc]
-            .iter()
-            .all(|q| owner_seen_by(&nodes[0], q).as_deref() == Some(d))
-    });
-    nodes.push(node_in_process(&etcd, b, prefix, &extra));
-    nodes.push(node_in_process(&etcd, c, prefix, &extra));
+    let (mut nodes, qb, qc) = two_queues_owned_by_d(&etcd, prefix, [d, b, c]);
     wait_until("b routes both queues to d", || {
         let routes = nodes[1].handle.as_ref().unwrap().routes.as_ref().unwrap();
         [&qb, &qc]
@@ -282,8 +193,8 @@ fn places_follow_again_when_their_new_owner_dies_too() {
             position(client, *user) == *pos
         });
     }
-    assert_eq!(admit_in_process(&nodes[1], &qc, 10), vec![2, 3]);
-    assert_eq!(admit_in_process(&nodes[1], &qb, 10), vec![1]);
+    assert_eq!(common::admit(nodes[1].control, &qc, 10), vec![2, 3]);
+    assert_eq!(common::admit(nodes[1].control, &qb, 10), vec![1]);
     for (user, client, _) in players.iter_mut() {
         let push = client.next_cmd("admitted");
         assert!(push["data"]["token"].is_string(), "player {user}: {push}");

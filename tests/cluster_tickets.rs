@@ -11,20 +11,15 @@
 mod common;
 mod etcd_support;
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
-
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
-use common::{start_node, Client, TestServer};
-use etcd_support::Etcd;
-use queue_server::server::ServerHandle;
-use serde_json::{json, Value};
+use common::{
+    come_back_with_tickets, converge_and_admit, node_of, place_ticket, settled_owner, split_lost,
+    start_node, Client, TestServer,
+};
+use etcd_support::{admit_and_wait_published, Etcd};
+use serde_json::json;
 
 /// The cluster's shared token key (32-byte Ed25519 seed, base64url).
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing, a window).
-const SETTLE: Duration = Duration::from_secs(30);
 const QUEUE: &str = "default";
 const PREFIX: &str = "/qs-tickets";
 const IDS: [&str; 3] = ["t1", "t2", "t3"];
@@ -43,125 +38,6 @@ fn node(etcd: &Etcd, id: &str) -> TestServer {
             etcd.url,
         )
     })
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn handle(nodes: &[TestServer], i: usize) -> &ServerHandle {
-    nodes[i].handle.as_ref().unwrap()
-}
-
-/// The owner's index once every live node routes its logins to it.
-fn settled_owner(nodes: &[TestServer], alive: &[usize], not: Option<&str>) -> usize {
-    let mut owner = String::new();
-    wait_until("the queue has an owner every live node routes to", || {
-        let cluster = handle(nodes, alive[0]).cluster.as_ref().unwrap();
-        let Some(o) = cluster.owner_of(QUEUE) else {
-            return false;
-        };
-        owner = o.node_id;
-        if Some(owner.as_str()) == not {
-            return false;
-        }
-        alive.iter().all(|&i| {
-            let routes = handle(nodes, i).routes.as_ref().unwrap();
-            let routed = routes.remote_owner(QUEUE);
-            if IDS[i] == owner {
-                routed.is_none()
-            } else {
-                routed.as_deref() == Some(owner.as_str())
-            }
-        })
-    });
-    IDS.iter().position(|n| *n == owner).unwrap()
-}
-
-/// Player `i` (1-based) connects to node `(i - 1) % 3`.
-fn node_of(i: u64) -> usize {
-    ((i - 1) % 3) as usize
-}
-
-/// The player's position by a `position` request; any push but `position` fails.
-fn position(c: &mut Client, user: u64) -> u64 {
-    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
-    loop {
-        let v = c.next();
-        if v["seq"] == 7 {
-            assert_eq!(v["code"], 0, "player {user}: {v}");
-            return v["data"]["position"].as_u64().unwrap();
-        }
-        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
-    }
-}
-
-/// Admits `count` through node `via`, retrying while the queue is between owners or
-/// held for the recovery window (503); returns the admitted user ids.
-fn admit(nodes: &[TestServer], via: usize, count: u64) -> Vec<u64> {
-    let mut admitted = Vec::new();
-    wait_until("an admission", || {
-        let path = format!("/v1/queues/{QUEUE}/admit");
-        let (status, body) = nodes[via].http("POST", &path, Some(json!({ "count": count })));
-        if status != 200 {
-            assert_eq!(status, 503, "{body}");
-            return false;
-        }
-        admitted = body["admitted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user_id"].as_u64().unwrap())
-            .collect();
-        true
-    });
-    admitted
-}
-
-/// The admission watermark the owner published in etcd (`{prefix}/admitted/{queue}`,
-/// "normal,priority"), read through etcd's JSON gateway.
-fn published_marks(etcd: &Etcd) -> Option<(u64, u64)> {
-    let addr = etcd.url.trim_start_matches("http://").parse().unwrap();
-    let key = STANDARD.encode(format!("{PREFIX}/admitted/{QUEUE}"));
-    let body = json!({ "key": key }).to_string();
-    let (status, v) = common::http(addr, "POST", "/v3/kv/range", Some(&body), None);
-    assert_eq!(status, 200, "{v}");
-    let value = v["kvs"].as_array()?.first()?["value"].as_str()?.to_string();
-    let text = String::from_utf8(STANDARD.decode(value).unwrap()).unwrap();
-    let (n, p) = text.split_once(',')?;
-    Some((n.parse().unwrap(), p.parse().unwrap()))
-}
-
-/// The key a place ticket names (its payload's bytes 10..18, little-endian).
-fn ticket_key(ticket: &str) -> u64 {
-    let payload = URL_SAFE_NO_PAD
-        .decode(ticket.split_once('.').unwrap().0)
-        .unwrap();
-    u64::from_le_bytes(payload[10..18].try_into().unwrap())
-}
-
-/// A login to node `via` presenting `ticket`, retried while the answer is
-/// SHUTTING_DOWN (9: the queue is between owners); the answer and the connection.
-fn login_with_ticket(nodes: &[TestServer], via: usize, user: u64, ticket: &str) -> (Value, Client) {
-    let data = json!({"user_id": user, "place_ticket": ticket});
-    let mut answer = None;
-    wait_until(
-        "a login with a place ticket that is not SHUTTING_DOWN",
-        || {
-            let mut c = nodes[via].client();
-            let v = c.request("login", 1, data.clone());
-            if v["code"] == 9 {
-                return false;
-            }
-            answer = Some((v, c));
-            true
-        },
-    );
-    answer.unwrap()
 }
 
 /// Ticket checks on the io loop: a changed byte, or another user's ticket, is refused
@@ -199,7 +75,7 @@ fn bad_tickets_are_refused(nodes: &[TestServer], via: usize, user: u64, ticket: 
 fn the_dead_owners_players_get_their_places_back_with_tickets() {
     let etcd = Etcd::start();
     let mut nodes: Vec<TestServer> = IDS.iter().map(|id| node(&etcd, id)).collect();
-    let dead = settled_owner(&nodes, &[0, 1, 2], None);
+    let dead = settled_owner(&nodes, &IDS, &[0, 1, 2], QUEUE, None);
 
     // Twelve players, one at a time, over the three nodes: positions 1..=12, each
     // waiting answer with a ticket naming its place.
@@ -207,84 +83,39 @@ fn the_dead_owners_players_get_their_places_back_with_tickets() {
     for i in 1..=12u64 {
         let mut c = nodes[node_of(i)].client();
         let answer = c.login(i);
-        assert_eq!(answer["code"], 0, "login of {i}: {answer}");
-        assert_eq!(answer["data"]["position"], i, "player {i}: {answer}");
-        let ticket = answer["data"]["place_ticket"].as_str();
-        let ticket = ticket.unwrap_or_else(|| panic!("player {i}: no place_ticket: {answer}"));
-        players.push((i, c, ticket.to_string()));
+        players.push((i, c, place_ticket(&answer, i)));
     }
 
     // The owner admits players 1..=dead+1, the last of them on the owner itself, and
     // publishes how far it admitted before it dies.
     let first_dead = dead as u64 + 1;
-    let early = admit(&nodes, dead, first_dead);
-    assert_eq!(early, (1..=first_dead).collect::<Vec<_>>());
-    let admitted_key = ticket_key(&players[dead].2);
-    wait_until("the owner's admission watermark in etcd", || {
-        published_marks(&etcd).is_some_and(|(normal, _)| normal >= admitted_key)
-    });
+    let dead_control = nodes[dead].control;
+    admit_and_wait_published(
+        &etcd,
+        (PREFIX, QUEUE),
+        dead_control,
+        first_dead,
+        &players[dead].2,
+    );
     players.retain(|(i, _, _)| *i > first_dead || node_of(*i) == dead);
 
     // The owner dies; its players' connections are gone with it.
     nodes[dead].handle.as_mut().unwrap().kill_node_for_test();
-    let (lost, survivors): (Vec<_>, Vec<_>) = players
-        .into_iter()
-        .partition(|(i, _, _)| node_of(*i) == dead);
-    let mut survivors: Vec<(u64, Client)> = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
-    let lost: Vec<(u64, String)> = lost
-        .into_iter()
-        .map(|(i, c, t)| {
-            drop(c);
-            (i, t)
-        })
-        .collect();
+    let (lost, survivors) = split_lost(players, dead);
     let alive: Vec<usize> = (0..3).filter(|&n| n != dead).collect();
-    let owner = settled_owner(&nodes, &alive, Some(IDS[dead]));
+    let owner = settled_owner(&nodes, &IDS, &alive, QUEUE, Some(IDS[dead]));
 
     // They come back on the surviving nodes, in turn, presenting their tickets.
-    let mut returned: Vec<(u64, Client)> = Vec::new();
-    let mut again = None;
-    for (n, (i, ticket)) in lost.iter().enumerate() {
-        let via = alive[n % alive.len()];
-        let (answer, c) = login_with_ticket(&nodes, via, *i, ticket);
-        assert_eq!(answer["code"], 0, "player {i}: {answer}");
-        assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
-        if *i == first_dead {
-            // Admitted by the dead owner: at most the watermark, never given back.
-            assert_eq!(
-                answer["data"]["resumed"], false,
-                "admitted player {i}: {answer}"
-            );
-            again = Some((*i, c));
-        } else {
-            assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
-            returned.push((*i, c));
-        }
-    }
+    let via: Vec<_> = alive.iter().map(|&n| nodes[n].player).collect();
+    let (returned, again) = come_back_with_tickets(&via, QUEUE, &lost, first_dead);
     bad_tickets_are_refused(&nodes, alive[0], lost[1].0, &lost[1].1);
 
-    // Everyone converges to the old relative order, the re-joined admitted player last.
-    survivors.extend(returned);
-    survivors.sort_by_key(|(i, _)| *i);
-    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
-    survivors.push(again.unwrap());
-    expected.push(first_dead);
-    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
-        let rank = rank as u64 + 1;
-        wait_until("a player's exact rank", || position(c, *i) == rank);
-    }
-
-    // Admission after the window takes them in that order, each exactly once.
+    // Everyone converges to the old relative order, the re-joined admitted player last;
+    // admission after the window, through both survivors, takes them in that order,
+    // each exactly once.
     let other = alive.iter().copied().find(|&n| n != owner).unwrap();
-    let mut admitted = admit(&nodes, other, 3);
-    admitted.extend(admit(&nodes, owner, 100));
-    assert_eq!(admitted, expected, "admitted in the old relative order");
-    let unique: HashSet<u64> = admitted.iter().copied().collect();
-    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
-    for (i, c) in survivors.iter_mut() {
-        let push = c.next_cmd("admitted");
-        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
-    }
+    let controls = (nodes[other].control, nodes[owner].control);
+    converge_and_admit(survivors, returned, again, controls, QUEUE);
 }
 
 /// One node: the protocol is unchanged: no `place_ticket` in the answer, and one

@@ -13,8 +13,11 @@
 //! ignores), never fatal; a record without a fingerprint (an older build) is never
 //! called a mismatch; no secret is stored, only a keyed SHA-256 of it.
 
-use jsonwebtoken::{Algorithm, EncodingKey};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+use super::mac;
 
 /// One live node, as registered in etcd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,10 +51,10 @@ pub struct Fingerprint {
     pub tokens_kid: String,
     /// `tokens.issuer` (the `iss` of every token).
     pub tokens_issuer: String,
-    /// Keyed SHA-256 of `tokens.key` (base64url, 128 bits): nodes signing with different
+    /// Keyed SHA-256 of `tokens.key` (base64url, 132 bits): nodes signing with different
     /// keys issue tokens the others reject.
     pub tokens_key_sha256: String,
-    /// Keyed SHA-256 of `control.api_key` (base64url, 128 bits): a forwarded request is
+    /// Keyed SHA-256 of `control.api_key` (base64url, 132 bits): a forwarded request is
     /// checked again by the owner, so different keys make forwarding fail with 401.
     pub api_key_sha256: String,
 }
@@ -60,14 +63,19 @@ pub struct Fingerprint {
 /// use of SHA-256 from any other).
 const FINGERPRINT_LABEL: &[u8] = b"queue-server cluster fingerprint v1";
 
-/// HMAC-SHA256 of `what` and `secret` under [`FINGERPRINT_LABEL`], first 128 bits in
-/// base64url: equal inputs give equal text on every node and build.
+/// Base64url characters kept of the hash: 22, i.e. the first 132 bits (22 x 6). Nodes
+/// compare the text, so this length is part of the format and never changes.
+const FINGERPRINT_CHARS: usize = 22;
+
+/// HMAC-SHA256 of `what` and `secret` under [`FINGERPRINT_LABEL`], base64url
+/// (unpadded), its first [`FINGERPRINT_CHARS`] characters (132 bits): equal inputs give
+/// equal text on every node and build.
 fn keyed_sha256(what: &str, secret: &str) -> String {
     let message = format!("{what}\0{secret}");
-    let key = EncodingKey::from_secret(FINGERPRINT_LABEL);
-    let mac =
-        jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap_or_default();
-    mac.chars().take(22).collect()
+    let tag = mac::hmac_sha256(FINGERPRINT_LABEL, message.as_bytes());
+    let mut text = URL_SAFE_NO_PAD.encode(tag);
+    text.truncate(FINGERPRINT_CHARS);
+    text
 }
 
 impl Fingerprint {
@@ -238,5 +246,14 @@ mod tests {
             !json.contains("seed-two") && !json.contains("api-two"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn fingerprint_values_are_pinned() {
+        // Nodes of different builds compare these texts: a change of the hash, its
+        // label or its length would make every mixed cluster refuse to start.
+        let fp = Fingerprint::new("HS256", "kid", "iss", "secret-key", "api-key");
+        assert_eq!(fp.tokens_key_sha256, "zZet26WlwwLYDqfTj83m-j");
+        assert_eq!(fp.api_key_sha256, "Xa0Fi0nqfQUNuoRAPP3c6S");
     }
 }

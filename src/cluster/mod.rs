@@ -34,6 +34,8 @@
 //! [`ClusterHandle::may_admit`] (`queue::core::fence`). Failover of places: surviving
 //! edges re-submit theirs (`link::edge`); the dead node's own players come back with a
 //! place ticket ([`ticket`], honored by `queue::core::claim` above the [`watermark`]).
+//! One keyed hash, HMAC-SHA256 ([`mac`]), signs tickets and hashes the secrets of the
+//! config fingerprint ([`membership`]).
 //!
 //! Invariants: without `[cluster]` nothing here runs; [`ClusterHandle::stop`] (or drop)
 //! revokes the lease so a clean stop frees the node's queues at once; every etcd call
@@ -44,6 +46,7 @@ pub mod error;
 pub mod fence;
 pub mod link;
 pub mod listing;
+pub mod mac;
 pub mod membership;
 pub mod node;
 pub mod ownership;

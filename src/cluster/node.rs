@@ -241,6 +241,20 @@ impl Node {
         tracing::warn!(node = %self.me.node_id, "cluster: lease lost, every queue released");
     }
 
+    /// The live members, sorted by id; this node counts only under its current lease
+    /// (none yet: lease 0, which no record holds).
+    async fn members(&mut self) -> Result<Vec<Member>, ClusterError> {
+        let lease = self.lease.unwrap_or(0);
+        listing::members(
+            &mut self.client,
+            self.op_ms,
+            &self.config.prefix,
+            &self.me.node_id,
+            lease,
+        )
+        .await
+    }
+
     /// Before registering: lists the members and refuses (the node stays out of the
     /// cluster, owns nothing, admits nothing) while a live member's config fingerprint
     /// differs from this node's. Registration happens at start and after a lost lease,
@@ -249,16 +263,7 @@ impl Node {
         let Some(mine) = self.me.config.clone() else {
             return Ok(());
         };
-        let prefix = self.config.prefix.clone();
-        let lease = self.lease.unwrap_or(0);
-        let members = listing::members(
-            &mut self.client,
-            self.op_ms,
-            &prefix,
-            &self.me.node_id,
-            lease,
-        )
-        .await?;
+        let members = self.members().await?;
         let mismatch = config_mismatch(&mine, &self.me.node_id, &members);
         self.shared.note_config_mismatch(mismatch.clone());
         match mismatch {
@@ -303,16 +308,7 @@ impl Node {
 
     /// Lists members and owners, updates the view, adopts, drops and campaigns.
     async fn reconcile(&mut self) -> Result<(), ClusterError> {
-        let lease = self.lease.unwrap_or(0);
-        let prefix = self.config.prefix.clone();
-        let mut members = listing::members(
-            &mut self.client,
-            self.op_ms,
-            &prefix,
-            &self.me.node_id,
-            lease,
-        )
-        .await?;
+        let mut members = self.members().await?;
         if !members.iter().any(|m| m.node_id == self.me.node_id) {
             self.registered = false; // deleted by hand, or a dead lease: put it again
             self.register().await?;
@@ -325,8 +321,9 @@ impl Node {
             let mismatch = config_mismatch(mine, &self.me.node_id, &members);
             self.shared.note_config_mismatch(mismatch);
         }
-        let listed = listing::owners(&mut self.client, self.op_ms, &prefix).await?;
-        let last_owners = listing::last_owners(&mut self.client, self.op_ms, &prefix).await?;
+        let listed = listing::owners(&mut self.client, self.op_ms, &self.config.prefix).await?;
+        let last_owners =
+            listing::last_owners(&mut self.client, self.op_ms, &self.config.prefix).await?;
         {
             let mut view = self.shared.view.lock().unwrap_or_else(|e| e.into_inner());
             view.members = members.clone();

@@ -25,9 +25,9 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::mac;
 use crate::msg::{PlaceKey, QueueName, SessionId, UserId};
 
 /// The payload's version byte.
@@ -37,13 +37,11 @@ const FIXED_BYTES: usize = 1 + 1 + 8 + 8 + 8 + 1;
 /// Longest queue name in a ticket (`config::valid_queue_name` allows 64).
 const QUEUE_BYTES_MAX: usize = 64;
 /// MAC bytes (the whole HMAC-SHA256).
-const MAC_BYTES: usize = 32;
+const MAC_BYTES: usize = mac::TAG_BYTES;
 /// Longest ticket accepted: both parts at their largest, and the dot.
 pub const TICKET_CHARS_MAX: usize = (FIXED_BYTES + QUEUE_BYTES_MAX).div_ceil(3) * 4 + 1 + 44;
 /// Domain separation of the derived key: never the admission tokens' key itself.
 const KEY_LABEL: &[u8] = b"queue-server place-ticket v1";
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// True for a priority-lane key (`queue::rank::place_key`: normal-lane keys have the
 /// top bit set). Read here, not imported, so that `cluster` does not depend on `queue`.
@@ -114,11 +112,6 @@ impl TicketKey {
         }
     }
 
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes a key of any length: this never fails.
-        <HmacSha256 as Mac>::new_from_slice(&self.key).expect("hmac key")
-    }
-
     /// The ticket of `user`'s place at `key` in `queue`, issued at `issued_at`.
     pub fn issue(&self, user: UserId, queue: &str, key: PlaceKey, issued_at: u64) -> String {
         let name = &queue.as_bytes()[..queue.len().min(QUEUE_BYTES_MAX)];
@@ -130,9 +123,7 @@ impl TicketKey {
         payload.extend_from_slice(&issued_at.to_le_bytes());
         payload.push(name.len() as u8);
         payload.extend_from_slice(name);
-        let mut mac = self.mac();
-        mac.update(&payload);
-        let tag = mac.finalize().into_bytes();
+        let tag = mac::hmac_sha256(&self.key, &payload);
         let mut out = URL_SAFE_NO_PAD.encode(&payload);
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(tag, &mut out);
@@ -154,10 +145,9 @@ impl TicketKey {
         if tag.len() != MAC_BYTES {
             return Err(TicketRejected::Malformed);
         }
-        let mut mac = self.mac();
-        mac.update(&payload);
-        mac.verify_slice(&tag)
-            .map_err(|_| TicketRejected::BadSignature)?;
+        if !mac::verify(&self.key, &payload, &tag) {
+            return Err(TicketRejected::BadSignature);
+        }
         parse_payload(&payload)
     }
 

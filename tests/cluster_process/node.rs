@@ -2,6 +2,8 @@
 //! its own (loopback ports that were free a moment ago, `[cluster]` on the given etcd),
 //! every stdout line kept (from the first, so no log line is missed), killed on drop.
 //! `kill9` sends SIGKILL: no revoke, no goodbye on its links, as on a dead box.
+//! Uses `crate::common`, `crate::etcd_support` and `crate::server_process`: a test that
+//! includes this module includes those too.
 
 #![allow(dead_code)]
 
@@ -16,15 +18,6 @@ use serde_json::Value;
 
 /// Longest wait for a node to start.
 const START_WAIT: Duration = Duration::from_secs(20);
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running node process.
 pub struct NodeProcess {
@@ -144,7 +137,11 @@ fn write_config(
     extra: &str,
     window_secs: u64,
 ) -> (PathBuf, PathBuf, u16, u16) {
-    let (player, control, link) = (free_port(), free_port(), free_port());
+    let (player, control, link) = (
+        crate::etcd_support::free_port(),
+        crate::etcd_support::free_port(),
+        crate::etcd_support::free_port(),
+    );
     let dir = std::env::temp_dir().join(format!("qs-proc-{}-{id}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -224,10 +221,37 @@ fn launch(config: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        crate::server_process::kill_and_clean(&mut self.child, &self.dir);
     }
+}
+
+/// The index of the node every node in `alive` names as `queue`'s owner, once they
+/// agree on one that is not `not`.
+pub fn agreed_owner(
+    nodes: &[NodeProcess],
+    alive: &[usize],
+    queue: &str,
+    not: Option<&str>,
+) -> usize {
+    let mut owner = None;
+    crate::common::wait_until("every live node names the same owner", || {
+        let named: Vec<Option<String>> = alive.iter().map(|&i| nodes[i].owner_of(queue)).collect();
+        owner = named[0].clone().filter(|o| Some(o.as_str()) != not);
+        owner.is_some() && named.iter().all(|n| *n == owner)
+    });
+    let owner = owner.unwrap();
+    nodes.iter().position(|n| n.id == owner).unwrap()
+}
+
+/// Waits until `node` (not the owner) logged that its logins of its one queue go over
+/// a node link (its router published a route to the owner).
+pub fn wait_routed(node: &NodeProcess) {
+    crate::common::wait_until(
+        &format!("{} routes the queue to its owner", node.id),
+        || {
+            node.logged(|l| {
+                l.contains("node link routes changed") && l.contains("\"remote_queues\":1")
+            })
+        },
+    );
 }

@@ -1,5 +1,8 @@
 //! Test harness: a server on 127.0.0.1:0, a raw-frame player client and a raw HTTP/1.1
 //! client for the control port. Everything goes over real sockets.
+//!
+//! Also the helpers the cluster_* tests share (waits with [`SETTLE`], admission, place
+//! tickets, owner views): one copy each, whatever the node kind (in-process or child).
 
 #![allow(dead_code)]
 
@@ -331,4 +334,247 @@ pub fn get_within(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let (_, body) = text.split_once("\r\n\r\n")?;
     Some((status, body.to_string()))
+}
+
+// ---- Cluster helpers (the cluster_* tests) ----
+
+/// Longest wait for a cluster to settle (a lease, a tick, a listing, a recovery
+/// window): the longest any cluster test needed on a loaded box.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 20 ms until it is true; fails naming `what` after [`SETTLE`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Player `i` (1-based) connects to node `(i - 1) % 3`.
+pub fn node_of(i: u64) -> usize {
+    ((i - 1) % 3) as usize
+}
+
+/// The player's position by a `position` request on its connection; any push but a
+/// `position` on the way (a `kicked`) fails the test.
+pub fn position(c: &mut Client, user: u64) -> u64 {
+    c.send(&json!({"cmd": "position", "seq": 7, "data": {}}));
+    loop {
+        let v = c.next();
+        if v["seq"] == 7 {
+            assert_eq!(v["code"], 0, "player {user}: {v}");
+            return v["data"]["position"].as_u64().unwrap();
+        }
+        assert_eq!(v["cmd"], "position", "player {user}: unexpected push {v}");
+    }
+}
+
+/// Admits `count` of `queue` through the control port at `control`, retrying while the
+/// queue is between owners or held for the recovery window (503); returns the admitted
+/// user ids in order.
+pub fn admit(control: SocketAddr, queue: &str, count: u64) -> Vec<u64> {
+    let mut admitted = Vec::new();
+    wait_until("an admission", || {
+        let path = format!("/v1/queues/{queue}/admit");
+        let body = json!({ "count": count }).to_string();
+        let (status, body) = http(control, "POST", &path, Some(&body), None);
+        if status != 200 {
+            assert_eq!(status, 503, "{control}: {body}");
+            return false;
+        }
+        admitted = admitted_ids(&body);
+        true
+    });
+    admitted
+}
+
+/// The owner of `queue` as the in-process node `n` last listed it.
+pub fn owner_seen_by(n: &TestServer, queue: &str) -> Option<String> {
+    let cluster = n.handle.as_ref().unwrap().cluster.as_ref().unwrap();
+    cluster.owner_of(queue).map(|o| o.node_id)
+}
+
+/// The key a place ticket names (its payload's bytes 10..18, little-endian).
+pub fn ticket_key(ticket: &str) -> u64 {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let payload = URL_SAFE_NO_PAD
+        .decode(ticket.split_once('.').unwrap().0)
+        .unwrap();
+    u64::from_le_bytes(payload[10..18].try_into().unwrap())
+}
+
+/// A login of `user` to `queue` at `addr` presenting `ticket`, retried while the answer
+/// is SHUTTING_DOWN (9: the queue is between owners, or the new owner has not read the
+/// watermark yet); the answer and the connection.
+pub fn login_with_ticket(
+    addr: SocketAddr,
+    queue: &str,
+    user: u64,
+    ticket: &str,
+) -> (Value, Client) {
+    let data = json!({"user_id": user, "queue": queue, "place_ticket": ticket});
+    let mut answer = None;
+    wait_until(
+        "a login with a place ticket that is not SHUTTING_DOWN",
+        || {
+            let mut c = Client::connect(addr);
+            let v = c.request("login", 1, data.clone());
+            if v["code"] == 9 {
+                return false;
+            }
+            answer = Some((v, c));
+            true
+        },
+    );
+    answer.unwrap()
+}
+
+/// The user ids of an admit answer (`{"admitted": [{"user_id": ..}, ..]}`), in order.
+pub fn admitted_ids(body: &Value) -> Vec<u64> {
+    let admitted = body["admitted"].as_array().unwrap();
+    admitted
+        .iter()
+        .map(|a| a["user_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// The index in `nodes` (named `ids`) of `queue`'s owner, once every node in `alive`
+/// routes its logins to it (the owner: its own core; the others: the link to it) and
+/// it is not `not`.
+pub fn settled_owner(
+    nodes: &[TestServer],
+    ids: &[&str],
+    alive: &[usize],
+    queue: &str,
+    not: Option<&str>,
+) -> usize {
+    let handle = |i: usize| nodes[i].handle.as_ref().unwrap();
+    let mut owner = String::new();
+    wait_until("the queue has an owner every live node routes to", || {
+        let cluster = handle(alive[0]).cluster.as_ref().unwrap();
+        let Some(o) = cluster.owner_of(queue) else {
+            return false;
+        };
+        owner = o.node_id;
+        if Some(owner.as_str()) == not {
+            return false;
+        }
+        alive.iter().all(|&i| {
+            let routed = handle(i).routes.as_ref().unwrap().remote_owner(queue);
+            if ids[i] == owner {
+                routed.is_none()
+            } else {
+                routed.as_deref() == Some(owner.as_str())
+            }
+        })
+    });
+    ids.iter().position(|n| *n == owner).unwrap()
+}
+
+/// The place ticket of player `user`'s first `login` answer, which must be OK at
+/// position `user` (players log in one at a time, in order).
+pub fn place_ticket(answer: &Value, user: u64) -> String {
+    assert_eq!(answer["code"], 0, "login of {user}: {answer}");
+    assert_eq!(answer["data"]["position"], user, "player {user}: {answer}");
+    let ticket = answer["data"]["place_ticket"].as_str();
+    let ticket = ticket.unwrap_or_else(|| panic!("player {user}: no place_ticket: {answer}"));
+    ticket.to_string()
+}
+
+/// Admits everyone waiting in `queue`, three through the node at `first` (a non-owner:
+/// forwarded) and then the rest through `then`; asserts they come in `expected`'s
+/// order, each once.
+pub fn admit_all_in_order(first: SocketAddr, then: SocketAddr, queue: &str, expected: &[u64]) {
+    let mut admitted = admit(first, queue, 3);
+    admitted.extend(admit(then, queue, 100));
+    assert_eq!(admitted, expected, "admitted in the old relative order");
+    let unique: std::collections::HashSet<u64> = admitted.iter().copied().collect();
+    assert_eq!(unique.len(), admitted.len(), "nobody admitted twice");
+}
+
+/// The players a dead owner lost, `(user, ticket)`, log in again presenting their
+/// tickets, in turn on the nodes at `players`: each gets a new ticket and its place back
+/// (`resumed`), except `admitted` (admitted by the dead owner: at most the watermark,
+/// never given back). Returns the ones given their place back, and `admitted`'s.
+pub fn come_back_with_tickets(
+    players: &[SocketAddr],
+    queue: &str,
+    lost: &[(u64, String)],
+    admitted: u64,
+) -> (Vec<(u64, Client)>, (u64, Client)) {
+    let mut returned: Vec<(u64, Client)> = Vec::new();
+    let mut again = None;
+    for (n, (i, ticket)) in lost.iter().enumerate() {
+        let via = players[n % players.len()];
+        let (answer, c) = login_with_ticket(via, queue, *i, ticket);
+        assert_eq!(answer["code"], 0, "player {i}: {answer}");
+        assert!(answer["data"]["place_ticket"].is_string(), "{answer}");
+        if *i == admitted {
+            assert_eq!(
+                answer["data"]["resumed"], false,
+                "admitted player {i}: {answer}"
+            );
+            again = Some((*i, c));
+        } else {
+            assert_eq!(answer["data"]["resumed"], true, "player {i}: {answer}");
+            returned.push((*i, c));
+        }
+    }
+    (returned, again.expect("the admitted player came back"))
+}
+
+/// The end of a place-ticket failover: the `survivors` (kept their connections) and the
+/// `returned` (came back with tickets) converge to their old relative order, `again`
+/// (admitted by the dead owner, came back) last; then admission, three through
+/// `first` and the rest through `then`, takes them in that order, each exactly once,
+/// and each gets its `admitted` push.
+pub fn converge_and_admit(
+    mut survivors: Vec<(u64, Client)>,
+    returned: Vec<(u64, Client)>,
+    again: (u64, Client),
+    (first, then): (SocketAddr, SocketAddr),
+    queue: &str,
+) {
+    survivors.extend(returned);
+    survivors.sort_by_key(|(i, _)| *i);
+    let mut expected: Vec<u64> = survivors.iter().map(|(i, _)| *i).collect();
+    expected.push(again.0);
+    survivors.push(again);
+    for (rank, (i, c)) in survivors.iter_mut().enumerate() {
+        let rank = rank as u64 + 1;
+        wait_until("a player's exact rank", || position(c, *i) == rank);
+    }
+    admit_all_in_order(first, then, queue, &expected);
+    for (i, c) in survivors.iter_mut() {
+        let push = c.next_cmd("admitted");
+        assert!(push["data"]["token"].is_string(), "player {i}: {push}");
+    }
+}
+
+/// A player who lost its connection: (user, place ticket).
+pub type Ticketed = (u64, String);
+/// A player waiting on its connection: (user, connection).
+pub type Waiting = (u64, Client);
+
+/// Splits `players` (user, connection, ticket; player `i` on node [`node_of`]`(i)`)
+/// once node `dead` died: those on it lost their connection (dropped here) and keep
+/// their ticket; the others keep their connection.
+pub fn split_lost(
+    players: Vec<(u64, Client, String)>,
+    dead: usize,
+) -> (Vec<Ticketed>, Vec<Waiting>) {
+    let (lost, survivors): (Vec<_>, Vec<_>) = players
+        .into_iter()
+        .partition(|(i, _, _)| node_of(*i) == dead);
+    let survivors = survivors.into_iter().map(|(i, c, _)| (i, c)).collect();
+    let lost = lost
+        .into_iter()
+        .map(|(i, c, t)| {
+            drop(c);
+            (i, t)
+        })
+        .collect();
+    (lost, survivors)
 }

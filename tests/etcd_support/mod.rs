@@ -2,6 +2,9 @@
 //! ports that were free a moment ago, with a temp data dir; answering (`/health`) before
 //! `start` returns; killed, and its dir removed, on drop. A missing binary fails the
 //! test with what to install (never a skip).
+//!
+//! Also the cluster helpers that read etcd or start in-process nodes on it; these use
+//! `crate::common`, so a test that includes this module includes `common` too.
 
 #![allow(dead_code)]
 
@@ -191,4 +194,120 @@ impl Drop for Etcd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The cluster's shared token key in [`node_toml`] (32-byte Ed25519 seed, base64url).
+pub const NODE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// The config of node `id` on `etcd` under `prefix` (TTL 2 s, window 1 s) at `ports`
+/// (player, control, link); `extra` is appended right after `[tokens] key`: bare keys
+/// there are `[tokens]` keys, then any tables.
+pub fn node_toml(
+    etcd: &Etcd,
+    prefix: &str,
+    id: &str,
+    extra: &str,
+    ports: (u16, u16, u16),
+) -> String {
+    let (player, control, link) = ports;
+    format!(
+        "[server]\npush_interval_ms = 20\n\
+         [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
+         advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+         advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
+         recovery_window_secs = 1\nprefix = \"{prefix}\"\n\
+         [tokens]\nkey = \"{NODE_KEY}\"\n{extra}\n",
+        etcd.url,
+    )
+}
+
+/// A full in-process node ([`crate::common::start_node`]) with [`node_toml`]'s config.
+pub fn node_in_process(
+    etcd: &Etcd,
+    prefix: &str,
+    id: &str,
+    extra: &str,
+) -> crate::common::TestServer {
+    crate::common::start_node(|player, control, link| {
+        node_toml(etcd, prefix, id, extra, (player, control, link))
+    })
+}
+
+/// Two queues rendezvous gives to different survivors: nodes `[d, b, c]` start under
+/// `prefix`, each listing both queues, `d` alone first, so that it owns both (a live
+/// owner is never displaced by b or c). Returns the nodes (in that order) and the two
+/// queue names, the one `b` prefers over `c` first.
+pub fn two_queues_owned_by_d(
+    etcd: &Etcd,
+    prefix: &str,
+    [d, b, c]: [&str; 3],
+) -> (Vec<crate::common::TestServer>, String, String) {
+    use queue_server::cluster::ownership::preferred_owner;
+    let name = |wanted: &str| {
+        (0..)
+            .map(|i| format!("w{i}"))
+            .find(|q| preferred_owner(q, [b, c]) == Some(wanted))
+            .unwrap()
+    };
+    let (qb, qc) = (name(b), name(c));
+    let extra = format!("[[queues.list]]\nname = \"{qb}\"\n[[queues.list]]\nname = \"{qc}\"\n");
+    let mut nodes = vec![node_in_process(etcd, prefix, d, &extra)];
+    crate::common::wait_until("d owns both queues", || {
+        [&qb, &qc]
+            .iter()
+            .all(|q| crate::common::owner_seen_by(&nodes[0], q).as_deref() == Some(d))
+    });
+    nodes.push(node_in_process(etcd, prefix, b, &extra));
+    nodes.push(node_in_process(etcd, prefix, c, &extra));
+    (nodes, qb, qc)
+}
+
+/// The admission watermark of `queue` published in etcd (`{prefix}/admitted/{queue}`,
+/// "normal,priority"), read through etcd's JSON gateway.
+pub fn published_marks(etcd: &Etcd, prefix: &str, queue: &str) -> Option<(u64, u64)> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let addr = etcd.url.trim_start_matches("http://").parse().unwrap();
+    let key = STANDARD.encode(format!("{prefix}/admitted/{queue}"));
+    let body = serde_json::json!({ "key": key }).to_string();
+    let (status, v) = crate::common::http(addr, "POST", "/v3/kv/range", Some(&body), None);
+    assert_eq!(status, 200, "{v}");
+    let value = v["kvs"].as_array()?.first()?["value"].as_str()?.to_string();
+    let text = String::from_utf8(STANDARD.decode(value).unwrap()).unwrap();
+    let (n, p) = text.split_once(',')?;
+    Some((n.parse().unwrap(), p.parse().unwrap()))
+}
+
+/// Runs `f` on a throw-away etcd client (its own current-thread runtime), for checks
+/// and changes made from outside the nodes.
+pub fn with_etcd<T>(etcd: &Etcd, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        f(&mut client).await
+    })
+}
+
+/// Admits players `1..=count` of `queue` through the owner at `control` (they logged
+/// in one at a time, in order: the first `count` in the queue), and waits until the
+/// owner published in etcd a watermark at or past `last_ticket`'s place (player
+/// `count`'s).
+pub fn admit_and_wait_published(
+    etcd: &Etcd,
+    (prefix, queue): (&str, &str),
+    control: std::net::SocketAddr,
+    count: u64,
+    last_ticket: &str,
+) {
+    let early = crate::common::admit(control, queue, count);
+    assert_eq!(early, (1..=count).collect::<Vec<_>>());
+    let admitted_key = crate::common::ticket_key(last_ticket);
+    crate::common::wait_until("the owner's admission watermark in etcd", || {
+        published_marks(etcd, prefix, queue).is_some_and(|(normal, _)| normal >= admitted_key)
+    });
 }

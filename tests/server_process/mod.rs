@@ -115,12 +115,18 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        kill_and_clean(&mut self.child, &self.dir);
     }
+}
+
+/// Kills `child` unless it exited, reaps it, and removes its temp dir `dir` (what a
+/// dropped child process of a test leaves behind).
+pub fn kill_and_clean(child: &mut Child, dir: &std::path::Path) {
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// One HTTP answer, body as raw bytes.
