@@ -24,7 +24,11 @@
 //! - the owner's incarnation (`hello`) is remembered per address: another one after a
 //!   re-dial is a restarted owner, not a cut link: its places are not in that process's
 //!   grace, so they wait for the router to name each queue's owner (a new epoch) and go
-//!   there (`relay`, `EdgeLink::owner_restarted`), never kicked to resume from nothing.
+//!   there (`relay`, `EdgeLink::owner_restarted`), never kicked to resume from nothing;
+//! - a broken connection (the reader saw it, or a write failed) holds the places once,
+//!   before the writer re-dials: re-submissions it never answered go again, even to
+//!   the same owner process (it may not have them), never kicked; its joins in flight
+//!   leave the book; its reader relays nothing more (`places::Book::broke`).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -119,6 +123,8 @@ struct Conn {
     pending: Pending,
     /// The owner process's incarnation, as it answered the hello.
     incarnation: u64,
+    /// Its number in the book (`Book::connect`).
+    connection: u64,
 }
 
 fn lock(p: &Pending) -> MutexGuard<'_, HashMap<SessionId, (u32, UserId)>> {
@@ -139,12 +145,16 @@ impl EdgeLink {
     }
 
     /// The writer's loop, from `places` and `f` (a child link starts with held places).
-    fn run_with(self, places: Book, mut f: Follow) {
+    fn run_with(self, places: Book, f: Follow) {
+        self.run_shared(Arc::new(Mutex::new(places)), f);
+    }
+
+    /// [`EdgeLink::run_with`] on a book shared with the caller (tests look into it).
+    fn run_shared(self, places: Arc<Mutex<Book>>, mut f: Follow) {
         let mut conn: Option<Conn> = None;
         let mut last_try: Option<Instant> = None;
         let (mut batch, mut kept) = (Vec::new(), Vec::new());
         let mut frame = FrameBuf::default();
-        let places = Arc::new(Mutex::new(places));
         let mut moved = f.moved;
         // The incarnation of the owner process last connected at `f.addr`.
         let mut seen: Option<u64> = None;
@@ -267,13 +277,16 @@ impl EdgeLink {
             self.stats.sent(bytes.len());
             return true;
         }
-        // Not sent: the joins the reader has not answered yet are answered by `refuse`.
+        // Not sent: the joins the reader has not answered yet are answered by `refuse`;
+        // the places are held here, now (re-submissions included: sent again on the
+        // next connection), and the connection's reader relays nothing more.
         let mut pending = lock(&conn.pending);
         batch.retain(|msg| match msg {
             CoreMsg::Join { conn: c, .. } => pack_session(c.loop_id, c.session)
                 .is_some_and(|packed| pending.remove(&packed).is_some()),
             _ => false,
         });
+        self::book(places).broke(conn.connection);
         false
     }
 
@@ -325,7 +338,9 @@ impl EdgeLink {
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
             let pending = Pending::default();
+            let connection = book(places).connect();
             let reader = Relay {
+                connection,
                 index: self.index,
                 loops: self.loops.clone(),
                 stop: self.stop.clone(),
@@ -347,6 +362,7 @@ impl EdgeLink {
                 broken,
                 pending,
                 incarnation,
+                connection,
             })
         };
         match attempt() {

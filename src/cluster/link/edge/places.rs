@@ -18,7 +18,15 @@
 //!   owner's rank batches (kept across connections: a key some owner admitted stays
 //!   admitted); each re-submission carries its queue's, so the new owner refuses place
 //!   tickets of places the dead owner admitted after its last etcd write. Updating them
-//!   is a map lookup per queue in a batch: no allocation once a queue is known.
+//!   is a map lookup per queue in a batch: no allocation once a queue is known;
+//! - `retry` (a subset of `held`) are places whose re-submission the owner never
+//!   answered (the write failed, or the connection broke first): that owner process
+//!   may not have them, so a re-dial to it re-submits them instead of kicking them;
+//! - `joining` only holds joins on the current connection: a broken connection clears
+//!   it (its joins were answered SHUTTING_DOWN);
+//! - `connection` counts the writer's connections: a reader of an older one relays and
+//!   holds nothing (the writer reconnected, or gave it up after a failed write and held
+//!   the places itself).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -68,6 +76,10 @@ pub(super) struct Book {
     /// The id sessions hold (link bits cleared) -> the highest admitted key per lane
     /// [normal, priority] the owners' rank batches reported ([`MARKS_MAX`] queues).
     marks: HashMap<QueueId, [PlaceKey; 2]>,
+    /// Held places whose re-submission was never answered (see the module doc).
+    retry: HashSet<SessionId>,
+    /// The writer's current connection (a count; see the module doc).
+    connection: u64,
 }
 
 /// Most queues whose admitted marks a book keeps (past that, a new queue's marks are
@@ -129,6 +141,29 @@ impl Book {
         self.live.remove(&packed);
         self.joining.remove(&packed);
         self.held.remove(&packed);
+        self.retry.remove(&packed);
+    }
+
+    /// The writer made a new connection: its number (for its reader).
+    pub fn connect(&mut self) -> u64 {
+        self.connection += 1;
+        self.connection
+    }
+
+    /// True while `connection` is the writer's current one.
+    #[inline]
+    pub fn is_current(&self, connection: u64) -> bool {
+        self.connection == connection
+    }
+
+    /// Connection `connection` broke: if it is the current one, its places are held
+    /// ([`Book::hold_all`]) and it stops being current (its reader relays no more);
+    /// a later call for it (the reader after the writer, or the other way) does nothing.
+    pub fn broke(&mut self, connection: u64) {
+        if self.connection == connection {
+            self.hold_all();
+            self.connection += 1;
+        }
     }
 
     /// The owner's id of the queue a session holds as `edge` (link bits cleared).
@@ -182,8 +217,15 @@ impl Book {
     }
 
     /// The connection broke: every waiting place is held (not behind any connection)
-    /// until it is re-submitted or given up.
-    pub fn hold_all(&mut self) {
+    /// until it is re-submitted or given up; the re-submissions it never answered are
+    /// to be sent again (`retry`); its joins in flight were answered SHUTTING_DOWN.
+    fn hold_all(&mut self) {
+        self.joining.clear();
+        for (s, _) in self.resubmitting.drain() {
+            if self.live.contains_key(&s) {
+                self.retry.insert(s);
+            }
+        }
         self.held.extend(self.live.keys().copied());
         if !self.held.is_empty() && self.orphaned_since.is_none() {
             self.orphaned_since = Some(Instant::now());
@@ -196,14 +238,16 @@ impl Book {
         self.to_edge.clear();
         self.to_owner.clear();
         self.resubmitting.clear();
+        self.retry.clear();
     }
 
     /// The held places whose queue `wanted` names, to re-submit on the connection (to
     /// a new owner), sorted by key, each marked as re-submitted; the others stay held.
-    /// `fresh`: a new connection (the old owner's id maps are forgotten).
+    /// `fresh`: a new connection (the old owner's id maps are forgotten);
+    /// `unanswered_only`: only the places in `retry`.
     pub fn take_resubmissions(
         &mut self,
-        fresh: bool,
+        (fresh, unanswered_only): (bool, bool),
         wanted: impl Fn(&str) -> bool,
     ) -> Vec<(SessionId, Live)> {
         if fresh {
@@ -211,6 +255,9 @@ impl Book {
         }
         let mut all: Vec<(SessionId, Live)> = Vec::new();
         for s in &self.held {
+            if unanswered_only && !self.retry.contains(s) {
+                continue;
+            }
             if let Some(l) = self.live.get(s).filter(|l| wanted(&l.queue)) {
                 all.push((*s, l.clone()));
             }
@@ -218,6 +265,7 @@ impl Book {
         all.sort_by_key(|(_, l)| l.key);
         for (s, l) in &all {
             self.held.remove(s);
+            self.retry.remove(s);
             self.resubmitting.insert(*s, l.edge_queue);
         }
         if self.held.is_empty() {
@@ -242,6 +290,7 @@ impl Book {
             .collect();
         for s in moving {
             self.held.remove(&s);
+            self.retry.remove(&s);
             if let Some(l) = self.live.remove(&s) {
                 out.held.insert(s);
                 out.live.insert(s, l);
@@ -258,6 +307,12 @@ impl Book {
         self.live.values().map(|l| l.edge_queue).collect()
     }
 
+    /// How many joins are in flight (tests).
+    #[cfg(test)]
+    pub fn joins_in_flight(&self) -> usize {
+        self.joining.len()
+    }
+
     /// True while `packed`'s place is held (behind no connection).
     pub fn is_held(&self, packed: SessionId) -> bool {
         self.held.contains(&packed)
@@ -267,6 +322,7 @@ impl Book {
     pub fn give_up(&mut self) {
         self.live.clear();
         self.held.clear();
+        self.retry.clear();
         self.resubmitting.clear();
         self.orphaned_since = None;
     }
@@ -274,6 +330,7 @@ impl Book {
     /// Forgets the held places; returns their sessions (to kick one by one).
     pub fn give_up_held(&mut self) -> Vec<SessionId> {
         let held: Vec<SessionId> = self.held.drain().collect();
+        self.retry.clear();
         for s in &held {
             self.live.remove(s);
         }

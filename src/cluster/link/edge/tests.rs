@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use crossbeam_channel::Receiver;
 
 use super::codec::{unpack_session, Reader};
+use super::follow::Follow;
 use super::*;
 use crate::doorbell;
 use crate::msg::{remote_queue, ConnRef, JoinOk, QueueDelta, RankBatch};
@@ -33,12 +34,13 @@ fn loops() -> Loops {
     (Arc::new(outs), rxs, bells)
 }
 
-/// A started link client to `addr`; the loops' ends; its stop flag.
+/// A started link client to `addr`; the loops' ends; its stop flag; its book.
 struct Edge {
     tx: Sender<CoreMsg>,
     rxs: Vec<Receiver<LoopEvent>>,
     _bells: Vec<doorbell::BellRx>,
     stop: Arc<AtomicBool>,
+    places: Arc<Mutex<Book>>,
 }
 
 impl Drop for Edge {
@@ -55,7 +57,9 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
     let (loops, rxs, bells) = loops();
     let (tx, inbox) = crossbeam_channel::bounded(64);
     let stop = Arc::new(AtomicBool::new(false));
-    EdgeLink {
+    let places = Arc::new(Mutex::new(Book::default()));
+    let follow = Follow::new(addr.clone(), &Default::default());
+    let link = EdgeLink {
         index: 3,
         me: "edge-1".into(),
         stats: Arc::default(),
@@ -66,14 +70,32 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
         stop: stop.clone(),
         retarget,
         orphan_max: Duration::from_secs(30),
-    }
-    .spawn()
-    .unwrap();
+    };
+    let book = places.clone();
+    std::thread::spawn(move || link.run_shared(book, follow));
     Edge {
         tx,
         rxs,
         _bells: bells,
         stop,
+        places,
+    }
+}
+
+/// Closes the owner's end with a reset (`SO_LINGER` 0): the edge's next write fails.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Polls `done` until it holds; fails with `what` after 10 s.
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -600,4 +622,87 @@ fn places_of_two_queues_follow_their_two_new_owners() {
         }]
     ));
     assert!(edge.rxs[0].try_recv().is_err(), "nobody kicked");
+}
+
+/// One place (loop 0, session 1, user 41, key 100, the old owner's queue 2) behind a
+/// link whose owner died; the router has named the new owner (the returned listener).
+fn one_place_failed_over() -> (Edge, TcpListener) {
+    let old = TcpListener::bind("127.0.0.1:0").unwrap();
+    let new = TcpListener::bind("127.0.0.1:0").unwrap();
+    let retarget = Retarget::default();
+    let edge = start_with(old.local_addr().unwrap().to_string(), retarget.clone());
+    edge.tx.send(join(0, 1)).unwrap();
+    let mut owner = accept(&old);
+    let msgs = read_msgs(&mut owner);
+    let CoreMsg::Join { conn, .. } = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    answer_joins(&mut owner, &[conn.session]);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    drop(owner);
+    drop(old);
+    let to = new.local_addr().unwrap().to_string();
+    retarget.lock().unwrap().insert("q".into(), to);
+    (edge, new)
+}
+
+/// The new owner's connection breaks before it answers the re-submission (reset before
+/// the edge writes it, so the write fails; or, if the reset comes later, the answer
+/// never comes); the re-dial finds the same owner process, which never acknowledged
+/// the place: it is re-submitted there, not kicked. Before, the failed batch kept only
+/// joins, and the re-dial kicked the place `shutdown` as if it waited in a grace the
+/// owner never had: logging in again went to the end of the queue.
+#[test]
+fn a_resubmission_whose_write_fails_is_resubmitted_on_the_redial_not_kicked() {
+    let (edge, new) = one_place_failed_over();
+    reset(accept(&new));
+    let mut owner = accept(&new);
+    let msgs = read_msgs(&mut owner);
+    assert!(
+        matches!(
+            &msgs[..],
+            [CoreMsg::Resubmit {
+                user: 41,
+                key: 100,
+                ..
+            }]
+        ),
+        "{msgs:?}"
+    );
+    answer_resubmits(&mut owner, &msgs, 6);
+    match next(&edge.rxs[0]) {
+        LoopEvent::Resync(v) => assert_eq!(v, vec![(1, 1)]),
+        other => panic!("the place was not re-submitted: {other:?}"),
+    }
+}
+
+/// A login in flight when its connection is lost (the owner closes without answering,
+/// or resets it before the edge writes it: the write fails) is answered SHUTTING_DOWN
+/// and leaves nothing in the book's joins in flight (before: the entry stayed forever).
+#[test]
+fn a_join_lost_with_its_connection_leaves_nothing_in_the_book() {
+    for reset_first in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let edge = start(listener.local_addr().unwrap().to_string());
+        edge.tx.send(join(0, 9)).unwrap();
+        let mut owner = accept(&listener);
+        if reset_first {
+            reset(owner);
+        } else {
+            assert_eq!(read_msgs(&mut owner).len(), 1);
+            drop(owner);
+        }
+        assert!(matches!(
+            next(&edge.rxs[0]),
+            LoopEvent::Joined {
+                session: 9,
+                result: Err(JoinError::ShuttingDown),
+                ..
+            }
+        ));
+        wait_until(
+            || book(&edge.places).joins_in_flight() == 0,
+            "a lost join stays in the book",
+        );
+    }
 }
