@@ -28,7 +28,10 @@
 //! - a broken connection (the reader saw it, or a write failed) holds the places once,
 //!   before the writer re-dials: re-submissions it never answered go again, even to
 //!   the same owner process (it may not have them), never kicked; its joins in flight
-//!   leave the book; its reader relays nothing more (`places::Book::broke`).
+//!   leave the book; its reader relays nothing more (`places::Book::broke`);
+//! - a `Leave`/`Disconnect` of a place whose re-submission is unanswered waits for the
+//!   answer to map the new owner's queue id and then goes out (at most one idle poll
+//!   later); the answer is not relayed to the ended session.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -40,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use self::places::Book;
+use self::places::{Book, Was};
 use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
 use super::hello::{read_incarnation, write_hello};
 use super::stats::LinkStats;
@@ -181,7 +184,7 @@ impl EdgeLink {
             {
                 conn = None;
             }
-            let orphaned = book(&places).orphaned_since;
+            let orphaned = book(&places).next_round(conn.is_some(), &mut batch);
             if batch.is_empty() && orphaned.is_none() {
                 continue;
             }
@@ -242,22 +245,15 @@ impl EdgeLink {
             };
             match pack_session(conn_ref.loop_id, conn_ref.session) {
                 Some(session) => {
-                    match msg {
-                        CoreMsg::Join {
-                            seq, user, queue, ..
-                        } => {
-                            pending.insert(session, (*seq, *user));
-                            book.sent_join(session, queue.as_str());
-                        }
-                        CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
-                            let held = book.is_held(session);
-                            book.ended(session);
-                            if held {
-                                continue; // behind no owner yet: nothing to tell
-                            }
-                            *queue = book.owner_queue(local_queue(*queue));
-                        }
-                        _ => {}
+                    let ends = matches!(msg, CoreMsg::Leave { .. } | CoreMsg::Disconnect { .. });
+                    if let CoreMsg::Join {
+                        seq, user, queue, ..
+                    } = msg
+                    {
+                        pending.insert(session, (*seq, *user));
+                        book.sent_join(session, queue.as_str());
+                    } else if ends && !leaving(&mut book, session, msg) {
+                        continue;
                     }
                     frame.put_core(msg, session);
                 }
@@ -383,6 +379,46 @@ impl EdgeLink {
 
     fn ring(&self, rung: &mut [bool]) {
         ring(&self.loops, rung);
+    }
+}
+
+/// A `Leave`/`Disconnect` of `session`: its place ends in the book; true when it is to
+/// be sent now (its queue id mapped to the owner's); a held place has no owner to
+/// tell, and one whose re-submission is unanswered waits for the owner's queue id.
+fn leaving(book: &mut Book, session: SessionId, msg: &mut CoreMsg) -> bool {
+    match book.ended(session) {
+        Was::Held => false,
+        Was::Resubmitting => {
+            if let Some(copy) = ending(msg) {
+                book.defer(session, copy);
+            }
+            false
+        }
+        Was::Other => {
+            if let CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } = msg {
+                *queue = book.owner_queue(local_queue(*queue));
+            }
+            true
+        }
+    }
+}
+
+/// A copy of a `Leave`/`Disconnect` (to send later: `Book::defer`).
+fn ending(msg: &CoreMsg) -> Option<CoreMsg> {
+    match *msg {
+        CoreMsg::Leave { conn, queue, user } => Some(CoreMsg::Leave { conn, queue, user }),
+        CoreMsg::Disconnect {
+            conn,
+            queue,
+            user,
+            report,
+        } => Some(CoreMsg::Disconnect {
+            conn,
+            queue,
+            user,
+            report,
+        }),
+        _ => None,
     }
 }
 

@@ -22,6 +22,9 @@
 //! - `retry` (a subset of `held`) are places whose re-submission the owner never
 //!   answered (the write failed, or the connection broke first): that owner process
 //!   may not have them, so a re-dial to it re-submits them instead of kicking them;
+//! - a session in `resubmitting` that ends (leave, disconnect) is taken out at once;
+//!   its `Leave`/`Disconnect` waits in `deferred` until the answer maps the new owner's
+//!   queue id, then goes to `late` for the writer; the answer itself is dropped;
 //! - `joining` only holds joins on the current connection: a broken connection clears
 //!   it (its joins were answered SHUTTING_DOWN);
 //! - `connection` counts the writer's connections: a reader of an older one relays and
@@ -32,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::msg::{local_queue, PlaceKey, QueueId, SessionId, UserId};
+use crate::msg::{local_queue, CoreMsg, PlaceKey, QueueId, SessionId, UserId};
 
 /// Most queue names a book interns (the names a link carries are its owner's queues:
 /// this bound only matters for a flood of auto-created names).
@@ -78,8 +81,25 @@ pub(super) struct Book {
     marks: HashMap<QueueId, [PlaceKey; 2]>,
     /// Held places whose re-submission was never answered (see the module doc).
     retry: HashSet<SessionId>,
+    /// Ended sessions whose re-submission is unanswered -> their `Leave`/`Disconnect`
+    /// (the session's queue id), sent once the answer maps the owner's id.
+    deferred: HashMap<SessionId, CoreMsg>,
+    /// `Leave`/`Disconnect` of `deferred` whose queue id is mapped now: the writer
+    /// sends them on its next round.
+    late: Vec<CoreMsg>,
     /// The writer's current connection (a count; see the module doc).
     connection: u64,
+}
+
+/// Where a session's place was when it ended ([`Book::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Was {
+    /// Behind no connection: there is no owner to tell.
+    Held,
+    /// Re-submitted, not answered: the owner's queue id is not known yet.
+    Resubmitting,
+    /// Anywhere else (waiting at the owner, or unknown here).
+    Other,
 }
 
 /// Most queues whose admitted marks a book keeps (past that, a new queue's marks are
@@ -87,12 +107,16 @@ pub(super) struct Book {
 pub(super) const MARKS_MAX: usize = 4096;
 
 /// What the reader does with a join answer.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answer {
     /// A login's answer: relay it.
     Relay,
-    /// A re-submission's answer: not a login; `Some(position)` to resync the session,
-    /// `None` to kick it (the new owner could not keep the place).
-    Resubmitted(Option<u64>),
+    /// A re-submission's answer: resync the session's position.
+    Resynced(u64),
+    /// A re-submission the owner could not keep: kick the session.
+    Refused,
+    /// A re-submission's answer for a session that ended meanwhile: nothing to relay.
+    Dropped,
 }
 
 impl Book {
@@ -136,12 +160,36 @@ impl Book {
         self.marks.get(&edge_queue).copied().unwrap_or([0, 0])
     }
 
-    /// The session's place ended (leave, disconnect, admitted, kicked).
-    pub fn ended(&mut self, packed: SessionId) {
+    /// The session's place ended (leave, disconnect, admitted, kicked); where it was.
+    pub fn ended(&mut self, packed: SessionId) -> Was {
         self.live.remove(&packed);
         self.joining.remove(&packed);
-        self.held.remove(&packed);
         self.retry.remove(&packed);
+        // Admitted or kicked by the owner: a leave waiting for its answer is moot.
+        self.deferred.remove(&packed);
+        if self.held.remove(&packed) {
+            return Was::Held;
+        }
+        if self.resubmitting.remove(&packed).is_some() {
+            return Was::Resubmitting;
+        }
+        Was::Other
+    }
+
+    /// `msg` (a `Leave`/`Disconnect` of an ended session whose re-submission is not
+    /// answered) waits for the answer to map the owner's queue id.
+    pub fn defer(&mut self, packed: SessionId, msg: CoreMsg) {
+        self.deferred.insert(packed, msg);
+    }
+
+    /// The writer's look at the book each round (one lock): when `connected`, moves
+    /// the deferred messages whose queue id is mapped now to the end of `batch` (no
+    /// allocation when there are none); returns `orphaned_since`.
+    pub fn next_round(&mut self, connected: bool, batch: &mut Vec<CoreMsg>) -> Option<Instant> {
+        if connected && !self.late.is_empty() {
+            batch.append(&mut self.late);
+        }
+        self.orphaned_since
     }
 
     /// The writer made a new connection: its number (for its reader).
@@ -187,18 +235,30 @@ impl Book {
         user: UserId,
         ok: Option<(QueueId, QueueId, PlaceKey, u64, bool)>,
     ) -> Answer {
-        if let Some(edge) = self.resubmitting.remove(&packed) {
-            return match ok {
-                Some((_, owner, _, position, false)) => {
-                    self.to_edge.insert(owner, edge);
-                    self.to_owner.insert(edge, owner);
-                    Answer::Resubmitted(Some(position))
+        if let Some(msg) = self.deferred.remove(&packed) {
+            // The session ended while its re-submission was in flight: its leave or
+            // disconnect goes out now with the owner's id (the place is there).
+            let edge = match &msg {
+                CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
+                    Some(local_queue(*queue))
                 }
-                _ => {
-                    self.live.remove(&packed);
-                    Answer::Resubmitted(None)
-                }
+                _ => None,
             };
+            if let (Some(edge), Some((_, owner, _, _, false))) = (edge, ok) {
+                self.to_edge.insert(owner, edge);
+                self.to_owner.insert(edge, owner);
+                self.late.push(msg);
+            }
+            return Answer::Dropped;
+        }
+        if let Some(edge) = self.resubmitting.remove(&packed) {
+            let Some((_, owner, _, position, false)) = ok else {
+                self.live.remove(&packed);
+                return Answer::Refused;
+            };
+            self.to_edge.insert(owner, edge);
+            self.to_owner.insert(edge, owner);
+            return Answer::Resynced(position);
         }
         let name = self.joining.remove(&packed);
         if let (Some(queue), Some((mapped, _, key, _, false))) = (name, ok) {
@@ -218,7 +278,9 @@ impl Book {
 
     /// The connection broke: every waiting place is held (not behind any connection)
     /// until it is re-submitted or given up; the re-submissions it never answered are
-    /// to be sent again (`retry`); its joins in flight were answered SHUTTING_DOWN.
+    /// to be sent again (`retry`); its joins in flight were answered SHUTTING_DOWN, and
+    /// the leaves waiting for its answers are dropped (like any leave while the owner
+    /// is unreachable).
     fn hold_all(&mut self) {
         self.joining.clear();
         for (s, _) in self.resubmitting.drain() {
@@ -226,6 +288,8 @@ impl Book {
                 self.retry.insert(s);
             }
         }
+        self.deferred.clear();
+        self.late.clear();
         self.held.extend(self.live.keys().copied());
         if !self.held.is_empty() && self.orphaned_since.is_none() {
             self.orphaned_since = Some(Instant::now());
@@ -239,6 +303,8 @@ impl Book {
         self.to_owner.clear();
         self.resubmitting.clear();
         self.retry.clear();
+        self.deferred.clear();
+        self.late.clear();
     }
 
     /// The held places whose queue `wanted` names, to re-submit on the connection (to
@@ -311,11 +377,6 @@ impl Book {
     #[cfg(test)]
     pub fn joins_in_flight(&self) -> usize {
         self.joining.len()
-    }
-
-    /// True while `packed`'s place is held (behind no connection).
-    pub fn is_held(&self, packed: SessionId) -> bool {
-        self.held.contains(&packed)
     }
 
     /// Forgets every place (they are kicked).

@@ -219,7 +219,8 @@ impl Relay {
     }
 
     /// A join answer: a login's goes to its loop (unless answered already); a
-    /// re-submission's becomes a resync of the position, or a kick when refused.
+    /// re-submission's becomes a resync of the position, or a kick when refused; one
+    /// for a session that ended meanwhile is dropped.
     fn joined(
         &self,
         locked: &mut Locked<'_>,
@@ -235,17 +236,20 @@ impl Relay {
         });
         let answer = locked.places.answered(session, user, ok);
         let (l, s) = unpack_session(session);
-        if let Answer::Resubmitted(position) = answer {
-            let e = match position {
-                Some(p) => LoopEvent::Resync(vec![(s, p)]),
-                None => LoopEvent::Kick {
+        let result = match (answer, result) {
+            (Answer::Relay, result) => result,
+            (Answer::Dropped, _) => return,
+            (Answer::Resynced(p), _) => {
+                return self.to_loop(l, LoopEvent::Resync(vec![(s, p)]), rung)
+            }
+            (Answer::Refused, _) => {
+                let e = LoopEvent::Kick {
                     session: s,
                     reason: KickReason::Shutdown,
-                },
-            };
-            relay(&self.loops, &self.stop, l as usize, e, rung);
-            return;
-        }
+                };
+                return self.to_loop(l, e, rung);
+            }
+        };
         if locked.pending.remove(&session).is_none() {
             return; // answered SHUTTING_DOWN already (write failed)
         }
@@ -255,6 +259,11 @@ impl Relay {
             user,
             result,
         };
+        relay(&self.loops, &self.stop, l as usize, e, rung);
+    }
+
+    /// Relays `e` to loop `l`.
+    fn to_loop(&self, l: u16, e: LoopEvent, rung: &mut [bool]) {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 

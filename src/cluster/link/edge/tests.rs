@@ -676,6 +676,83 @@ fn a_resubmission_whose_write_fails_is_resubmitted_on_the_redial_not_kicked() {
     }
 }
 
+/// The player of a place whose re-submission the new owner has not answered yet leaves
+/// (or its connection closes): the edge does not know the new owner's queue id yet, so
+/// it sends nothing then (before: a `Leave` naming the dead owner's queue id 2, wrong at
+/// the new owner); once the answer maps the id, the `Leave`/`Disconnect` goes out with
+/// the new owner's id 6, and the answer is not relayed to the ended session.
+#[test]
+fn a_leave_racing_an_unanswered_resubmission_waits_for_the_new_owners_queue_id() {
+    leave_racing_a_resubmission(false);
+}
+
+/// As above with the connection closing (`Disconnect`) instead of a `leave`.
+#[test]
+fn a_disconnect_racing_an_unanswered_resubmission_waits_for_the_new_owners_queue_id() {
+    leave_racing_a_resubmission(true);
+}
+
+fn leave_racing_a_resubmission(disconnect: bool) {
+    let (edge, new) = one_place_failed_over();
+    let mut owner = accept(&new);
+    let resubmits = read_msgs(&mut owner);
+    assert!(matches!(
+        &resubmits[..],
+        [CoreMsg::Resubmit { user: 41, .. }]
+    ));
+    let conn = ConnRef {
+        loop_id: 0,
+        session: 1,
+    };
+    let (queue, user) = (remote_queue(3, 2), 41);
+    edge.tx
+        .send(if disconnect {
+            CoreMsg::Disconnect {
+                conn,
+                queue,
+                user,
+                report: Default::default(),
+            }
+        } else {
+            CoreMsg::Leave { conn, queue, user }
+        })
+        .unwrap();
+    // A login behind it: once it arrives, the edge has handled the leave.
+    edge.tx.send(join(1, 5)).unwrap();
+    loop {
+        let msgs = read_msgs(&mut owner);
+        assert!(
+            !msgs
+                .iter()
+                .any(|m| matches!(m, CoreMsg::Leave { .. } | CoreMsg::Disconnect { .. })),
+            "sent before the new owner's queue id was known: {msgs:?}"
+        );
+        if msgs.iter().any(|m| matches!(m, CoreMsg::Join { .. })) {
+            break;
+        }
+    }
+    answer_resubmits(&mut owner, &resubmits, 6);
+    match (&read_msgs(&mut owner)[..], disconnect) {
+        (
+            [CoreMsg::Leave {
+                queue: 6, user: 41, ..
+            }],
+            false,
+        )
+        | (
+            [CoreMsg::Disconnect {
+                queue: 6, user: 41, ..
+            }],
+            true,
+        ) => {}
+        (other, _) => panic!("{other:?}"),
+    }
+    assert!(
+        edge.rxs[0].try_recv().is_err(),
+        "the late answer reached the ended session"
+    );
+}
+
 /// A login in flight when its connection is lost (the owner closes without answering,
 /// or resets it before the edge writes it: the write fails) is answered SHUTTING_DOWN
 /// and leaves nothing in the book's joins in flight (before: the entry stayed forever).
