@@ -113,6 +113,9 @@ pub(super) enum Answer {
     Relay,
     /// A re-submission's answer: resync the session's position.
     Resynced(u64),
+    /// A re-submission answered admitted at once (the player holds an unused admission
+    /// at the owner): relay the admission (the answer carries the token).
+    Admitted,
     /// A re-submission the owner could not keep: kick the session.
     Refused,
     /// A re-submission's answer for a session that ended meanwhile: nothing to relay.
@@ -252,12 +255,16 @@ impl Book {
             return Answer::Dropped;
         }
         if let Some(edge) = self.resubmitting.remove(&packed) {
-            let Some((_, owner, _, position, false)) = ok else {
+            let Some((_, owner, _, position, admitted)) = ok else {
                 self.live.remove(&packed);
                 return Answer::Refused;
             };
             self.to_edge.insert(owner, edge);
             self.to_owner.insert(edge, owner);
+            if admitted {
+                self.live.remove(&packed);
+                return Answer::Admitted;
+            }
             return Answer::Resynced(position);
         }
         let name = self.joining.remove(&packed);

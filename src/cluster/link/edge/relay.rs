@@ -219,8 +219,8 @@ impl Relay {
     }
 
     /// A join answer: a login's goes to its loop (unless answered already); a
-    /// re-submission's becomes a resync of the position, or a kick when refused; one
-    /// for a session that ended meanwhile is dropped.
+    /// re-submission's becomes a resync of the position, the admission it carries, or
+    /// a kick when refused; one for a session that ended meanwhile is dropped.
     fn joined(
         &self,
         locked: &mut Locked<'_>,
@@ -242,7 +242,21 @@ impl Relay {
             (Answer::Resynced(p), _) => {
                 return self.to_loop(l, LoopEvent::Resync(vec![(s, p)]), rung)
             }
-            (Answer::Refused, _) => {
+            (
+                Answer::Admitted,
+                Ok(JoinOk {
+                    admitted: Some((token, expires_at)),
+                    ..
+                }),
+            ) => {
+                let e = LoopEvent::Admitted {
+                    session: s,
+                    token,
+                    expires_at,
+                };
+                return self.to_loop(l, e, rung);
+            }
+            (Answer::Admitted | Answer::Refused, _) => {
                 let e = LoopEvent::Kick {
                     session: s,
                     reason: KickReason::Shutdown,

@@ -3,7 +3,11 @@
 //! range); a login in flight when the link breaks, or sent while the owner is
 //! unreachable, is answered SHUTTING_DOWN instead of hanging; after a failover the
 //! waiting places are re-submitted to the new owner (sorted by key, ids mapped back),
-//! and a cut link to the same owner kicks them as before.
+//! and a cut link to the same owner kicks them as before. Failure paths: a
+//! re-submission whose write fails goes again on the re-dial (never kicked); a leave
+//! racing an unanswered re-submission waits for the new owner's queue id; a join lost
+//! with its connection leaves the book; a re-submission answered admitted at once
+//! reaches the player as its admission.
 
 use std::net::TcpListener;
 
@@ -782,4 +786,46 @@ fn a_join_lost_with_its_connection_leaves_nothing_in_the_book() {
             "a lost join stays in the book",
         );
     }
+}
+
+/// The new owner answers a re-submission admitted at once (the player holds an unused
+/// admission there, e.g. a restarted owner replayed it): the player gets its
+/// `admitted` push with the token, not a kick (before: kicked `shutdown`, the token
+/// reached it only after logging in again).
+#[test]
+fn a_resubmission_answered_admitted_relays_the_admission() {
+    let (edge, new) = one_place_failed_over();
+    let mut owner = accept(&new);
+    let msgs = read_msgs(&mut owner);
+    let [CoreMsg::Resubmit { conn, user, .. }] = &msgs[..] else {
+        panic!("{msgs:?}")
+    };
+    let mut f = FrameBuf::default();
+    f.put_event(&LoopEvent::Joined {
+        session: conn.session,
+        seq: 0,
+        user: *user,
+        result: Ok(JoinOk {
+            queue: 6,
+            key: 0,
+            position: 0,
+            queue_len: 0,
+            rate_per_s: 0.0,
+            resumed: true,
+            admitted: Some(("tok".into(), 99)),
+        }),
+    });
+    owner.write_all(f.finish()).unwrap();
+    match next(&edge.rxs[0]) {
+        LoopEvent::Admitted {
+            session: 1,
+            token,
+            expires_at: 99,
+        } => assert_eq!(token, "tok"),
+        other => panic!("{other:?}"),
+    }
+    wait_until(
+        || book(&edge.places).live.is_empty(),
+        "the admitted place stays in the book",
+    );
 }
