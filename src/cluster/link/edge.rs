@@ -24,7 +24,14 @@
 //! - the owner's incarnation (`hello`) is remembered per address: another one after a
 //!   re-dial is a restarted owner, not a cut link: its places are not in that process's
 //!   grace, so they wait for the router to name each queue's owner (a new epoch) and go
-//!   there (`relay`, `EdgeLink::owner_restarted`), never kicked to resume from nothing.
+//!   there (`relay`, `EdgeLink::owner_restarted`), never kicked to resume from nothing;
+//! - a broken connection (the reader saw it, or a write failed) holds the places once,
+//!   before the writer re-dials: re-submissions it never answered go again, even to
+//!   the same owner process (it may not have them), never kicked; its joins in flight
+//!   leave the book; its reader relays nothing more (`places::Book::broke`);
+//! - a `Leave`/`Disconnect` of a place whose re-submission is unanswered waits for the
+//!   answer to map the new owner's queue id and then goes out (at most one idle poll
+//!   later); the answer is not relayed to the ended session.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -36,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use self::places::Book;
+use self::places::{Book, Was};
 use super::codec::{self, pack_session, FrameBuf, PREAMBLE};
 use super::hello::{read_incarnation, write_hello};
 use super::stats::LinkStats;
@@ -119,6 +126,8 @@ struct Conn {
     pending: Pending,
     /// The owner process's incarnation, as it answered the hello.
     incarnation: u64,
+    /// Its number in the book (`Book::connect`).
+    connection: u64,
 }
 
 fn lock(p: &Pending) -> MutexGuard<'_, HashMap<SessionId, (u32, UserId)>> {
@@ -139,12 +148,16 @@ impl EdgeLink {
     }
 
     /// The writer's loop, from `places` and `f` (a child link starts with held places).
-    fn run_with(self, places: Book, mut f: Follow) {
+    fn run_with(self, places: Book, f: Follow) {
+        self.run_shared(Arc::new(Mutex::new(places)), f);
+    }
+
+    /// [`EdgeLink::run_with`] on a book shared with the caller (tests look into it).
+    fn run_shared(self, places: Arc<Mutex<Book>>, mut f: Follow) {
         let mut conn: Option<Conn> = None;
         let mut last_try: Option<Instant> = None;
         let (mut batch, mut kept) = (Vec::new(), Vec::new());
         let mut frame = FrameBuf::default();
-        let places = Arc::new(Mutex::new(places));
         let mut moved = f.moved;
         // The incarnation of the owner process last connected at `f.addr`.
         let mut seen: Option<u64> = None;
@@ -171,7 +184,7 @@ impl EdgeLink {
             {
                 conn = None;
             }
-            let orphaned = book(&places).orphaned_since;
+            let orphaned = book(&places).next_round(conn.is_some(), &mut batch);
             if batch.is_empty() && orphaned.is_none() {
                 continue;
             }
@@ -232,22 +245,15 @@ impl EdgeLink {
             };
             match pack_session(conn_ref.loop_id, conn_ref.session) {
                 Some(session) => {
-                    match msg {
-                        CoreMsg::Join {
-                            seq, user, queue, ..
-                        } => {
-                            pending.insert(session, (*seq, *user));
-                            book.sent_join(session, queue.as_str());
-                        }
-                        CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
-                            let held = book.is_held(session);
-                            book.ended(session);
-                            if held {
-                                continue; // behind no owner yet: nothing to tell
-                            }
-                            *queue = book.owner_queue(local_queue(*queue));
-                        }
-                        _ => {}
+                    let ends = matches!(msg, CoreMsg::Leave { .. } | CoreMsg::Disconnect { .. });
+                    if let CoreMsg::Join {
+                        seq, user, queue, ..
+                    } = msg
+                    {
+                        pending.insert(session, (*seq, *user));
+                        book.sent_join(session, queue.as_str());
+                    } else if ends && !leaving(&mut book, session, msg) {
+                        continue;
                     }
                     frame.put_core(msg, session);
                 }
@@ -267,13 +273,16 @@ impl EdgeLink {
             self.stats.sent(bytes.len());
             return true;
         }
-        // Not sent: the joins the reader has not answered yet are answered by `refuse`.
+        // Not sent: the joins the reader has not answered yet are answered by `refuse`;
+        // the places are held here, now (re-submissions included: sent again on the
+        // next connection), and the connection's reader relays nothing more.
         let mut pending = lock(&conn.pending);
         batch.retain(|msg| match msg {
             CoreMsg::Join { conn: c, .. } => pack_session(c.loop_id, c.session)
                 .is_some_and(|packed| pending.remove(&packed).is_some()),
             _ => false,
         });
+        self::book(places).broke(conn.connection);
         false
     }
 
@@ -325,7 +334,9 @@ impl EdgeLink {
             stream.set_read_timeout(None)?;
             let broken = Arc::new(AtomicBool::new(false));
             let pending = Pending::default();
+            let connection = book(places).connect();
             let reader = Relay {
+                connection,
                 index: self.index,
                 loops: self.loops.clone(),
                 stop: self.stop.clone(),
@@ -347,6 +358,7 @@ impl EdgeLink {
                 broken,
                 pending,
                 incarnation,
+                connection,
             })
         };
         match attempt() {
@@ -367,6 +379,46 @@ impl EdgeLink {
 
     fn ring(&self, rung: &mut [bool]) {
         ring(&self.loops, rung);
+    }
+}
+
+/// A `Leave`/`Disconnect` of `session`: its place ends in the book; true when it is to
+/// be sent now (its queue id mapped to the owner's); a held place has no owner to
+/// tell, and one whose re-submission is unanswered waits for the owner's queue id.
+fn leaving(book: &mut Book, session: SessionId, msg: &mut CoreMsg) -> bool {
+    match book.ended(session) {
+        Was::Held => false,
+        Was::Resubmitting => {
+            if let Some(copy) = ending(msg) {
+                book.defer(session, copy);
+            }
+            false
+        }
+        Was::Other => {
+            if let CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } = msg {
+                *queue = book.owner_queue(local_queue(*queue));
+            }
+            true
+        }
+    }
+}
+
+/// A copy of a `Leave`/`Disconnect` (to send later: `Book::defer`).
+fn ending(msg: &CoreMsg) -> Option<CoreMsg> {
+    match *msg {
+        CoreMsg::Leave { conn, queue, user } => Some(CoreMsg::Leave { conn, queue, user }),
+        CoreMsg::Disconnect {
+            conn,
+            queue,
+            user,
+            report,
+        } => Some(CoreMsg::Disconnect {
+            conn,
+            queue,
+            user,
+            report,
+        }),
+        _ => None,
     }
 }
 

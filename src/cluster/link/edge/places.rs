@@ -18,13 +18,24 @@
 //!   owner's rank batches (kept across connections: a key some owner admitted stays
 //!   admitted); each re-submission carries its queue's, so the new owner refuses place
 //!   tickets of places the dead owner admitted after its last etcd write. Updating them
-//!   is a map lookup per queue in a batch: no allocation once a queue is known.
+//!   is a map lookup per queue in a batch: no allocation once a queue is known;
+//! - `retry` (a subset of `held`) are places whose re-submission the owner never
+//!   answered (the write failed, or the connection broke first): that owner process
+//!   may not have them, so a re-dial to it re-submits them instead of kicking them;
+//! - a session in `resubmitting` that ends (leave, disconnect) is taken out at once;
+//!   its `Leave`/`Disconnect` waits in `deferred` until the answer maps the new owner's
+//!   queue id, then goes to `late` for the writer; the answer itself is dropped;
+//! - `joining` only holds joins on the current connection: a broken connection clears
+//!   it (its joins were answered SHUTTING_DOWN);
+//! - `connection` counts the writer's connections: a reader of an older one relays and
+//!   holds nothing (the writer reconnected, or gave it up after a failed write and held
+//!   the places itself).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::msg::{local_queue, PlaceKey, QueueId, SessionId, UserId};
+use crate::msg::{local_queue, CoreMsg, PlaceKey, QueueId, SessionId, UserId};
 
 /// Most queue names a book interns (the names a link carries are its owner's queues:
 /// this bound only matters for a flood of auto-created names).
@@ -68,6 +79,27 @@ pub(super) struct Book {
     /// The id sessions hold (link bits cleared) -> the highest admitted key per lane
     /// [normal, priority] the owners' rank batches reported ([`MARKS_MAX`] queues).
     marks: HashMap<QueueId, [PlaceKey; 2]>,
+    /// Held places whose re-submission was never answered (see the module doc).
+    retry: HashSet<SessionId>,
+    /// Ended sessions whose re-submission is unanswered -> their `Leave`/`Disconnect`
+    /// (the session's queue id), sent once the answer maps the owner's id.
+    deferred: HashMap<SessionId, CoreMsg>,
+    /// `Leave`/`Disconnect` of `deferred` whose queue id is mapped now: the writer
+    /// sends them on its next round.
+    late: Vec<CoreMsg>,
+    /// The writer's current connection (a count; see the module doc).
+    connection: u64,
+}
+
+/// Where a session's place was when it ended ([`Book::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Was {
+    /// Behind no connection: there is no owner to tell.
+    Held,
+    /// Re-submitted, not answered: the owner's queue id is not known yet.
+    Resubmitting,
+    /// Anywhere else (waiting at the owner, or unknown here).
+    Other,
 }
 
 /// Most queues whose admitted marks a book keeps (past that, a new queue's marks are
@@ -75,12 +107,19 @@ pub(super) struct Book {
 pub(super) const MARKS_MAX: usize = 4096;
 
 /// What the reader does with a join answer.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answer {
     /// A login's answer: relay it.
     Relay,
-    /// A re-submission's answer: not a login; `Some(position)` to resync the session,
-    /// `None` to kick it (the new owner could not keep the place).
-    Resubmitted(Option<u64>),
+    /// A re-submission's answer: resync the session's position.
+    Resynced(u64),
+    /// A re-submission answered admitted at once (the player holds an unused admission
+    /// at the owner): relay the admission (the answer carries the token).
+    Admitted,
+    /// A re-submission the owner could not keep: kick the session.
+    Refused,
+    /// A re-submission's answer for a session that ended meanwhile: nothing to relay.
+    Dropped,
 }
 
 impl Book {
@@ -124,11 +163,58 @@ impl Book {
         self.marks.get(&edge_queue).copied().unwrap_or([0, 0])
     }
 
-    /// The session's place ended (leave, disconnect, admitted, kicked).
-    pub fn ended(&mut self, packed: SessionId) {
+    /// The session's place ended (leave, disconnect, admitted, kicked); where it was.
+    pub fn ended(&mut self, packed: SessionId) -> Was {
         self.live.remove(&packed);
         self.joining.remove(&packed);
-        self.held.remove(&packed);
+        self.retry.remove(&packed);
+        // Admitted or kicked by the owner: a leave waiting for its answer is moot.
+        self.deferred.remove(&packed);
+        if self.held.remove(&packed) {
+            return Was::Held;
+        }
+        if self.resubmitting.remove(&packed).is_some() {
+            return Was::Resubmitting;
+        }
+        Was::Other
+    }
+
+    /// `msg` (a `Leave`/`Disconnect` of an ended session whose re-submission is not
+    /// answered) waits for the answer to map the owner's queue id.
+    pub fn defer(&mut self, packed: SessionId, msg: CoreMsg) {
+        self.deferred.insert(packed, msg);
+    }
+
+    /// The writer's look at the book each round (one lock): when `connected`, moves
+    /// the deferred messages whose queue id is mapped now to the end of `batch` (no
+    /// allocation when there are none); returns `orphaned_since`.
+    pub fn next_round(&mut self, connected: bool, batch: &mut Vec<CoreMsg>) -> Option<Instant> {
+        if connected && !self.late.is_empty() {
+            batch.append(&mut self.late);
+        }
+        self.orphaned_since
+    }
+
+    /// The writer made a new connection: its number (for its reader).
+    pub fn connect(&mut self) -> u64 {
+        self.connection += 1;
+        self.connection
+    }
+
+    /// True while `connection` is the writer's current one.
+    #[inline]
+    pub fn is_current(&self, connection: u64) -> bool {
+        self.connection == connection
+    }
+
+    /// Connection `connection` broke: if it is the current one, its places are held
+    /// ([`Book::hold_all`]) and it stops being current (its reader relays no more);
+    /// a later call for it (the reader after the writer, or the other way) does nothing.
+    pub fn broke(&mut self, connection: u64) {
+        if self.connection == connection {
+            self.hold_all();
+            self.connection += 1;
+        }
     }
 
     /// The owner's id of the queue a session holds as `edge` (link bits cleared).
@@ -152,18 +238,34 @@ impl Book {
         user: UserId,
         ok: Option<(QueueId, QueueId, PlaceKey, u64, bool)>,
     ) -> Answer {
-        if let Some(edge) = self.resubmitting.remove(&packed) {
-            return match ok {
-                Some((_, owner, _, position, false)) => {
-                    self.to_edge.insert(owner, edge);
-                    self.to_owner.insert(edge, owner);
-                    Answer::Resubmitted(Some(position))
+        if let Some(msg) = self.deferred.remove(&packed) {
+            // The session ended while its re-submission was in flight: its leave or
+            // disconnect goes out now with the owner's id (the place is there).
+            let edge = match &msg {
+                CoreMsg::Leave { queue, .. } | CoreMsg::Disconnect { queue, .. } => {
+                    Some(local_queue(*queue))
                 }
-                _ => {
-                    self.live.remove(&packed);
-                    Answer::Resubmitted(None)
-                }
+                _ => None,
             };
+            if let (Some(edge), Some((_, owner, _, _, false))) = (edge, ok) {
+                self.to_edge.insert(owner, edge);
+                self.to_owner.insert(edge, owner);
+                self.late.push(msg);
+            }
+            return Answer::Dropped;
+        }
+        if let Some(edge) = self.resubmitting.remove(&packed) {
+            let Some((_, owner, _, position, admitted)) = ok else {
+                self.live.remove(&packed);
+                return Answer::Refused;
+            };
+            self.to_edge.insert(owner, edge);
+            self.to_owner.insert(edge, owner);
+            if admitted {
+                self.live.remove(&packed);
+                return Answer::Admitted;
+            }
+            return Answer::Resynced(position);
         }
         let name = self.joining.remove(&packed);
         if let (Some(queue), Some((mapped, _, key, _, false))) = (name, ok) {
@@ -182,8 +284,19 @@ impl Book {
     }
 
     /// The connection broke: every waiting place is held (not behind any connection)
-    /// until it is re-submitted or given up.
-    pub fn hold_all(&mut self) {
+    /// until it is re-submitted or given up; the re-submissions it never answered are
+    /// to be sent again (`retry`); its joins in flight were answered SHUTTING_DOWN, and
+    /// the leaves waiting for its answers are dropped (like any leave while the owner
+    /// is unreachable).
+    fn hold_all(&mut self) {
+        self.joining.clear();
+        for (s, _) in self.resubmitting.drain() {
+            if self.live.contains_key(&s) {
+                self.retry.insert(s);
+            }
+        }
+        self.deferred.clear();
+        self.late.clear();
         self.held.extend(self.live.keys().copied());
         if !self.held.is_empty() && self.orphaned_since.is_none() {
             self.orphaned_since = Some(Instant::now());
@@ -196,14 +309,18 @@ impl Book {
         self.to_edge.clear();
         self.to_owner.clear();
         self.resubmitting.clear();
+        self.retry.clear();
+        self.deferred.clear();
+        self.late.clear();
     }
 
     /// The held places whose queue `wanted` names, to re-submit on the connection (to
     /// a new owner), sorted by key, each marked as re-submitted; the others stay held.
-    /// `fresh`: a new connection (the old owner's id maps are forgotten).
+    /// `fresh`: a new connection (the old owner's id maps are forgotten);
+    /// `unanswered_only`: only the places in `retry`.
     pub fn take_resubmissions(
         &mut self,
-        fresh: bool,
+        (fresh, unanswered_only): (bool, bool),
         wanted: impl Fn(&str) -> bool,
     ) -> Vec<(SessionId, Live)> {
         if fresh {
@@ -211,6 +328,9 @@ impl Book {
         }
         let mut all: Vec<(SessionId, Live)> = Vec::new();
         for s in &self.held {
+            if unanswered_only && !self.retry.contains(s) {
+                continue;
+            }
             if let Some(l) = self.live.get(s).filter(|l| wanted(&l.queue)) {
                 all.push((*s, l.clone()));
             }
@@ -218,6 +338,7 @@ impl Book {
         all.sort_by_key(|(_, l)| l.key);
         for (s, l) in &all {
             self.held.remove(s);
+            self.retry.remove(s);
             self.resubmitting.insert(*s, l.edge_queue);
         }
         if self.held.is_empty() {
@@ -242,6 +363,7 @@ impl Book {
             .collect();
         for s in moving {
             self.held.remove(&s);
+            self.retry.remove(&s);
             if let Some(l) = self.live.remove(&s) {
                 out.held.insert(s);
                 out.live.insert(s, l);
@@ -258,15 +380,17 @@ impl Book {
         self.live.values().map(|l| l.edge_queue).collect()
     }
 
-    /// True while `packed`'s place is held (behind no connection).
-    pub fn is_held(&self, packed: SessionId) -> bool {
-        self.held.contains(&packed)
+    /// How many joins are in flight (tests).
+    #[cfg(test)]
+    pub fn joins_in_flight(&self) -> usize {
+        self.joining.len()
     }
 
     /// Forgets every place (they are kicked).
     pub fn give_up(&mut self) {
         self.live.clear();
         self.held.clear();
+        self.retry.clear();
         self.resubmitting.clear();
         self.orphaned_since = None;
     }
@@ -274,6 +398,7 @@ impl Book {
     /// Forgets the held places; returns their sessions (to kick one by one).
     pub fn give_up_held(&mut self) -> Vec<SessionId> {
         let held: Vec<SessionId> = self.held.drain().collect();
+        self.retry.clear();
         for s in &held {
             self.live.remove(s);
         }

@@ -25,6 +25,9 @@ impl EdgeLink {
     /// them).
     fn reattach(&self, places: &Mutex<Book>, moved: bool, f: &Follow, batch: &mut Vec<CoreMsg>) {
         if !moved {
+            // Re-submissions this process never answered: it may not have them (no
+            // grace to resume from), so they go again; the others wait in its grace.
+            self.resubmit_where(places, (false, true), f, batch);
             self.give_up(places, f.moved);
             return;
         }
@@ -80,9 +83,21 @@ impl EdgeLink {
         f: &Follow,
         batch: &mut Vec<CoreMsg>,
     ) {
+        self.resubmit_where(places, (fresh, false), f, batch);
+    }
+
+    /// [`EdgeLink::resubmit`]; `unanswered_only`: only the places whose last
+    /// re-submission was never answered.
+    fn resubmit_where(
+        &self,
+        places: &Mutex<Book>,
+        (fresh, unanswered_only): (bool, bool),
+        f: &Follow,
+        batch: &mut Vec<CoreMsg>,
+    ) {
         let (all, marks): (Vec<_>, Vec<_>) = {
             let mut b = book(places);
-            let all = b.take_resubmissions(fresh, |q| f.here(q));
+            let all = b.take_resubmissions((fresh, unanswered_only), |q| f.here(q));
             let marks = all.iter().map(|(_, l)| b.marks_of(l.edge_queue)).collect();
             (all, marks)
         };
@@ -143,6 +158,9 @@ struct Locked<'a> {
 
 /// The reader of one connection: owner events to the loops.
 pub(super) struct Relay {
+    /// Its connection's number in the book: once it is not the current one, the
+    /// reader stops (the writer reconnected or gave it up).
+    pub(super) connection: u64,
     /// The link's index.
     pub(super) index: usize,
     /// Every local loop.
@@ -170,14 +188,14 @@ impl Relay {
                 Err(e) => break e.to_string(),
             }
             match self.frame(&body, &mut rung) {
-                Ok(events) => self.stats.received(body.len() + 4, events),
+                Ok(Some(events)) => self.stats.received(body.len() + 4, events),
+                Ok(None) => break "given up by the writer".to_string(),
                 Err(e) => break e.to_string(),
             }
             ring(&self.loops, &mut rung);
         };
         tracing::info!(link = self.index, why, "node link closed");
         self.stats.closed();
-        self.broken.store(true, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
         // Logins in flight get SHUTTING_DOWN (retry), not silence.
         let lost: Vec<_> = lock(&self.pending).drain().collect();
@@ -191,14 +209,18 @@ impl Relay {
             };
             relay(&self.loops, &self.stop, l as usize, e, &mut rung);
         }
-        // The waiting places are held: the writer re-dials, and re-submits them to a
-        // new owner or kicks them (see `EdgeLink::reattach`).
-        book(&self.places).hold_all();
+        // The waiting places are held (unless the writer did after a failed write):
+        // the writer re-dials, and re-submits them to a new owner or kicks them (see
+        // `EdgeLink::reattach`). Held before `broken` is set, so the writer never
+        // re-dials with places behind a dead connection that are not held yet.
+        book(&self.places).broke(self.connection);
+        self.broken.store(true, Ordering::SeqCst);
         ring(&self.loops, &mut rung);
     }
 
     /// A join answer: a login's goes to its loop (unless answered already); a
-    /// re-submission's becomes a resync of the position, or a kick when refused.
+    /// re-submission's becomes a resync of the position, the admission it carries, or
+    /// a kick when refused; one for a session that ended meanwhile is dropped.
     fn joined(
         &self,
         locked: &mut Locked<'_>,
@@ -214,17 +236,34 @@ impl Relay {
         });
         let answer = locked.places.answered(session, user, ok);
         let (l, s) = unpack_session(session);
-        if let Answer::Resubmitted(position) = answer {
-            let e = match position {
-                Some(p) => LoopEvent::Resync(vec![(s, p)]),
-                None => LoopEvent::Kick {
+        let result = match (answer, result) {
+            (Answer::Relay, result) => result,
+            (Answer::Dropped, _) => return,
+            (Answer::Resynced(p), _) => {
+                return self.to_loop(l, LoopEvent::Resync(vec![(s, p)]), rung)
+            }
+            (
+                Answer::Admitted,
+                Ok(JoinOk {
+                    admitted: Some((token, expires_at)),
+                    ..
+                }),
+            ) => {
+                let e = LoopEvent::Admitted {
+                    session: s,
+                    token,
+                    expires_at,
+                };
+                return self.to_loop(l, e, rung);
+            }
+            (Answer::Admitted | Answer::Refused, _) => {
+                let e = LoopEvent::Kick {
                     session: s,
                     reason: KickReason::Shutdown,
-                },
-            };
-            relay(&self.loops, &self.stop, l as usize, e, rung);
-            return;
-        }
+                };
+                return self.to_loop(l, e, rung);
+            }
+        };
         if locked.pending.remove(&session).is_none() {
             return; // answered SHUTTING_DOWN already (write failed)
         }
@@ -234,6 +273,11 @@ impl Relay {
             user,
             result,
         };
+        relay(&self.loops, &self.stop, l as usize, e, rung);
+    }
+
+    /// Relays `e` to loop `l`.
+    fn to_loop(&self, l: u16, e: LoopEvent, rung: &mut [bool]) {
         relay(&self.loops, &self.stop, l as usize, e, rung);
     }
 
@@ -256,12 +300,16 @@ impl Relay {
     /// Relays one frame's events; returns how many. The joins in flight and the book
     /// are locked once for the frame (in the writer's order: pending, then book); a
     /// loop never takes them, so waiting here for a full loop channel cannot deadlock.
-    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<u64, codec::CodecError> {
+    /// `None` when the connection is not the writer's current one any more.
+    fn frame(&self, body: &[u8], rung: &mut [bool]) -> Result<Option<u64>, codec::CodecError> {
         let index = self.index;
         let mut locked = Locked {
             pending: lock(&self.pending),
             places: book(&self.places),
         };
+        if !locked.places.is_current(self.connection) {
+            return Ok(None);
+        }
         let mut r = Reader::new(body)?;
         let mut events = 0;
         while r.more() {
@@ -320,6 +368,6 @@ impl Relay {
                 LoopEvent::Shutdown | LoopEvent::LinkLost { .. } => {}
             }
         }
-        Ok(events)
+        Ok(Some(events))
     }
 }

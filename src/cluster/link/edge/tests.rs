@@ -3,13 +3,18 @@
 //! range); a login in flight when the link breaks, or sent while the owner is
 //! unreachable, is answered SHUTTING_DOWN instead of hanging; after a failover the
 //! waiting places are re-submitted to the new owner (sorted by key, ids mapped back),
-//! and a cut link to the same owner kicks them as before.
+//! and a cut link to the same owner kicks them as before. Failure paths: a
+//! re-submission whose write fails goes again on the re-dial (never kicked); a leave
+//! racing an unanswered re-submission waits for the new owner's queue id; a join lost
+//! with its connection leaves the book; a re-submission answered admitted at once
+//! reaches the player as its admission.
 
 use std::net::TcpListener;
 
 use crossbeam_channel::Receiver;
 
 use super::codec::{unpack_session, Reader};
+use super::follow::Follow;
 use super::*;
 use crate::doorbell;
 use crate::msg::{remote_queue, ConnRef, JoinOk, QueueDelta, RankBatch};
@@ -33,12 +38,13 @@ fn loops() -> Loops {
     (Arc::new(outs), rxs, bells)
 }
 
-/// A started link client to `addr`; the loops' ends; its stop flag.
+/// A started link client to `addr`; the loops' ends; its stop flag; its book.
 struct Edge {
     tx: Sender<CoreMsg>,
     rxs: Vec<Receiver<LoopEvent>>,
     _bells: Vec<doorbell::BellRx>,
     stop: Arc<AtomicBool>,
+    places: Arc<Mutex<Book>>,
 }
 
 impl Drop for Edge {
@@ -55,7 +61,9 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
     let (loops, rxs, bells) = loops();
     let (tx, inbox) = crossbeam_channel::bounded(64);
     let stop = Arc::new(AtomicBool::new(false));
-    EdgeLink {
+    let places = Arc::new(Mutex::new(Book::default()));
+    let follow = Follow::new(addr.clone(), &Default::default());
+    let link = EdgeLink {
         index: 3,
         me: "edge-1".into(),
         stats: Arc::default(),
@@ -66,14 +74,32 @@ fn start_with(addr: String, retarget: Retarget) -> Edge {
         stop: stop.clone(),
         retarget,
         orphan_max: Duration::from_secs(30),
-    }
-    .spawn()
-    .unwrap();
+    };
+    let book = places.clone();
+    std::thread::spawn(move || link.run_shared(book, follow));
     Edge {
         tx,
         rxs,
         _bells: bells,
         stop,
+        places,
+    }
+}
+
+/// Closes the owner's end with a reset (`SO_LINGER` 0): the edge's next write fails.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Polls `done` until it holds; fails with `what` after 10 s.
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -600,4 +626,206 @@ fn places_of_two_queues_follow_their_two_new_owners() {
         }]
     ));
     assert!(edge.rxs[0].try_recv().is_err(), "nobody kicked");
+}
+
+/// One place (loop 0, session 1, user 41, key 100, the old owner's queue 2) behind a
+/// link whose owner died; the router has named the new owner (the returned listener).
+fn one_place_failed_over() -> (Edge, TcpListener) {
+    let old = TcpListener::bind("127.0.0.1:0").unwrap();
+    let new = TcpListener::bind("127.0.0.1:0").unwrap();
+    let retarget = Retarget::default();
+    let edge = start_with(old.local_addr().unwrap().to_string(), retarget.clone());
+    edge.tx.send(join(0, 1)).unwrap();
+    let mut owner = accept(&old);
+    let msgs = read_msgs(&mut owner);
+    let CoreMsg::Join { conn, .. } = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    answer_joins(&mut owner, &[conn.session]);
+    assert!(matches!(next(&edge.rxs[0]), LoopEvent::Joined { .. }));
+    drop(owner);
+    drop(old);
+    let to = new.local_addr().unwrap().to_string();
+    retarget.lock().unwrap().insert("q".into(), to);
+    (edge, new)
+}
+
+/// The new owner's connection breaks before it answers the re-submission (reset before
+/// the edge writes it, so the write fails; or, if the reset comes later, the answer
+/// never comes); the re-dial finds the same owner process, which never acknowledged
+/// the place: it is re-submitted there, not kicked. Before, the failed batch kept only
+/// joins, and the re-dial kicked the place `shutdown` as if it waited in a grace the
+/// owner never had: logging in again went to the end of the queue.
+#[test]
+fn a_resubmission_whose_write_fails_is_resubmitted_on_the_redial_not_kicked() {
+    let (edge, new) = one_place_failed_over();
+    reset(accept(&new));
+    let mut owner = accept(&new);
+    let msgs = read_msgs(&mut owner);
+    assert!(
+        matches!(
+            &msgs[..],
+            [CoreMsg::Resubmit {
+                user: 41,
+                key: 100,
+                ..
+            }]
+        ),
+        "{msgs:?}"
+    );
+    answer_resubmits(&mut owner, &msgs, 6);
+    match next(&edge.rxs[0]) {
+        LoopEvent::Resync(v) => assert_eq!(v, vec![(1, 1)]),
+        other => panic!("the place was not re-submitted: {other:?}"),
+    }
+}
+
+/// The player of a place whose re-submission the new owner has not answered yet leaves
+/// (or its connection closes): the edge does not know the new owner's queue id yet, so
+/// it sends nothing then (before: a `Leave` naming the dead owner's queue id 2, wrong at
+/// the new owner); once the answer maps the id, the `Leave`/`Disconnect` goes out with
+/// the new owner's id 6, and the answer is not relayed to the ended session.
+#[test]
+fn a_leave_racing_an_unanswered_resubmission_waits_for_the_new_owners_queue_id() {
+    leave_racing_a_resubmission(false);
+}
+
+/// As above with the connection closing (`Disconnect`) instead of a `leave`.
+#[test]
+fn a_disconnect_racing_an_unanswered_resubmission_waits_for_the_new_owners_queue_id() {
+    leave_racing_a_resubmission(true);
+}
+
+fn leave_racing_a_resubmission(disconnect: bool) {
+    let (edge, new) = one_place_failed_over();
+    let mut owner = accept(&new);
+    let resubmits = read_msgs(&mut owner);
+    assert!(matches!(
+        &resubmits[..],
+        [CoreMsg::Resubmit { user: 41, .. }]
+    ));
+    let conn = ConnRef {
+        loop_id: 0,
+        session: 1,
+    };
+    let (queue, user) = (remote_queue(3, 2), 41);
+    edge.tx
+        .send(if disconnect {
+            CoreMsg::Disconnect {
+                conn,
+                queue,
+                user,
+                report: Default::default(),
+            }
+        } else {
+            CoreMsg::Leave { conn, queue, user }
+        })
+        .unwrap();
+    // A login behind it: once it arrives, the edge has handled the leave.
+    edge.tx.send(join(1, 5)).unwrap();
+    loop {
+        let msgs = read_msgs(&mut owner);
+        assert!(
+            !msgs
+                .iter()
+                .any(|m| matches!(m, CoreMsg::Leave { .. } | CoreMsg::Disconnect { .. })),
+            "sent before the new owner's queue id was known: {msgs:?}"
+        );
+        if msgs.iter().any(|m| matches!(m, CoreMsg::Join { .. })) {
+            break;
+        }
+    }
+    answer_resubmits(&mut owner, &resubmits, 6);
+    match (&read_msgs(&mut owner)[..], disconnect) {
+        (
+            [CoreMsg::Leave {
+                queue: 6, user: 41, ..
+            }],
+            false,
+        )
+        | (
+            [CoreMsg::Disconnect {
+                queue: 6, user: 41, ..
+            }],
+            true,
+        ) => {}
+        (other, _) => panic!("{other:?}"),
+    }
+    assert!(
+        edge.rxs[0].try_recv().is_err(),
+        "the late answer reached the ended session"
+    );
+}
+
+/// A login in flight when its connection is lost (the owner closes without answering,
+/// or resets it before the edge writes it: the write fails) is answered SHUTTING_DOWN
+/// and leaves nothing in the book's joins in flight (before: the entry stayed forever).
+#[test]
+fn a_join_lost_with_its_connection_leaves_nothing_in_the_book() {
+    for reset_first in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let edge = start(listener.local_addr().unwrap().to_string());
+        edge.tx.send(join(0, 9)).unwrap();
+        let mut owner = accept(&listener);
+        if reset_first {
+            reset(owner);
+        } else {
+            assert_eq!(read_msgs(&mut owner).len(), 1);
+            drop(owner);
+        }
+        assert!(matches!(
+            next(&edge.rxs[0]),
+            LoopEvent::Joined {
+                session: 9,
+                result: Err(JoinError::ShuttingDown),
+                ..
+            }
+        ));
+        wait_until(
+            || book(&edge.places).joins_in_flight() == 0,
+            "a lost join stays in the book",
+        );
+    }
+}
+
+/// The new owner answers a re-submission admitted at once (the player holds an unused
+/// admission there, e.g. a restarted owner replayed it): the player gets its
+/// `admitted` push with the token, not a kick (before: kicked `shutdown`, the token
+/// reached it only after logging in again).
+#[test]
+fn a_resubmission_answered_admitted_relays_the_admission() {
+    let (edge, new) = one_place_failed_over();
+    let mut owner = accept(&new);
+    let msgs = read_msgs(&mut owner);
+    let [CoreMsg::Resubmit { conn, user, .. }] = &msgs[..] else {
+        panic!("{msgs:?}")
+    };
+    let mut f = FrameBuf::default();
+    f.put_event(&LoopEvent::Joined {
+        session: conn.session,
+        seq: 0,
+        user: *user,
+        result: Ok(JoinOk {
+            queue: 6,
+            key: 0,
+            position: 0,
+            queue_len: 0,
+            rate_per_s: 0.0,
+            resumed: true,
+            admitted: Some(("tok".into(), 99)),
+        }),
+    });
+    owner.write_all(f.finish()).unwrap();
+    match next(&edge.rxs[0]) {
+        LoopEvent::Admitted {
+            session: 1,
+            token,
+            expires_at: 99,
+        } => assert_eq!(token, "tok"),
+        other => panic!("{other:?}"),
+    }
+    wait_until(
+        || book(&edge.places).live.is_empty(),
+        "the admitted place stays in the book",
+    );
 }
