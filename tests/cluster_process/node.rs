@@ -105,6 +105,15 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP (a hung or partitioned host: its sockets stay open, nothing answers).
+    pub fn freeze(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) },
+            0
+        );
+    }
+
     /// `GET /v1/stats`.
     pub fn stats(&self) -> Value {
         let (status, body) = crate::common::http(self.control, "GET", "/v1/stats", None, None);

@@ -177,13 +177,7 @@ impl EdgeLink {
                 kept.extend(batch.drain(..).filter_map(|m| f.forward(m)));
                 std::mem::swap(&mut batch, &mut kept);
             }
-            moved |= self.follow(&mut f, &places);
-            if conn
-                .as_ref()
-                .is_some_and(|c| c.broken.load(Ordering::SeqCst))
-            {
-                conn = None;
-            }
+            moved |= self.follow_and_check(&mut f, &places, &mut conn);
             let orphaned = book(&places).next_round(conn.is_some(), &mut batch);
             if batch.is_empty() && orphaned.is_none() {
                 continue;
@@ -221,6 +215,30 @@ impl EdgeLink {
         if let Some(c) = conn {
             let _ = c.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Follows the router's new owners ([`EdgeLink::follow`]); when this link's own
+    /// owner lost its queues, shuts the connection down: a hung or partitioned host
+    /// keeps its socket open and would never break it, so the reader then holds the
+    /// places and the re-dial re-submits them to the new owner. Drops `conn` once its
+    /// reader saw it broken. True when this link's owner changed.
+    fn follow_and_check(
+        &self,
+        f: &mut Follow,
+        places: &Arc<Mutex<Book>>,
+        conn: &mut Option<Conn>,
+    ) -> bool {
+        let moved = self.follow(f, places);
+        if let Some(c) = conn.as_ref().filter(|_| moved) {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.broken.load(Ordering::SeqCst))
+        {
+            *conn = None;
+        }
+        moved
     }
 
     /// Encodes `batch` as one frame and writes it; false when the link is broken, with
