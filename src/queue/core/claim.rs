@@ -43,7 +43,6 @@ use super::failover::EPOCH_SEQ_SHIFT;
 use super::{Core, JoinOutcome};
 use crate::msg::{ConnRef, JoinError, PlaceKey, UserId};
 use crate::queue::rank::split_key;
-use crate::queue::state::Op;
 
 impl Core {
     /// A join that claims the place at `key`: `Some(outcome)` when it was taken back
@@ -67,14 +66,8 @@ impl Core {
             Some(false) => return None,
             None => return Some(Err(JoinError::ShuttingDown)),
         }
-        self.epoch_floor(name, now_ms);
-        let op = Op::Resubmit {
-            queue: name.to_string(),
-            user,
-            key,
-            conn,
-        };
-        Some(self.apply_join(&op, user, now_ms))
+        // Taken back exactly as a failover re-submission (logged as `Op::Resubmit`).
+        Some(self.resubmit(name, user, key, conn, now_ms))
     }
 
     /// Whether a claim of `key` by `user` in `name`, owned here at `epoch`, is honored
