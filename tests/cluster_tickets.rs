@@ -13,31 +13,17 @@ mod etcd_support;
 
 use common::{
     come_back_with_tickets, converge_and_admit, node_of, place_ticket, settled_owner, split_lost,
-    start_node, Client, TestServer,
+    Client, TestServer,
 };
 use etcd_support::{admit_and_wait_published, Etcd};
 use serde_json::json;
 
-/// The cluster's shared token key (32-byte Ed25519 seed, base64url).
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 const QUEUE: &str = "default";
 const PREFIX: &str = "/qs-tickets";
 const IDS: [&str; 3] = ["t1", "t2", "t3"];
 
 fn node(etcd: &Etcd, id: &str) -> TestServer {
-    // The window is long enough for the returners to log in again on a loaded box
-    // (the test never asserts on time: it only needs them back before the hold ends).
-    start_node(|player, control, link| {
-        format!(
-            "[server]\npush_interval_ms = 20\nshutdown_retry_after_secs = 1\n\
-             [tokens]\nkey = \"{KEY}\"\n\
-             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-             recovery_window_secs = 6\nprefix = \"{PREFIX}\"\n",
-            etcd.url,
-        )
-    })
+    common::ticket_node(&etcd.url, id, PREFIX, 6)
 }
 
 /// Ticket checks on the io loop: a changed byte, or another user's ticket, is refused

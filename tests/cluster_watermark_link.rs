@@ -13,38 +13,22 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{start_node, Client, TestServer};
+use common::{Client, TestServer};
 use etcd_support::Etcd;
 use queue_server::cluster::watermark;
 use queue_server::server::ServerHandle;
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// The cluster's shared token key (32-byte Ed25519 seed, base64url).
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-/// Longest wait for the cluster to settle (a lease, a tick, a listing).
-const SETTLE: Duration = Duration::from_secs(30);
 const QUEUE: &str = "default";
 const PREFIX: &str = "/qs-wm-link";
 const IDS: [&str; 2] = ["w1", "w2"];
 
 fn node(etcd: &Etcd, id: &str) -> TestServer {
-    // The window only has to outlast the takeover and two logins on a loaded box; the
-    // test checks it was still on after the claims (it never asserts on time).
-    start_node(|player, control, link| {
-        format!(
-            "[server]\npush_interval_ms = 20\nshutdown_retry_after_secs = 1\n\
-             [tokens]\nkey = \"{KEY}\"\n\
-             [cluster]\netcd = [\"{}\"]\nnode_id = \"{id}\"\n\
-             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
-             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
-             recovery_window_secs = 10\nprefix = \"{PREFIX}\"\n",
-            etcd.url,
-        )
-    })
+    common::ticket_node(&etcd.url, id, PREFIX, 10)
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + common::SETTLE;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -107,24 +91,6 @@ fn join(node: &TestServer, user: u64, position: u64) -> (Client, String) {
 
 /// A login to `node` presenting `ticket`, retried while the answer is SHUTTING_DOWN
 /// (9: between owners, or the etcd marks not read yet); the answer.
-fn login_with_ticket(node: &TestServer, user: u64, ticket: &str) -> (Value, Client) {
-    let data = json!({"user_id": user, "place_ticket": ticket});
-    let mut answer = None;
-    wait_until(
-        "a login with a place ticket that is not SHUTTING_DOWN",
-        || {
-            let mut c = node.client();
-            let v = c.request("login", 1, data.clone());
-            if v["code"] == 9 {
-                return false;
-            }
-            answer = Some((v, c));
-            true
-        },
-    );
-    answer.unwrap()
-}
-
 #[test]
 fn an_admission_missing_from_etcd_is_refused_thanks_to_the_edges_report() {
     let etcd = Etcd::start();
@@ -162,10 +128,10 @@ fn an_admission_missing_from_etcd_is_refused_thanks_to_the_edges_report() {
 
     // Player 3 (waiting when the owner died) gets its place back; player 1 (admitted)
     // does not, though etcd never heard of its admission.
-    let (answer3, _c3) = login_with_ticket(&nodes[edge], 3, &ticket3);
+    let (answer3, _c3) = common::login_with_ticket(nodes[edge].player, QUEUE, 3, &ticket3);
     assert_eq!(answer3["code"], 0, "player 3: {answer3}");
     assert_eq!(answer3["data"]["resumed"], true, "player 3: {answer3}");
-    let (answer1, _c1) = login_with_ticket(&nodes[edge], 1, &ticket1);
+    let (answer1, _c1) = common::login_with_ticket(nodes[edge].player, QUEUE, 1, &ticket1);
     assert_eq!(answer1["code"], 0, "player 1: {answer1}");
     assert_eq!(
         answer1["data"]["resumed"], false,

@@ -578,3 +578,20 @@ pub fn split_lost(
         .collect();
     (lost, survivors)
 }
+
+/// A cluster node for the place-ticket tests: shared test key, lease TTL 2 s, 20 ms
+/// pushes, retry hints of 1 s, and a recovery window of `window_secs` (long enough for
+/// returners to log in again on a loaded box; the tests never assert on time).
+pub fn ticket_node(etcd_url: &str, id: &str, prefix: &str, window_secs: u64) -> TestServer {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    start_node(|player, control, link| {
+        format!(
+            "[server]\npush_interval_ms = 20\nshutdown_retry_after_secs = 1\n\
+             [tokens]\nkey = \"{KEY}\"\n\
+             [cluster]\netcd = [\"{etcd_url}\"]\nnode_id = \"{id}\"\n\
+             advertise_player = \"127.0.0.1:{player}\"\nadvertise_control = \"127.0.0.1:{control}\"\n\
+             advertise_link = \"127.0.0.1:{link}\"\nlease_ttl_secs = 2\n\
+             recovery_window_secs = {window_secs}\nprefix = \"{prefix}\"\n",
+        )
+    })
+}
