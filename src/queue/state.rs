@@ -418,18 +418,26 @@ impl QueueState {
         } else {
             place_key(false, q.normal.push(user))
         };
-        self.places.insert(
-            (queue, user),
-            Place {
-                key,
-                conn: Some(conn),
-                grace_deadline_ms: 0,
-            },
-        );
-        Applied::Joined {
-            queue,
-            resumed: false,
-        }
+        self.seat(queue, user, key, conn, false)
+    }
+
+    /// Records `user`'s new place at `key` in `queue` (already in its lane), held by
+    /// `conn`: the end of a join and of a re-submission.
+    fn seat(
+        &mut self,
+        queue: QueueId,
+        user: UserId,
+        key: PlaceKey,
+        conn: ConnRef,
+        resumed: bool,
+    ) -> Applied {
+        let place = Place {
+            key,
+            conn: Some(conn),
+            grace_deadline_ms: 0,
+        };
+        self.places.insert((queue, user), place);
+        Applied::Joined { queue, resumed }
     }
 
     /// Removes the place of `user` (which must exist) and reports the departure.

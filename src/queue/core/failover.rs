@@ -70,15 +70,10 @@ impl Core {
         // Only the owner takes places back: a link that followed the wrong node (the
         // dead node's queues went to several) gets a refusal, and its player a kick
         // with a retry hint, never a place stranded on a node that does not own it.
-        if self
-            .fence
-            .as_ref()
-            .and_then(|f| f.fence.epoch(name))
-            .is_none()
-        {
+        let Some(epoch) = self.fence.as_ref().and_then(|f| f.fence.epoch(name)) else {
             return Err(JoinError::ShuttingDown);
-        }
-        self.epoch_floor(name, now_ms);
+        };
+        self.epoch_floor(name, epoch, now_ms);
         let op = Op::Resubmit {
             queue: name.to_string(),
             user,
@@ -89,11 +84,9 @@ impl Core {
     }
 
     /// Raises the seq floor of `name` to this node's ownership epoch of it, if it owns
-    /// it and a lane is below (see the module invariants). One name scan when fenced.
-    pub(super) fn epoch_floor(&mut self, name: &str, now_ms: u64) {
-        let Some(epoch) = self.fence.as_ref().and_then(|f| f.fence.epoch(name)) else {
-            return;
-        };
+    /// it (at `epoch`, which the caller read from the fence once) and a lane is below (see
+    /// the module invariants).
+    pub(super) fn epoch_floor(&mut self, name: &str, epoch: u64, now_ms: u64) {
         let Some(queue) = self.state.queue_id(name) else {
             return;
         };

@@ -113,13 +113,16 @@ impl Core {
             // route, or a link join racing an ownership change. Queued here it would be
             // fenced for good and split from the real queue: come back. An owner cut
             // off from etcd keeps its epoch (fenced, not disowned) and keeps queueing.
-            if f.fence.epoch(name).is_none() && f.fence.tracks(name) {
+            let epoch = f.fence.epoch(name);
+            if epoch.is_none() && f.fence.tracks(name) {
                 return Err(JoinError::ShuttingDown);
             }
             if let Some(outcome) = claim.and_then(|key| self.claim(name, user, key, conn, now_ms)) {
                 return outcome;
             }
-            self.epoch_floor(name, now_ms);
+            if let Some(epoch) = epoch {
+                self.epoch_floor(name, epoch, now_ms);
+            }
         }
         let op = Op::Join {
             queue: name.to_string(),

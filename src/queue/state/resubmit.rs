@@ -14,7 +14,7 @@
 use super::QueueState;
 use crate::msg::{ConnRef, JoinError, PlaceKey, QueueId, UserId};
 use crate::queue::rank::split_key;
-use crate::queue::state::{Applied, Event, Place};
+use crate::queue::state::{Applied, Event};
 
 impl QueueState {
     /// [`Op::Resubmit`].
@@ -39,18 +39,7 @@ impl QueueState {
             return Applied::JoinFailed(JoinError::Gone);
         }
         out.push(Event::Inserted { queue, key });
-        self.places.insert(
-            (queue, user),
-            Place {
-                key,
-                conn: Some(conn),
-                grace_deadline_ms: 0,
-            },
-        );
-        Applied::Joined {
-            queue,
-            resumed: true,
-        }
+        self.seat(queue, user, key, conn, true)
     }
 
     /// [`Op::SeqFloor`].
